@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The operator's main job on a laptop: builds (cached) and starts a local
+# control plane, installs the CRDs, runs the operator against it, applies
+# config/samples/ and shows what they became. Everything keeps running
+# afterwards; the last lines say how to look around and how to stop.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+source e2e/scripts/lib.sh
+state=${CELLULE_DEMO_STATE:-${XDG_STATE_HOME:-$HOME/.local/state}/cellule-demo}
+logs="$state/logs" pids="$state/pids"
+
+# A previous demo is stopped and replaced.
+[ -d "$state/pids" ] && bash e2e/scripts/down.sh "$state"
+rm -rf "$state"
+mkdir -p "$state"
+
+log "building the operator"
+cargo build --locked --quiet -p cellule-operator --bin cellule-operator
+bash e2e/scripts/up.sh "$state"
+set -a; source "$state/env"; set +a
+export KUBECONFIG="$CELLULE_E2E_KUBECONFIG" PATH="$CELLULE_E2E_BIN:$PATH"
+
+log "installing the CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for condition=Established --timeout 60s -f crds/ >/dev/null
+
+log "starting the operator (logs: $logs/operator.log)"
+health_port=$(free_port)
+start operator env CELLULE_HEALTH_ADDR="127.0.0.1:$health_port" "$root/target/debug/cellule-operator"
+wait_for "the operator" 60 curl -fsS "http://127.0.0.1:$health_port/readyz"
+
+if compgen -G "config/samples/*.yaml" >/dev/null; then
+  log "applying config/samples/"
+  kubectl create namespace cellule-demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl label namespace cellule-demo pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+  kubectl -n cellule-demo apply --server-side -f config/samples/
+  sleep 5
+  echo
+  kubectl -n cellule-demo get cellule -o wide
+  echo
+  kubectl -n cellule-demo get cellule -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}:{"\n"}{range .status.conditions[*]}  {.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
+else
+  log "config/samples/ is empty: there is nothing to reconcile yet"
+fi
+
+cat <<MSG
+
+The control plane ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')) and the operator keep running.
+  export KUBECONFIG=$KUBECONFIG
+  kubectl get cellule -A
+  tail -f $logs/operator.log
+Stop everything with: bash e2e/scripts/down.sh $state
+MSG

@@ -1,0 +1,187 @@
+//! Helpers for the end-to-end tests. The control plane they talk to is
+//! started by `e2e/scripts/up.sh`, which writes the variables read here.
+#![forbid(unsafe_code)]
+
+use std::{future::Future, panic::AssertUnwindSafe, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use futures::FutureExt as _;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// What `up.sh` wrote into `STATE_DIR/env`, as passed by `e2e/test.sh`.
+pub struct Env;
+
+impl Env {
+    /// A required variable; a test run without the control plane fails here
+    /// with a message saying how to start it, instead of passing vacuously.
+    pub fn var(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the e2e tests need the local control plane. \
+                 Run them with `bash e2e/test.sh` (or start one with `e2e/scripts/up.sh DIR` \
+                 and export the variables of DIR/env)."
+            )
+        })
+    }
+
+    pub fn bin(tool: &str) -> PathBuf {
+        PathBuf::from(Self::var("CELLULE_E2E_BIN")).join(tool)
+    }
+
+    pub fn registry() -> String {
+        Self::var("CELLULE_E2E_REGISTRY")
+    }
+}
+
+/// A client with cluster-admin rights on the e2e control plane.
+pub async fn admin_client() -> Client {
+    client_for(&Env::var("CELLULE_E2E_KUBECONFIG")).await
+}
+
+async fn client_for(kubeconfig_path: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path)
+        .unwrap_or_else(|e| panic!("reading kubeconfig {kubeconfig_path}: {e}"));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("building the client configuration");
+    Client::try_from(config).expect("building the client")
+}
+
+/// A client that authenticates as one of the static test users of
+/// `up.sh` (`alice`, `bob`) with a bearer token.
+pub async fn user_client(user: &str) -> Client {
+    let tokens =
+        std::fs::read_to_string(Env::var("CELLULE_E2E_TOKENS")).expect("reading tokens.csv");
+    let token = tokens
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(',');
+            let token = fields.next()?;
+            (fields.next()? == user).then(|| token.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no static token for user {user}"));
+    let mut config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(Env::var("CELLULE_E2E_KUBECONFIG")).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    Client::try_from(config).expect("building the user client")
+}
+
+/// Runs `body` in a fresh namespace that enforces Pod Security `restricted`,
+/// and deletes the namespace afterwards, whether `body` passed or not.
+pub async fn in_namespace<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let client = admin_client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("e2e-{prefix}-")),
+                    labels: Some(
+                        [
+                            ("pod-security.kubernetes.io/enforce", "restricted"),
+                            ("pod-security.kubernetes.io/enforce-version", "latest"),
+                            ("cellule.ai/e2e", "true"),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    ),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("creating the test namespace");
+    let name = ns.metadata.name.expect("generated namespace name");
+    let outcome = AssertUnwindSafe(body(client, name.clone()))
+        .catch_unwind()
+        .await;
+    let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("test in namespace {name} failed: {e:?}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after
+/// `timeout` with the last reason it gave.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(why) if tokio::time::Instant::now() >= deadline => {
+                bail!("{what}: not reached within {timeout:?}; last state: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs a tool of the harness and returns its stdout; fails with its stderr.
+pub async fn run_tool(tool: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(Env::bin(tool))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {tool}"))?;
+    if !output.status.success() {
+        bail!(
+            "{tool} {} exited with {}: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A pod template that passes Pod Security `restricted`, for harness tests.
+pub fn restricted_pod_spec(image: &str) -> k8s_openapi::api::core::v1::PodSpec {
+    serde_json::from_value(serde_json::json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "automountServiceAccountToken": false,
+        "containers": [{
+            "name": "main",
+            "image": image,
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]}
+            }
+        }]
+    }))
+    .expect("valid pod spec")
+}
+
+/// Pod annotation that the KWOK stages of `e2e/kwok/stages.yaml` watch:
+/// `"false"` turns a running pod NotReady, `"true"` makes it Ready again.
+pub const POD_READY_ANNOTATION: &str = "cellule.ai/e2e-ready";
+/// Node annotation with the same meaning for a fake node.
+pub const NODE_READY_ANNOTATION: &str = "cellule.ai/e2e-node-ready";

@@ -1,0 +1,529 @@
+//! `Pool`: one site's pool orchestrator and everything around it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    CommonStatus, Duration, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_rule,
+    duration_rule,
+};
+
+/// A Cellule pool: the orchestrator that routes employees' prompts to
+/// workers on the private network, with its database, TLS, model tiers,
+/// verification, privacy and federation settings.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "cellule.ai",
+    version = "v1alpha1",
+    kind = "Pool",
+    namespaced,
+    doc = "A Cellule pool: the orchestrator of one site, with its database, TLS, model tiers, verification, privacy and federation settings.",
+    status = "PoolStatus",
+    shortname = "cpool",
+    category = "cellule",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Routing",
+        type_ = "string",
+        json_path = ".status.routing",
+        description = "How each tier is served"
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.image.shortDigest",
+        description = "Verified image digest"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.tiers.all(t, !has(t.fallbackTier) || t.fallbackTier != t.name)").message("a tier's fallbackTier must name another tier, not itself").field_path(".tiers"))]
+#[x_kube(validation = Rule::new("self.tiers.all(t, !has(t.fallbackTier) || self.tiers.exists(f, f.name == t.fallbackTier && f.backend == 'Cpu'))").message("a tier's fallbackTier must name a tier of this pool served by CPU workers (backend: Cpu)").field_path(".tiers"))]
+#[x_kube(validation = Rule::new("!has(self.cpuWorkers) || self.cpuWorkers.all(w, self.tiers.exists(t, t.name == w.tier && t.backend == 'Cpu'))").message("each cpuWorkers[].tier must name a tier of this pool with backend: Cpu").field_path(".cpuWorkers"))]
+pub struct PoolSpec {
+    /// The pool orchestrator image and its signature policy.
+    pub image: SignedImage,
+    /// Number of orchestrator replicas. More than one adds a PodDisruptionBudget.
+    #[serde(default = "defaults::replicas")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: i32,
+    /// The PostgreSQL database.
+    pub database: DatabaseSpec,
+    /// Secret of type kubernetes.io/tls with the pool's serving certificate
+    /// (`tls.crt`, `tls.key`). Workers and peers connect over TLS only.
+    pub tls: LocalObjectRef,
+    /// Model tiers the pool serves, by name (e.g. `light` = 7B on CPU,
+    /// `heavy` = 30B on an NPU server).
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub tiers: Vec<ModelTier>,
+    /// Worker deployments run inside the cluster, each serving a CPU tier
+    /// (laptops join through WorkerGrants instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub cpu_workers: Vec<CpuWorkerSet>,
+    /// How answers are checked against cheating workers.
+    #[serde(default)]
+    pub verification: VerificationSpec,
+    /// What leaves the pool towards workers and peers.
+    #[serde(default)]
+    pub privacy: PrivacySpec,
+    /// Request rate limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+    /// Federation with the pools of other sites (see PeerTrust).
+    #[serde(default)]
+    pub federation: FederationSpec,
+    /// Laptops and other workers that connect to the pool.
+    #[serde(default)]
+    pub workers: WorkerNetworkSpec,
+    /// Lifetime and approval of worker tokens (see WorkerGrant).
+    #[serde(default)]
+    pub tokens: TokenPolicy,
+    /// When a tier served by an NPU server moves to its CPU fallback and back.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+    /// Extra destinations the pool may reach, beyond DNS, its database, its
+    /// own NPU servers and workers, and trusted peers. Everything else is
+    /// denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub extra_egress: Vec<EgressRule>,
+}
+
+/// The pool's PostgreSQL database. The operator passes the DSN to the pool
+/// and never reads the database itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Secret key holding the connection string (DSN).
+    pub dsn_secret_ref: KeyRef,
+    /// Where the database is reachable: the only database egress allowed.
+    pub endpoint: NetworkEndpoint,
+}
+
+/// What serves a tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TierBackend {
+    /// CPU workers: laptops with a WorkerGrant and `cpuWorkers` of this pool.
+    #[default]
+    Cpu,
+    /// An NpuServer of this pool (`npuServerRef`).
+    Npu,
+}
+
+/// A model tier.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.backend == 'Npu') == has(self.npuServerRef)").message("npuServerRef is required when backend is Npu, and only then").field_path(".npuServerRef"))]
+pub struct ModelTier {
+    /// Tier name, a DNS label like `light` or `heavy`.
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Model served on this tier, e.g. `mistral-7b-instruct-q4`.
+    #[schemars(length(min = 1, max = 253))]
+    pub model: String,
+    /// What serves the tier.
+    pub backend: TierBackend,
+    /// The NpuServer that serves the tier when `backend` is Npu.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npu_server_ref: Option<LocalObjectRef>,
+    /// A CPU tier that takes this tier's requests while its NPU server is
+    /// unhealthy (degraded answers rather than none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub fallback_tier: Option<String>,
+}
+
+/// Worker pods run by the operator for a CPU tier.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuWorkerSet {
+    /// Name of this set, a DNS label.
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The CPU tier these workers serve (its `model` is loaded).
+    #[schemars(length(min = 1, max = 32))]
+    pub tier: String,
+    /// Worker image and its signature policy.
+    pub image: SignedImage,
+    /// Number of worker pods.
+    #[serde(default = "defaults::replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// CPU and memory for each worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// How many workers answer a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum VerificationMode {
+    /// One worker answers; a share of answers is re-checked (`spotCheckPercent`).
+    #[default]
+    Sampled,
+    /// `workersPerRequest` workers answer every request in parallel and must
+    /// agree (also hides per-worker timing).
+    Required,
+}
+
+/// Verification of workers' answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'Required' || self.workersPerRequest >= 2").message("mode Required needs workersPerRequest of 2 or more").field_path(".workersPerRequest"))]
+pub struct VerificationSpec {
+    /// Percent of answers re-checked by another worker.
+    #[serde(default = "defaults::spot_check_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub spot_check_percent: i32,
+    /// Percent of failed checks above which a worker is treated as a cheater
+    /// and suspended.
+    #[serde(default = "defaults::cheat_threshold_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub cheat_threshold_percent: i32,
+    /// Sampled or Required.
+    #[serde(default)]
+    pub mode: VerificationMode,
+    /// Workers that answer each request in Required mode.
+    #[serde(default = "defaults::workers_per_request")]
+    #[schemars(range(min = 1, max = 5))]
+    pub workers_per_request: i32,
+    /// Deterministic decoding (fixed seed, temperature 0), so answers can be
+    /// compared exactly.
+    #[serde(default)]
+    pub deterministic: bool,
+}
+
+impl Default for VerificationSpec {
+    fn default() -> Self {
+        Self {
+            spot_check_percent: defaults::spot_check_percent(),
+            cheat_threshold_percent: defaults::cheat_threshold_percent(),
+            mode: VerificationMode::default(),
+            workers_per_request: defaults::workers_per_request(),
+            deterministic: false,
+        }
+    }
+}
+
+/// Privacy mode of the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PrivacyMode {
+    /// Requests may fan out to workers and peers; differential-privacy noise
+    /// is added to what leaves.
+    #[default]
+    Balanced,
+    /// Never fans out: no peer gets anything, no egress to peers at all.
+    Paranoid,
+}
+
+/// Privacy settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivacySpec {
+    /// Balanced or Paranoid.
+    #[serde(default)]
+    pub mode: PrivacyMode,
+}
+
+/// Rate limits, against extraction of embeddings by volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Requests per minute allowed to one signer (user or peer key).
+    #[serde(default = "defaults::requests_per_minute")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub requests_per_minute_per_signer: i32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            requests_per_minute_per_signer: defaults::requests_per_minute(),
+        }
+    }
+}
+
+/// Federation with other sites.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationSpec {
+    /// This site's name as peers know it, a DNS label like `paris`. Required
+    /// for PeerTrust handshakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub site: Option<String>,
+    /// Signed federation messages older than this are refused as replays
+    /// (with the nonce, within the window).
+    #[serde(default = "defaults::anti_replay_window")]
+    #[x_kube(validation = duration_rule("1s", "10m", "antiReplayWindow"))]
+    pub anti_replay_window: Duration,
+    /// Ed25519 public keys (base64, 32 bytes) of this site's administrators,
+    /// whose signature a level-3 PeerTrust handshake needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(format!("self.all(k, k.matches('{}'))", super::ED25519_PUBLIC_KEY_PATTERN)).message("each admin public key must be the base64 of exactly 32 bytes (an Ed25519 public key)"))]
+    pub admin_public_keys: Vec<String>,
+}
+
+impl Default for FederationSpec {
+    fn default() -> Self {
+        Self {
+            site: None,
+            anti_replay_window: defaults::anti_replay_window(),
+            admin_public_keys: Vec::new(),
+        }
+    }
+}
+
+/// Where workers connect from, and how often they check in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerNetworkSpec {
+    /// IP ranges workers connect from; the only sources allowed in. Empty
+    /// means no laptop can connect (in-cluster workers still can).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) && cidr(c).prefixLength() > 0)").message("each allowedCidrs entry must be a CIDR like 10.50.0.0/16 (not 0.0.0.0/0 or ::/0)"))]
+    pub allowed_cidrs: Vec<String>,
+    /// WebSocket (TLS) port workers connect to.
+    #[serde(default = "defaults::worker_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// How often a worker must check in; between 5m and 30m.
+    #[serde(default = "defaults::heartbeat_interval")]
+    #[x_kube(validation = duration_rule("5m", "30m", "heartbeatInterval"))]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for WorkerNetworkSpec {
+    fn default() -> Self {
+        Self {
+            allowed_cidrs: Vec::new(),
+            port: defaults::worker_port(),
+            heartbeat_interval: defaults::heartbeat_interval(),
+        }
+    }
+}
+
+/// Lifetime and approval of worker tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.defaultTtl) <= duration(self.maxTtl)").message("defaultTtl must not exceed maxTtl").field_path(".defaultTtl"))]
+#[x_kube(validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(self.defaultTtl)").message("renewBefore must be shorter than defaultTtl").field_path(".renewBefore"))]
+pub struct TokenPolicy {
+    /// Token lifetime when a WorkerGrant gives neither `ttl` nor `expiresAt`.
+    #[serde(default = "defaults::default_ttl")]
+    #[x_kube(validation = duration_rule("1h", "8760h", "defaultTtl"))]
+    pub default_ttl: Duration,
+    /// Longest lifetime any WorkerGrant of this pool may ask for.
+    #[serde(default = "defaults::max_ttl")]
+    #[x_kube(validation = duration_rule("1h", "8760h", "maxTtl"))]
+    pub max_ttl: Duration,
+    /// Renew a token this long before it expires. Default: a third of its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = duration_rule("1m", "8760h", "renewBefore"))]
+    pub renew_before: Option<Duration>,
+    /// A WorkerGrant gets a token only once a second person set `approvedBy`.
+    #[serde(default = "defaults::approval_required")]
+    pub approval_required: bool,
+    /// How often the pool's token signing key is replaced. Old public keys
+    /// stay published until the last token they signed has expired.
+    #[serde(default = "defaults::signing_key_rotation")]
+    #[x_kube(validation = duration_rule("24h", "8760h", "signingKeyRotation"))]
+    pub signing_key_rotation: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            default_ttl: defaults::default_ttl(),
+            max_ttl: defaults::max_ttl(),
+            renew_before: None,
+            approval_required: defaults::approval_required(),
+            signing_key_rotation: defaults::signing_key_rotation(),
+        }
+    }
+}
+
+/// NPU → CPU fail-over timing. The hold times keep routing from flapping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// How long an NPU server must stay unhealthy before its tier moves to
+    /// the fallback tier.
+    #[serde(default = "defaults::fail_over_after")]
+    #[x_kube(validation = duration_rule("0s", "1h", "failOverAfter"))]
+    pub fail_over_after: Duration,
+    /// How long it must stay healthy again before the tier moves back.
+    #[serde(default = "defaults::fail_back_after")]
+    #[x_kube(validation = duration_rule("0s", "24h", "failBackAfter"))]
+    pub fail_back_after: Duration,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            fail_over_after: defaults::fail_over_after(),
+            fail_back_after: defaults::fail_back_after(),
+        }
+    }
+}
+
+/// One extra destination the pool may reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressRule {
+    /// Name of the rule, a DNS label (e.g. `siem`).
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Destination IP range.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = cidr_rule("cidr"))]
+    pub cidr: String,
+    /// Destination TCP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// How a tier is being served right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TierServing {
+    /// By its NPU server.
+    Npu,
+    /// By CPU workers (a CPU tier).
+    Cpu,
+    /// By its CPU fallback tier, because its NPU server is unhealthy.
+    CpuFailover,
+    /// By nothing: the NPU server is unhealthy and there is no fallback.
+    Unavailable,
+}
+
+/// Routing state of one tier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierStatus {
+    /// Tier name.
+    pub name: String,
+    /// What serves it now.
+    pub serving: TierServing,
+    /// The tier whose workers take its requests, during fail-over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+/// The image that actually runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageStatus {
+    /// The reference as written in the spec.
+    pub reference: String,
+    /// The verified digest the pods run (`sha256:…`).
+    pub digest: String,
+    /// First 12 hex digits of the digest, for `kubectl get`.
+    pub short_digest: String,
+}
+
+/// Observed state of a Pool.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    #[serde(flatten)]
+    pub common: CommonStatus,
+    /// The verified image the orchestrator runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageStatus>,
+    /// Routing of each tier.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierStatus>,
+    /// Routing of all tiers in one line, e.g. `heavy=npu light=cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
+    /// Orchestrator replicas that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+}
+
+/// Defaults, shared by serde (so the API server defaults them too) and code.
+pub mod defaults {
+    use super::Duration;
+
+    const fn duration(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    pub fn replicas() -> i32 {
+        1
+    }
+    pub fn spot_check_percent() -> i32 {
+        3
+    }
+    pub fn cheat_threshold_percent() -> i32 {
+        30
+    }
+    pub fn workers_per_request() -> i32 {
+        2
+    }
+    pub fn requests_per_minute() -> i32 {
+        60
+    }
+    pub fn anti_replay_window() -> Duration {
+        duration(60)
+    }
+    pub fn worker_port() -> i32 {
+        8443
+    }
+    pub fn heartbeat_interval() -> Duration {
+        duration(5 * 60)
+    }
+    pub fn default_ttl() -> Duration {
+        duration(720 * 3600)
+    }
+    pub fn max_ttl() -> Duration {
+        duration(2160 * 3600)
+    }
+    pub fn approval_required() -> bool {
+        true
+    }
+    pub fn signing_key_rotation() -> Duration {
+        duration(2160 * 3600)
+    }
+    pub fn fail_over_after() -> Duration {
+        duration(30)
+    }
+    pub fn fail_back_after() -> Duration {
+        duration(5 * 60)
+    }
+}
