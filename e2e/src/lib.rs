@@ -12,6 +12,7 @@ use kube::{
     api::{DeleteParams, ObjectMeta, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
+use serde::Deserialize as _;
 
 /// What `up.sh` wrote into `STATE_DIR/env`, as passed by `e2e/test.sh`.
 pub struct Env;
@@ -185,3 +186,73 @@ pub fn restricted_pod_spec(image: &str) -> k8s_openapi::api::core::v1::PodSpec {
 pub const POD_READY_ANNOTATION: &str = "cellule.ai/e2e-ready";
 /// Node annotation with the same meaning for a fake node.
 pub const NODE_READY_ANNOTATION: &str = "cellule.ai/e2e-node-ready";
+
+/// The repository root (for `crds/`, `config/samples/`, `e2e/invalid/`).
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// Every YAML document of the files matching `dir/*.yaml`, with their file names.
+pub fn yaml_documents(dir: &str) -> Vec<(String, serde_json::Value)> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_path(dir))
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = vec![];
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value =
+                serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if !value.is_null() {
+                docs.push((name.clone(), value));
+            }
+        }
+    }
+    docs
+}
+
+/// Installs (server-side apply) the generated CRDs and waits until they are
+/// served. Safe to call from concurrent tests.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (file, doc) in yaml_documents("crds") {
+        let crd: CustomResourceDefinition =
+            serde_json::from_value(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &kube::api::PatchParams::apply("cellule-e2e").force(),
+            &kube::api::Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// The dynamic API of a `cellule.ai` object, by its kind.
+pub fn cellule_api(client: &Client, namespace: &str, kind: &str) -> Api<kube::api::DynamicObject> {
+    use cellule_operator::api::{NpuServer, PeerTrust, Pool, WorkerGrant};
+    use kube::api::ApiResource;
+    let resource = match kind {
+        "Pool" => ApiResource::erase::<Pool>(&()),
+        "NpuServer" => ApiResource::erase::<NpuServer>(&()),
+        "WorkerGrant" => ApiResource::erase::<WorkerGrant>(&()),
+        "PeerTrust" => ApiResource::erase::<PeerTrust>(&()),
+        other => panic!("not a cellule.ai kind: {other}"),
+    };
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}

@@ -6,4 +6,5 @@
 pub mod api;
 pub mod conditions;
 pub mod health;
+pub mod peer_trust;
 pub mod telemetry;

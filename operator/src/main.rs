@@ -1,34 +1,160 @@
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
-use cellule_operator::{health, telemetry};
-use clap::Parser;
+use cellule_operator::{health, peer_trust::handshake, telemetry};
+use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 /// Deploys and guards Cellule PRO on Kubernetes.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controllers (the default).
+    Run,
+    /// Make and sign the bilateral handshake of a level-3 PeerTrust.
+    #[command(subcommand)]
+    Handshake(HandshakeCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
     /// Address of the /healthz and /readyz endpoints.
-    #[arg(long, env = "CELLULE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "CELLULE_HEALTH_ADDR",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
     health_addr: SocketAddr,
     /// Log line format.
-    #[arg(long, env = "CELLULE_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        env = "CELLULE_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
     log_format: telemetry::LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum HandshakeCommand {
+    /// Create an administrator's Ed25519 key: writes the private seed to
+    /// FILE (mode 0600) and prints the public key to put in the Pool's
+    /// `federation.adminPublicKeys` (or to send to the peer site).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the exact text that both administrators sign.
+    Statement(StatementArgs),
+    /// Sign the statement with an administrator's key; prints the base64
+    /// signature for `handshake.localSignature` or `peerSignature`.
+    Sign {
+        #[command(flatten)]
+        statement: StatementArgs,
+        /// File with the administrator's private seed (from `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct StatementArgs {
+    /// The site that writes the PeerTrust (its Pool's `federation.site`).
+    #[arg(long)]
+    local_site: String,
+    /// The PeerTrust's `site`.
+    #[arg(long)]
+    peer_site: String,
+    /// The PeerTrust's `publicKey`.
+    #[arg(long)]
+    peer_public_key: String,
+    /// Start of validity, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
+    #[arg(long)]
+    not_before: jiff::Timestamp,
+    /// End of validity, RFC 3339.
+    #[arg(long)]
+    not_after: jiff::Timestamp,
+    /// The handshake's nonce.
+    #[arg(long)]
+    nonce: String,
+}
+
+impl From<StatementArgs> for handshake::Statement {
+    fn from(a: StatementArgs) -> Self {
+        Self {
+            local_site: a.local_site,
+            peer_site: a.peer_site,
+            peer_public_key: a.peer_public_key,
+            not_before: a.not_before,
+            not_after: a.not_after,
+            nonce: a.nonce,
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.run).await,
+        Command::Handshake(command) => run_handshake(command),
+    }
+}
+
+fn run_handshake(command: HandshakeCommand) -> anyhow::Result<()> {
+    match command {
+        HandshakeCommand::Keygen { out } => {
+            let (seed, public) = handshake::generate_key();
+            write_private(&out, &seed).with_context(|| format!("writing {}", out.display()))?;
+            println!("{public}");
+        }
+        HandshakeCommand::Statement(args) => {
+            print!("{}", handshake::Statement::from(args).canonical())
+        }
+        HandshakeCommand::Sign { statement, key } => {
+            let seed = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let key = handshake::signing_key(&seed)?;
+            println!("{}", handshake::sign(&key, &statement.into()));
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{content}")
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let readiness = health::Readiness::default();
-    let health = health::serve(cli.health_addr, readiness.clone(), stopped(stop_rx.clone()))
-        .await
-        .with_context(|| format!("binding the health endpoints on {}", cli.health_addr))?;
+    let health = health::serve(
+        args.health_addr,
+        readiness.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .await
+    .with_context(|| format!("binding the health endpoints on {}", args.health_addr))?;
     let health = tokio::spawn(health);
 
     let client = kube::Client::try_default()

@@ -45,8 +45,9 @@ impl std::fmt::Display for Duration {
         if d.subsec_nanos() != 0 {
             return write!(f, "{}ms", d.as_millis());
         }
+        // Under two minutes stays in seconds: `60s` reads as the window it is.
         match d.as_secs() {
-            0 => write!(f, "0s"),
+            s if s < 120 => write!(f, "{s}s"),
             s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
             s if s % 60 == 0 => write!(f, "{}m", s / 60),
             s => write!(f, "{s}s"),

@@ -22,6 +22,18 @@ pub const ED25519_PUBLIC_KEY_PATTERN: &str = "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw04
 /// Same for 64 bytes: 86 characters, the last carrying 4 zero bits, then `==`.
 pub const ED25519_SIGNATURE_PATTERN: &str = "^[A-Za-z0-9+/]{85}[AQgw]==$";
 
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+impl Pool {
+    fn crd_for_tests()
+    -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+    {
+        <Self as kube::CustomResourceExt>::crd()
+    }
+}
+
 /// Every CRD of the API, in the order they are written to `crds/`.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

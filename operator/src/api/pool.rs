@@ -288,7 +288,7 @@ pub struct FederationSpec {
     /// Ed25519 public keys (base64, 32 bytes) of this site's administrators,
     /// whose signature a level-3 PeerTrust handshake needs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = 8), inner(length(min = 44, max = 44)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[x_kube(validation = Rule::new(format!("self.all(k, k.matches('{}'))", super::ED25519_PUBLIC_KEY_PATTERN)).message("each admin public key must be the base64 of exactly 32 bytes (an Ed25519 public key)"))]
     pub admin_public_keys: Vec<String>,
@@ -311,7 +311,7 @@ pub struct WorkerNetworkSpec {
     /// IP ranges workers connect from; the only sources allowed in. Empty
     /// means no laptop can connect (in-cluster workers still can).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) && cidr(c).prefixLength() > 0)").message("each allowedCidrs entry must be a CIDR like 10.50.0.0/16 (not 0.0.0.0/0 or ::/0)"))]
     pub allowed_cidrs: Vec<String>,

@@ -1,0 +1,3 @@
+//! PeerTrust: federation with the pools of other sites.
+
+pub mod handshake;
