@@ -5,6 +5,13 @@
 
 pub mod api;
 pub mod conditions;
+pub mod controller;
 pub mod health;
+pub mod images;
+pub mod netpol;
+pub mod npu_server;
 pub mod peer_trust;
+pub mod pool;
+pub mod reconcile;
 pub mod telemetry;
+pub mod workload;

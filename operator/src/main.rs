@@ -3,8 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
-use cellule_operator::{health, peer_trust::handshake, telemetry};
+use cellule_operator::{controller, health, peer_trust::handshake, telemetry};
 use clap::{Parser, Subcommand};
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
 /// Deploys and guards Cellule PRO on Kubernetes.
@@ -165,14 +166,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("reaching the Kubernetes API server")?;
     tracing::info!(version = %version.git_version, "connected to the API server");
-    readiness.set_ready(true);
 
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested, stopping");
         let _ = stop_tx.send(true);
     });
-    stopped(stop_rx).await;
+    readiness.set_ready(true);
+    let shutdown = {
+        let stop_rx = stop_rx.clone();
+        async move { stopped(stop_rx).await }.shared()
+    };
+    controller::run(client, shutdown).await;
     readiness.set_ready(false);
     health.await.context("health server task")??;
     tracing::info!("stopped");

@@ -1,0 +1,157 @@
+//! Wires the controllers: shared watches of the objects the operator
+//! makes (by label), metadata-only watches of Secrets, and one Controller
+//! per kind.
+
+use std::{fmt::Debug, future::Future, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{self, ObjectRef, ReflectHandle, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    api::{NpuServer, Pool},
+    npu_server, pool,
+    reconcile::{Context, context::OwnedStores, error_policy, labels},
+};
+
+/// A cache of `K` filtered by `config`, shared by several controllers: the
+/// returned future drives the watch and must be polled.
+fn shared<K>(
+    client: &Client,
+    config: watcher::Config,
+) -> (Store<K>, ReflectHandle<K>, impl Future<Output = ()> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store_shared(256);
+    let subscriber = writer
+        .subscribe()
+        .expect("a shared store can be subscribed to");
+    let driver = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), config))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+    (store, subscriber, driver)
+}
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let owned = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+    let (deployments, deployment_events, drive_deployments) =
+        shared::<Deployment>(&client, owned.clone());
+    let (services, service_events, drive_services) = shared::<Service>(&client, owned.clone());
+    let (config_maps, config_map_events, drive_config_maps) =
+        shared::<ConfigMap>(&client, owned.clone());
+    let (service_accounts, service_account_events, drive_service_accounts) =
+        shared::<ServiceAccount>(&client, owned.clone());
+    let (pdbs, pdb_events, drive_pdbs) = shared::<PodDisruptionBudget>(&client, owned.clone());
+    let (netpols, netpol_events, drive_netpols) = shared::<NetworkPolicy>(&client, owned);
+    let (pools, pool_events, drive_pools) = shared::<Pool>(&client, watcher::Config::default());
+    let (npus, npu_events, drive_npus) = shared::<NpuServer>(&client, watcher::Config::default());
+
+    // Secrets: metadata only (their content is never needed), to notice a
+    // referenced Secret appearing or going away.
+    let (secrets, secret_events, drive_secrets) =
+        shared::<PartialObjectMeta<Secret>>(&client, watcher::Config::default());
+
+    let ctx = Context::new(
+        client.clone(),
+        OwnedStores {
+            deployments,
+            services,
+            config_maps,
+            service_accounts,
+            pod_disruption_budgets: pdbs,
+            network_policies: netpols,
+        },
+        secrets,
+        npus.clone(),
+        pools.clone(),
+    );
+
+    let pools_for_secrets = pools.clone();
+    let pools_for_npus = pools.clone();
+    let pool_events_for_npus = pool_events.clone();
+    let pool_controller = Controller::for_shared_stream(pool_events, pools.clone())
+        .owns_shared_stream(deployment_events.clone())
+        .owns_shared_stream(service_events.clone())
+        .owns_shared_stream(config_map_events)
+        .owns_shared_stream(service_account_events)
+        .owns_shared_stream(pdb_events)
+        .owns_shared_stream(netpol_events.clone())
+        .watches_shared_stream(secret_events, move |secret| {
+            pools_referencing_secret(&pools_for_secrets, &secret)
+        })
+        .watches_shared_stream(npu_events.clone(), move |npu| {
+            let pool = ObjectRef::new(&npu.spec.pool_ref.name)
+                .within(&npu.namespace().unwrap_or_default());
+            pools_for_npus.get(&pool).map(|_| pool)
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(pool::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let npus_for_pools = npus.clone();
+    let npu_controller = Controller::for_shared_stream(npu_events, npus)
+        .owns_shared_stream(deployment_events)
+        .owns_shared_stream(service_events)
+        .owns_shared_stream(netpol_events)
+        .watches_shared_stream(pool_events_for_npus, move |pool: Arc<Pool>| {
+            let ns = pool.namespace();
+            npus_for_pools
+                .state()
+                .into_iter()
+                .filter(|npu| npu.namespace() == ns && npu.spec.pool_ref.name == pool.name_any())
+                .map(|npu| ObjectRef::from_obj(npu.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(npu_server::reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+
+    tokio::join!(
+        pool_controller,
+        npu_controller,
+        drive_deployments,
+        drive_services,
+        drive_config_maps,
+        drive_service_accounts,
+        drive_pdbs,
+        drive_netpols,
+        drive_pools,
+        drive_npus,
+        drive_secrets,
+    );
+}
+
+/// Pools in the Secret's namespace that reference it (database or TLS).
+fn pools_referencing_secret(
+    pools: &Store<Pool>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<Pool>> {
+    let (name, ns) = (secret.name_any(), secret.namespace());
+    pools
+        .state()
+        .into_iter()
+        .filter(|pool| pool.namespace() == ns)
+        .filter(|pool| pool.spec.database.dsn_secret_ref.name == name || pool.spec.tls.name == name)
+        .map(|pool| ObjectRef::from_obj(pool.as_ref()))
+        .collect()
+}

@@ -1,0 +1,226 @@
+//! NpuServer: a Deployment on accelerator nodes, its Service and its
+//! NetworkPolicy; its health (ready replicas against `minHealthyReplicas`)
+//! is what the Pool's routing reads.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements, apimachinery::pkg::api::resource::Quantity,
+};
+use kube::{
+    ResourceExt,
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+};
+
+use crate::{
+    api::NpuServer,
+    conditions::{self, Desired, Summary},
+    images,
+    netpol::{dns_egress, ingress, policy, tcp},
+    pool::netpol::from_pool_pods,
+    reconcile::{self, Context, Result, apply, status},
+    workload::{self, Component, ContainerSpec},
+};
+
+/// Condition: enough replicas are ready to serve the tier.
+pub const HEALTHY: &str = "Healthy";
+
+pub fn component_name(npu_server: &str) -> String {
+    format!("{npu_server}-npu")
+}
+
+fn component(npu: &NpuServer) -> Component {
+    Component {
+        name: component_name(&npu.name_any()),
+        namespace: npu.namespace().unwrap_or_default(),
+        pool: npu.spec.pool_ref.name.clone(),
+        role: "npu-server",
+    }
+}
+
+/// Per-replica resources: the user's, with the accelerator in limits.
+fn resources(npu: &NpuServer) -> ResourceRequirements {
+    let mut resources = npu.spec.resources.clone().unwrap_or_default();
+    let limits = resources.limits.get_or_insert_with(BTreeMap::new);
+    limits.insert(
+        npu.spec.accelerator.resource_name.clone(),
+        Quantity(npu.spec.accelerator.count.to_string()),
+    );
+    resources
+}
+
+pub struct DesiredNpu {
+    pub deployment: k8s_openapi::api::apps::v1::Deployment,
+    pub service: k8s_openapi::api::core::v1::Service,
+    pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+}
+
+/// The objects an NpuServer wants (pure).
+pub fn desired(npu: &NpuServer) -> DesiredNpu {
+    let spec = &npu.spec;
+    let component = component(npu);
+    let mut pod = workload::restricted_pod(
+        ContainerSpec {
+            image: images::resolve(&spec.image),
+            args: vec![
+                format!("--model={}", spec.model),
+                format!("--port={}", spec.port),
+            ],
+            port: spec.port,
+            resources: Some(resources(npu)),
+            mounts: Vec::new(),
+            pull_secrets: spec.image.pull_secrets.clone(),
+        },
+        None,
+    );
+    pod.node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
+    pod.tolerations = (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone());
+    DesiredNpu {
+        deployment: workload::deployment(
+            npu,
+            &component,
+            spec.replicas + spec.hot_spares,
+            pod,
+            BTreeMap::new(),
+        ),
+        service: workload::service(npu, &component, spec.port),
+        network_policy: policy(
+            npu,
+            &component.name,
+            &component.pool,
+            component.selector(),
+            vec![ingress(
+                vec![from_pool_pods(&component.pool)],
+                vec![tcp(spec.port)],
+            )],
+            vec![dns_egress()],
+        ),
+    }
+}
+
+pub async fn reconcile(npu: Arc<NpuServer>, ctx: Arc<Context>) -> Result<Action> {
+    let result = apply_npu(&npu, &ctx).await;
+    reconcile::finish(&ctx, npu.as_ref(), result).await
+}
+
+async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
+    let generation = npu.metadata.generation;
+    let now = Timestamp::now();
+    let ns = npu.namespace().unwrap_or_default();
+    let mut next = npu.status.clone().unwrap_or_default();
+    next.common.observed_generation = generation;
+    let pool = &npu.spec.pool_ref.name;
+    if ctx.pools.get(&ObjectRef::new(pool).within(&ns)).is_none() {
+        let message = format!(
+            "Pool {pool:?} does not exist in this namespace; the server starts once it does"
+        );
+        conditions::set_summary(
+            &mut next.common.conditions,
+            Summary::Stalled {
+                reason: "PoolNotFound",
+                message: message.clone(),
+            },
+            generation,
+            now,
+        );
+        conditions::set(
+            &mut next.common.conditions,
+            Desired::new(HEALTHY, false, "PoolNotFound", message.clone()),
+            generation,
+            now,
+        );
+        if status::write(&ctx.client, npu, npu.status.as_ref(), &next).await? {
+            ctx.event(npu, EventType::Warning, "PoolNotFound", "Validate", message)
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let desired = desired(npu);
+    let uid = npu.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
+    let (client, owned) = (&ctx.client, &ctx.owned);
+    let mut changes = vec![];
+    apply::sync(
+        client,
+        &owned.network_policies,
+        &ns,
+        &uid,
+        vec![desired.network_policy],
+        &mut changes,
+    )
+    .await?;
+    apply::sync(
+        client,
+        &owned.services,
+        &ns,
+        &uid,
+        vec![desired.service],
+        &mut changes,
+    )
+    .await?;
+    apply::sync(
+        client,
+        &owned.deployments,
+        &ns,
+        &uid,
+        vec![desired.deployment],
+        &mut changes,
+    )
+    .await?;
+    reconcile::report_changes(ctx, npu, &changes).await;
+
+    let name = component_name(&npu.name_any());
+    let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));
+    let ready = deployment
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let want = npu.spec.replicas + npu.spec.hot_spares;
+    next.ready_replicas = Some(ready);
+    next.desired_replicas = Some(want);
+    next.ready = Some(format!("{ready}/{want}"));
+    let min = npu.spec.min_healthy_replicas;
+    let healthy = if ready >= min {
+        Desired::new(
+            HEALTHY,
+            true,
+            "EnoughReplicasReady",
+            format!("{ready} ready, {min} needed"),
+        )
+    } else {
+        Desired::new(
+            HEALTHY,
+            false,
+            "TooFewReplicasReady",
+            format!("{ready} ready, {min} needed: the tier fails over"),
+        )
+    };
+    let became_unhealthy = !healthy.status
+        && conditions::get(&next.common.conditions, HEALTHY).is_some_and(|c| c.status == "True");
+    conditions::set(&mut next.common.conditions, healthy, generation, now);
+    let summary = if crate::pool::rollout_complete(deployment.as_deref(), want) {
+        Summary::Ready {
+            reason: "Available",
+            message: format!("{ready}/{want} replicas ready"),
+        }
+    } else {
+        Summary::Progressing {
+            reason: "DeploymentUnavailable",
+            message: format!("{ready}/{want} replicas ready"),
+        }
+    };
+    conditions::set_summary(&mut next.common.conditions, summary, generation, now);
+    if status::write(&ctx.client, npu, npu.status.as_ref(), &next).await? && became_unhealthy {
+        ctx.event(
+            npu,
+            EventType::Warning,
+            "Unhealthy",
+            "Observe",
+            format!("{ready} ready replicas, {min} needed"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,218 @@
+//! The objects a Pool wants (pure functions of a [`ValidPool`]).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{
+            ConfigMap, ConfigMapVolumeSource, KeyToPath, SecretVolumeSource, Service,
+            ServiceAccount, Volume,
+        },
+        networking::v1::NetworkPolicy,
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+
+use crate::{
+    api::pool::TierStatus,
+    images,
+    workload::{self, Component, ContainerSpec, Mount},
+};
+
+use super::{config, netpol, validate::ValidPool};
+
+pub const CONFIG_DIR: &str = "/etc/cellule/config";
+pub const ROUTING_DIR: &str = "/etc/cellule/routing";
+pub const TLS_DIR: &str = "/etc/cellule/tls";
+pub const DB_DIR: &str = "/etc/cellule/db";
+pub const JWKS_DIR: &str = "/etc/cellule/jwks";
+pub const REVOCATIONS_DIR: &str = "/etc/cellule/revocations";
+/// Port the in-cluster CPU workers serve on.
+pub const CPU_WORKER_PORT: i32 = 8080;
+pub const CONFIG_CHECKSUM: &str = "cellule.ai/config-sha256";
+
+/// Everything a Pool wants to exist, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub config_maps: Vec<ConfigMap>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+pub fn pool_component(valid: &ValidPool) -> Component {
+    Component {
+        name: format!("{}-pool", valid.name),
+        namespace: valid.namespace.clone(),
+        pool: valid.name.clone(),
+        role: "pool",
+    }
+}
+
+pub fn cpu_worker_component(valid: &ValidPool, set: &str) -> Component {
+    Component {
+        name: format!("{}-{set}", valid.name),
+        namespace: valid.namespace.clone(),
+        pool: valid.name.clone(),
+        role: "cpu-worker",
+    }
+}
+
+pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
+    let pool = &valid.pool;
+    let spec = &pool.spec;
+    let component = pool_component(valid);
+    let config_text = config::render_config(valid);
+    let config_name = format!("{}-config", valid.name);
+    let routing_name = format!("{}-routing", valid.name);
+    let config_map = |name: &str, key: &str, text: String| ConfigMap {
+        metadata: workload::owned_meta(pool, name, component.selector()),
+        data: Some(BTreeMap::from([(key.to_owned(), text)])),
+        ..Default::default()
+    };
+
+    let mounts = vec![
+        Mount {
+            volume: config_map_volume("config", &config_name),
+            path: CONFIG_DIR.into(),
+        },
+        Mount {
+            volume: config_map_volume("routing", &routing_name),
+            path: ROUTING_DIR.into(),
+        },
+        Mount {
+            volume: secret_volume("tls", &spec.tls.name, None),
+            path: TLS_DIR.into(),
+        },
+        // Only the DSN key is mounted from the database Secret.
+        Mount {
+            volume: secret_volume(
+                "db",
+                &spec.database.dsn_secret_ref.name,
+                Some(&spec.database.dsn_secret_ref.key),
+            ),
+            path: DB_DIR.into(),
+        },
+    ];
+    let pod = workload::restricted_pod(
+        ContainerSpec {
+            image: valid.image.clone(),
+            args: vec![format!("--config={CONFIG_DIR}/{}", config::CONFIG_KEY)],
+            port: spec.workers.port,
+            resources: None,
+            mounts,
+            pull_secrets: spec.image.pull_secrets.clone(),
+        },
+        Some(component.name.clone()),
+    );
+    let checksum = BTreeMap::from([(CONFIG_CHECKSUM.to_owned(), config::checksum(&config_text))]);
+
+    let mut desired = Desired {
+        deployments: vec![workload::deployment(
+            pool,
+            &component,
+            spec.replicas,
+            pod,
+            checksum,
+        )],
+        services: vec![workload::service(pool, &component, spec.workers.port)],
+        config_maps: vec![
+            config_map(&config_name, config::CONFIG_KEY, config_text),
+            config_map(
+                &routing_name,
+                config::ROUTING_KEY,
+                config::render_routing(valid, tiers),
+            ),
+        ],
+        service_accounts: vec![ServiceAccount {
+            metadata: workload::owned_meta(pool, &component.name, component.selector()),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }],
+        pod_disruption_budgets: Vec::new(),
+        network_policies: netpol::pool_policies(valid),
+    };
+    if spec.replicas > 1 {
+        desired.pod_disruption_budgets.push(PodDisruptionBudget {
+            metadata: workload::owned_meta(pool, &component.name, component.selector()),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(component.selector()),
+                    match_expressions: None,
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        });
+    }
+    for set in &spec.cpu_workers {
+        let worker = cpu_worker_component(valid, &set.name);
+        let model = spec
+            .tiers
+            .iter()
+            .find(|t| t.name == set.tier)
+            .map(|t| t.model.clone())
+            .unwrap_or_default();
+        let pod = workload::restricted_pod(
+            ContainerSpec {
+                image: images::resolve(&set.image),
+                args: vec![
+                    format!("--tier={}", set.tier),
+                    format!("--model={model}"),
+                    format!("--port={CPU_WORKER_PORT}"),
+                ],
+                port: CPU_WORKER_PORT,
+                resources: set.resources.clone(),
+                mounts: Vec::new(),
+                pull_secrets: set.image.pull_secrets.clone(),
+            },
+            None,
+        );
+        desired.deployments.push(workload::deployment(
+            pool,
+            &worker,
+            set.replicas,
+            pod,
+            BTreeMap::new(),
+        ));
+        desired
+            .services
+            .push(workload::service(pool, &worker, CPU_WORKER_PORT));
+    }
+    desired
+}
+
+fn config_map_volume(name: &str, config_map: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, only_key: Option<&str>) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: only_key.map(|key| {
+                vec![KeyToPath {
+                    key: key.into(),
+                    path: key.into(),
+                    mode: None,
+                }]
+            }),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

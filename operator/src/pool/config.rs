@@ -1,0 +1,85 @@
+//! The pool's rendered configuration (pure).
+//!
+//! Two ConfigMaps: `<pool>-config` holds the settings of the spec and rolls
+//! the Deployment when it changes (checksum annotation); `<pool>-routing`
+//! holds how each tier is served right now, which changes with NPU health
+//! and is re-read by the running pool without a restart.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::pool::{PrivacyMode, TierStatus};
+
+use super::{
+    build::{DB_DIR, JWKS_DIR, REVOCATIONS_DIR, ROUTING_DIR, TLS_DIR},
+    validate::ValidPool,
+};
+
+pub const CONFIG_KEY: &str = "pool.yaml";
+pub const ROUTING_KEY: &str = "routing.yaml";
+
+/// The settings file of the pool orchestrator.
+pub fn render_config(valid: &ValidPool) -> String {
+    let spec = &valid.pool.spec;
+    let config = json!({
+        "site": spec.federation.site,
+        "listen": {
+            "port": spec.workers.port,
+            "tls": {"certFile": format!("{TLS_DIR}/tls.crt"), "keyFile": format!("{TLS_DIR}/tls.key")},
+        },
+        "database": {"dsnFile": format!("{DB_DIR}/{}", spec.database.dsn_secret_ref.key)},
+        "tiers": spec.tiers.iter().map(|t| json!({
+            "name": t.name, "model": t.model, "backend": t.backend, "fallbackTier": t.fallback_tier,
+        })).collect::<Vec<_>>(),
+        "routingFile": format!("{ROUTING_DIR}/{ROUTING_KEY}"),
+        "verification": spec.verification,
+        "privacy": {
+            "mode": spec.privacy.mode,
+            // Paranoid never fans out: to peers or to several workers.
+            "fanOut": spec.privacy.mode == PrivacyMode::Balanced,
+        },
+        "rateLimit": spec.rate_limit,
+        "federation": {
+            "antiReplayWindow": spec.federation.anti_replay_window,
+            // Filled from PeerTrusts by the federation work; Paranoid has none.
+            "peers": [],
+        },
+        "workers": {
+            "heartbeatInterval": spec.workers.heartbeat_interval,
+            "allowedCidrs": spec.workers.allowed_cidrs,
+        },
+        "tokens": {
+            "audience": valid.name,
+            "jwksFile": format!("{JWKS_DIR}/jwks.json"),
+            "revocationListFile": format!("{REVOCATIONS_DIR}/revoked.json"),
+        },
+        "failover": spec.failover,
+    });
+    serde_yaml::to_string(&config).expect("JSON values always serialize to YAML")
+}
+
+/// Where each tier's requests go now.
+pub fn render_routing(valid: &ValidPool, tiers: &[TierStatus]) -> String {
+    let routes: BTreeMap<&str, serde_json::Value> = tiers
+        .iter()
+        .zip(&valid.tiers)
+        .map(|(status, tier)| {
+            let endpoint = tier
+                .npu
+                .as_ref()
+                .map(|npu| format!("{}.{}.svc:{}", npu.service, valid.namespace, npu.port));
+            (
+                status.name.as_str(),
+                json!({"serving": status.serving, "via": status.via, "npuEndpoint": endpoint}),
+            )
+        })
+        .collect();
+    serde_yaml::to_string(&json!({ "tiers": routes }))
+        .expect("JSON values always serialize to YAML")
+}
+
+pub fn checksum(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}

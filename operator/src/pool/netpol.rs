@@ -1,0 +1,110 @@
+//! The Pool's NetworkPolicies (pure): default deny for every pod of the
+//! pool, then the pool's own narrow allowances and its CPU workers'.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    netpol::{self, cidr, dns_egress, egress, ingress, pods, policy, pool_pods, tcp},
+    reconcile::labels,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+
+use super::{
+    build::{CPU_WORKER_PORT, cpu_worker_component, pool_component},
+    validate::ValidPool,
+};
+
+fn role_pods(pool: &str, role: &str) -> BTreeMap<String, String> {
+    let mut labels = pool_pods(pool);
+    labels.insert(labels::COMPONENT.into(), role.into());
+    labels
+}
+
+pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
+    let pool = &valid.pool;
+    let spec = &pool.spec;
+    let name = &valid.name;
+    let mut policies = vec![policy(
+        pool,
+        &format!("{name}-default-deny"),
+        name,
+        pool_pods(name),
+        vec![],
+        vec![],
+    )];
+
+    let database = &spec.database.endpoint;
+    let database_peer = match (&database.pod_selector, &database.cidr) {
+        (Some(pod_selector), _) => NetworkPolicyPeer {
+            pod_selector: Some(pod_selector.clone()),
+            namespace_selector: database.namespace_selector.clone(),
+            ip_block: None,
+        },
+        (None, Some(range)) => cidr(range),
+        // Admission requires exactly one of the two.
+        (None, None) => unreachable!("database endpoint without destination passed admission"),
+    };
+    let mut pool_egress = vec![
+        dns_egress(),
+        egress(vec![database_peer], vec![tcp(database.port)]),
+    ];
+    let mut npu_ports: Vec<i32> = valid
+        .tiers
+        .iter()
+        .filter_map(|t| t.npu.as_ref().map(|n| n.port))
+        .collect();
+    npu_ports.sort_unstable();
+    npu_ports.dedup();
+    if !npu_ports.is_empty() {
+        pool_egress.push(egress(
+            vec![pods(role_pods(name, "npu-server"))],
+            npu_ports.into_iter().map(tcp).collect(),
+        ));
+    }
+    if !spec.cpu_workers.is_empty() {
+        pool_egress.push(egress(
+            vec![pods(role_pods(name, "cpu-worker"))],
+            vec![tcp(CPU_WORKER_PORT)],
+        ));
+    }
+    // Peers: added from PeerTrusts by the federation work (none in Paranoid).
+    for extra in &spec.extra_egress {
+        pool_egress.push(egress(vec![cidr(&extra.cidr)], vec![tcp(extra.port)]));
+    }
+    let mut pool_ingress = vec![];
+    if !spec.workers.allowed_cidrs.is_empty() {
+        pool_ingress.push(ingress(
+            spec.workers.allowed_cidrs.iter().map(|c| cidr(c)).collect(),
+            vec![tcp(spec.workers.port)],
+        ));
+    }
+    policies.push(policy(
+        pool,
+        &pool_component(valid).name,
+        name,
+        role_pods(name, "pool"),
+        pool_ingress,
+        pool_egress,
+    ));
+
+    for set in &spec.cpu_workers {
+        let worker = cpu_worker_component(valid, &set.name);
+        policies.push(policy(
+            pool,
+            &worker.name,
+            name,
+            worker.selector(),
+            vec![ingress(
+                vec![pods(role_pods(name, "pool"))],
+                vec![tcp(CPU_WORKER_PORT)],
+            )],
+            vec![dns_egress()],
+        ));
+    }
+    policies
+}
+
+/// Ingress for an NpuServer's pods: from its pool's orchestrator only.
+pub fn from_pool_pods(pool: &str) -> NetworkPolicyPeer {
+    netpol::pods(role_pods(pool, "pool"))
+}

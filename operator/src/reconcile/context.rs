@@ -1,0 +1,115 @@
+//! What every reconcile gets: a client, read caches and an event recorder.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
+    },
+};
+
+use super::MANAGER;
+
+/// Caches of the objects the operator makes (watched by label), so a
+/// reconcile can tell whether anything needs writing without a request.
+#[derive(Clone)]
+pub struct OwnedStores {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+pub struct Context {
+    pub client: Client,
+    recorder: Recorder,
+    pub owned: OwnedStores,
+    /// Secret metadata only: the operator checks that referenced Secrets
+    /// exist, never reads what the pool's Secrets hold.
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub npu_servers: Store<crate::api::NpuServer>,
+    pub pools: Store<crate::api::Pool>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        owned: OwnedStores,
+        secrets: Store<PartialObjectMeta<Secret>>,
+        npu_servers: Store<crate::api::NpuServer>,
+        pools: Store<crate::api::Pool>,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            owned,
+            secrets,
+            npu_servers,
+            pools,
+            failures: Mutex::default(),
+        })
+    }
+
+    /// Publishes an Event on `obj`. A failure to record is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%error, reason, "could not record an Event");
+        }
+    }
+
+    /// Counts a failed reconcile of `obj`; returns how many in a row.
+    pub fn failed<K: Resource>(&self, obj: &K) -> u32 {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let count = failures.entry(obj.uid().unwrap_or_default()).or_default();
+        *count += 1;
+        *count
+    }
+
+    /// Forgets the failures of `obj` after a successful reconcile.
+    pub fn succeeded<K: Resource>(&self, obj: &K) {
+        self.failures
+            .lock()
+            .expect("failures lock")
+            .remove(&obj.uid().unwrap_or_default());
+    }
+}
+
+/// Whether the Secret `name` exists in `namespace` (from the metadata cache).
+pub fn secret_exists(ctx: &Context, namespace: &str, name: &str) -> bool {
+    ctx.secrets
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+        .is_some()
+}
