@@ -21,23 +21,26 @@ bash e2e/scripts/up.sh "$state"
 set -a; source "$state/env"; set +a
 export KUBECONFIG="$CELLULE_E2E_KUBECONFIG" PATH="$CELLULE_E2E_BIN:$PATH"
 
-log "installing the CRDs"
-kubectl apply --server-side -f crds/ >/dev/null
-kubectl wait --for condition=Established --timeout 60s -f crds/ >/dev/null
-
-log "starting the operator (logs: $logs/operator.log)"
-health_port=$(free_port)
-start operator env CELLULE_HEALTH_ADDR="127.0.0.1:$health_port" "$root/target/debug/cellule-operator"
-wait_for "the operator" 60 curl -fsS "http://127.0.0.1:$health_port/readyz"
+log "installing the CRDs and RBAC, starting the operator under its ServiceAccount"
+RUST_LOG=info bash e2e/scripts/start-operator.sh "$state" "$root/target/debug/cellule-operator"
 
 if compgen -G "config/samples/*.yaml" >/dev/null; then
   log "applying config/samples/"
   kubectl create namespace cellule-demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl label namespace cellule-demo pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+  # What the samples reference and a platform team brings: the database DSN
+  # and the pool's TLS certificate (self-signed here).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=paris-pool.cellule-demo.svc" \
+    -keyout "$state/tls.key" -out "$state/tls.crt" 2>/dev/null
+  kubectl -n cellule-demo create secret tls paris-tls --cert "$state/tls.crt" --key "$state/tls.key" >/dev/null
+  kubectl -n cellule-demo create secret generic paris-db \
+    --from-literal dsn="postgres://cellule@postgresql.cellule-demo.svc:5432/cellule?sslmode=verify-full" >/dev/null
   kubectl -n cellule-demo apply --server-side -f config/samples/
-  sleep 5
+  kubectl -n cellule-demo wait --for condition=Ready --timeout 60s pool/paris npuserver/heavy >/dev/null || true
   echo
   kubectl -n cellule-demo get cellule -o wide
+  echo
+  kubectl -n cellule-demo get deployments,services,configmaps,networkpolicies,poddisruptionbudgets -l app.kubernetes.io/managed-by=cellule-operator
   echo
   kubectl -n cellule-demo get cellule -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}:{"\n"}{range .status.conditions[*]}  {.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
 else

@@ -48,6 +48,7 @@ trap on_exit EXIT
 
 step "start the control plane"
 bash e2e/scripts/up.sh "$state"
+bash e2e/scripts/start-operator.sh "$state" "$root/target/debug/cellule-operator"
 set -a; source "$state/env"; set +a
 export CELLULE_E2E_OPERATOR_BIN="$root/target/debug/cellule-operator"
 step "e2e tests"

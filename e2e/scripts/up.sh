@@ -99,6 +99,8 @@ start kube-apiserver kube-apiserver \
   --authorization-mode Node,RBAC \
   --enable-admission-plugins NodeRestriction \
   --allow-privileged=true \
+  --audit-policy-file "$here/../audit-policy.yaml" --audit-log-path "$logs/audit.log" \
+  --audit-log-format json --audit-log-maxsize 0 \
   --profiling=false
 wait_for kube-apiserver 90 kubectl get --raw /readyz
 
@@ -133,6 +135,8 @@ wait_for registry 30 curl -fsS "http://127.0.0.1:$registry_port/v2/"
 kubectl apply -f "$here/../kwok/nodes.yaml" >/dev/null
 wait_for "Ready fake nodes" 60 bash -c '[ "$(kubectl get nodes --no-headers 2>/dev/null | grep -cw Ready)" -ge 4 ]'
 wait_for "the default ServiceAccount" 60 kubectl -n default get serviceaccount default
+# Cluster DNS pods (simulated), what NetworkPolicies allow DNS to.
+kubectl apply -f "$here/../kwok/kube-dns.yaml" >/dev/null
 
 cat >"$state/env" <<ENV
 CELLULE_E2E_STATE=$state

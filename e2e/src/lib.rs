@@ -223,6 +223,9 @@ pub async fn install_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, doc) in yaml_documents("crds") {
+        if doc["kind"] != "CustomResourceDefinition" {
+            continue; // the kustomization listing them
+        }
         let crd: CustomResourceDefinition =
             serde_json::from_value(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
         let name = crd.metadata.name.clone().unwrap();
@@ -255,4 +258,114 @@ pub fn cellule_api(client: &Client, namespace: &str, kind: &str) -> Api<kube::ap
         other => panic!("not a cellule.ai kind: {other}"),
     };
     Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// Server-side applies every object of `config/samples/` into `ns`.
+pub async fn apply_samples(client: &Client, ns: &str) -> anyhow::Result<()> {
+    for (file, doc) in yaml_documents("config/samples") {
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .context("sample without a name")?
+            .to_owned();
+        let kind = doc["kind"]
+            .as_str()
+            .context("sample without a kind")?
+            .to_owned();
+        cellule_api(client, ns, &kind)
+            .patch(
+                &name,
+                &kube::api::PatchParams::apply("cellule-e2e").force(),
+                &kube::api::Patch::Apply(&doc),
+            )
+            .await
+            .with_context(|| format!("{file}: applying {kind} {name}"))?;
+    }
+    Ok(())
+}
+
+/// Creates an Opaque Secret with the given string data.
+pub async fn create_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    data: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
+}
+
+/// Waits until the `cellule.ai` object has condition `type_` = `status`;
+/// returns the object.
+pub async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    timeout: Duration,
+) -> anyhow::Result<kube::api::DynamicObject> {
+    let api = cellule_api(client, ns, kind);
+    eventually(
+        &format!("{kind} {name} {type_}={status}"),
+        timeout,
+        || async {
+            let object = api.get(name).await.map_err(|e| e.to_string())?;
+            let found = object.data["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+                .cloned();
+            match found {
+                Some(c) if c["status"] == status => Ok(object),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// The writes (create, update, patch, delete) that `user` made in
+/// `namespace`, from the API server's audit log, as `verb resource name`.
+pub fn audited_writes(user: &str, namespace: &str) -> Vec<String> {
+    let log =
+        std::fs::read_to_string(PathBuf::from(Env::var("CELLULE_E2E_LOGS")).join("audit.log"))
+            .expect("reading the audit log");
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| e["user"]["username"] == user)
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .map(|e| {
+            let o = &e["objectRef"];
+            format!(
+                "{} {} {}/{} {}",
+                e["requestReceivedTimestamp"],
+                e["verb"],
+                o["resource"],
+                o["subresource"],
+                o["name"]
+            )
+        })
+        .collect()
 }

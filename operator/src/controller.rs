@@ -33,7 +33,11 @@ use crate::{
 fn shared<K>(
     client: &Client,
     config: watcher::Config,
-) -> (Store<K>, ReflectHandle<K>, impl Future<Output = ()> + Send)
+) -> (
+    Store<K>,
+    ReflectHandle<K>,
+    impl Future<Output = ()> + Send + use<K>,
+)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -48,10 +52,12 @@ where
     (store, subscriber, driver)
 }
 
-/// Runs every controller until `shutdown` resolves.
+/// Runs every controller until `shutdown` resolves; calls `on_ready` once
+/// every cache has synced.
 pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+    on_ready: impl FnOnce(),
 ) {
     let owned = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     let (deployments, deployment_events, drive_deployments) =
@@ -71,6 +77,32 @@ pub async fn run(
     let (secrets, secret_events, drive_secrets) =
         shared::<PartialObjectMeta<Secret>>(&client, watcher::Config::default());
 
+    let synced = {
+        let (d, s, c, a, p) = (
+            deployments.clone(),
+            services.clone(),
+            config_maps.clone(),
+            service_accounts.clone(),
+            pdbs.clone(),
+        );
+        let (n, po, np, se) = (
+            netpols.clone(),
+            pools.clone(),
+            npus.clone(),
+            secrets.clone(),
+        );
+        async move {
+            d.wait_until_ready().await.is_ok()
+                && s.wait_until_ready().await.is_ok()
+                && c.wait_until_ready().await.is_ok()
+                && a.wait_until_ready().await.is_ok()
+                && p.wait_until_ready().await.is_ok()
+                && n.wait_until_ready().await.is_ok()
+                && po.wait_until_ready().await.is_ok()
+                && np.wait_until_ready().await.is_ok()
+                && se.wait_until_ready().await.is_ok()
+        }
+    };
     let ctx = Context::new(
         client.clone(),
         OwnedStores {
@@ -122,23 +154,38 @@ pub async fn run(
                 .map(|npu| ObjectRef::from_obj(npu.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(npu_server::reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
 
-    tokio::join!(
-        pool_controller,
-        npu_controller,
-        drive_deployments,
-        drive_services,
-        drive_config_maps,
-        drive_service_accounts,
-        drive_pdbs,
-        drive_netpols,
-        drive_pools,
-        drive_npus,
-        drive_secrets,
-    );
+    // Reconciles read several caches: start only once all have synced,
+    // or a reconcile could take a Pool that is merely not loaded yet for
+    // a missing one.
+    let caches = tokio::spawn(async move {
+        tokio::join!(
+            drive_deployments,
+            drive_services,
+            drive_config_maps,
+            drive_service_accounts,
+            drive_pdbs,
+            drive_netpols,
+            drive_pools,
+            drive_npus,
+            drive_secrets,
+        );
+    });
+    let synced = tokio::select! {
+        synced = synced => synced,
+        () = shutdown.clone() => false,
+    };
+    if !synced {
+        caches.abort();
+        return;
+    }
+    tracing::info!("caches synced, controllers running");
+    on_ready();
+    tokio::join!(pool_controller, npu_controller);
+    caches.abort();
 }
 
 /// Pools in the Secret's namespace that reference it (database or TLS).

@@ -172,12 +172,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown requested, stopping");
         let _ = stop_tx.send(true);
     });
-    readiness.set_ready(true);
     let shutdown = {
         let stop_rx = stop_rx.clone();
         async move { stopped(stop_rx).await }.shared()
     };
-    controller::run(client, shutdown).await;
+    let ready = readiness.clone();
+    controller::run(client, shutdown, move || ready.set_ready(true)).await;
     readiness.set_ready(false);
     health.await.context("health server task")??;
     tracing::info!("stopped");

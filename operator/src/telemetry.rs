@@ -18,9 +18,13 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,tower=warn,hyper=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .init(),
+        LogFormat::Text => {
+            // Colours only on a terminal, not in log files.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry
+                .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+                .init()
+        }
         LogFormat::Json => registry
             .with(
                 fmt::layer()

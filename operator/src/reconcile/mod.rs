@@ -69,7 +69,15 @@ pub async fn finish<K: kube::Resource<DynamicType = ()>>(
     result: Result<Action>,
 ) -> Result<Action> {
     match &result {
-        Ok(_) => ctx.succeeded(obj),
+        Ok(_) => {
+            ctx.succeeded(obj);
+            let meta = obj.meta();
+            let (name, namespace) = (
+                meta.name.as_deref().unwrap_or_default(),
+                meta.namespace.as_deref().unwrap_or_default(),
+            );
+            tracing::debug!(kind = %K::kind(&()), %name, %namespace, "reconciled");
+        }
         Err(error) => {
             ctx.event(
                 obj,

@@ -30,6 +30,11 @@ where
     if current == Some(status) {
         return Ok(false);
     }
+    tracing::debug!(
+        before = %serde_json::to_string(&current).unwrap_or_default(),
+        after = %serde_json::to_string(status).unwrap_or_default(),
+        "status changed"
+    );
     let api: Api<K> = Api::namespaced(
         client.clone(),
         &obj.namespace().ok_or(Error::MissingMetadata("namespace"))?,
