@@ -8,6 +8,9 @@ pub mod netpol;
 pub mod routing;
 pub mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use jiff::Timestamp;

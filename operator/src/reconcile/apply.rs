@@ -138,11 +138,11 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
     }
 }
 
-/// Empty maps and lists are dropped by the API server; asking for one is
-/// the same as not asking.
+/// Empty maps and lists (and maps of only those) are dropped by the API
+/// server; asking for one is the same as not asking.
 fn is_empty(value: &Value) -> bool {
     match value {
-        Value::Object(map) => map.is_empty(),
+        Value::Object(map) => map.values().all(is_empty),
         Value::Array(list) => list.is_empty(),
         Value::Null => true,
         _ => false,

@@ -1,0 +1,136 @@
+//! A second opinion on the NetworkPolicies the operator made: the np-guard
+//! NetworkPolicy analyzer (built by e2e/scripts/build-tools.sh) reads the
+//! objects from the real API server and lists every allowed connection.
+//! A pool pod may reach its database, its NPU and CPU worker pods and
+//! kube-dns on 53, and nothing else; worker pods reach only DNS.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use cellule_e2e::{
+    Env, apply_samples, create_secret, eventually, in_namespace, install_crds, run_tool,
+    wait_condition,
+};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// `kind` objects of `namespaces`, written as YAML into `dir/file`.
+async fn dump(dir: &std::path::Path, file: &str, args: &[&str]) -> anyhow::Result<()> {
+    let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
+    let mut all = vec!["--kubeconfig", &kubeconfig, "get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "yaml"]);
+    std::fs::write(dir.join(file), run_tool("kubectl", &all, &[]).await?)?;
+    Ok(())
+}
+
+fn group(pod: &Pod) -> String {
+    // The analyzer names pods by their ReplicaSet: ns/name-hash[ReplicaSet].
+    let owner = pod
+        .owner_references()
+        .first()
+        .map(|o| o.name.clone())
+        .unwrap_or_default();
+    format!("{}/{owner}[ReplicaSet]", pod.namespace().unwrap())
+}
+
+#[tokio::test]
+async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
+    in_namespace("egress", |client: Client, ns: String| async move {
+        install_crds(&client).await;
+        create_secret(&client, &ns, "paris-db", &[("dsn", "postgres://db")]).await?;
+        create_secret(&client, &ns, "paris-tls", &[("tls.crt", "c"), ("tls.key", "k")]).await?;
+        // The database the sample Pool selects, and a bystander it must not reach.
+        for (name, labels) in [("postgresql", json!({"app.kubernetes.io/name": "postgresql"})), ("bystander", json!({"app": "bystander"}))] {
+            let deployment: Deployment = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels}, "spec": cellule_e2e::restricted_pod_spec("registry.invalid/x:1")}}
+            }))?;
+            Api::<Deployment>::namespaced(client.clone(), &ns).create(&PostParams::default(), &deployment).await?;
+        }
+        apply_samples(&client, &ns).await?;
+        wait_condition(&client, &ns, "Pool", "paris", "Ready", "True", WAIT).await?;
+        wait_condition(&client, &ns, "NpuServer", "heavy", "Ready", "True", WAIT).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let all = eventually("9 running pods", WAIT, || async {
+            let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let running = list.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()).count();
+            if running == 9 { Ok(list.items) } else { Err(format!("{running} with an IP")) }
+        })
+        .await?;
+        let by_role = |role: &str| {
+            all.iter()
+                .find(|p| p.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(role))
+                .expect("a pod of each role")
+                .clone()
+        };
+        let by_app = |key: &str, value: &str| all.iter().find(|p| p.labels().get(key).map(String::as_str) == Some(value)).unwrap().clone();
+        let (pool, npu, worker) = (by_role("pool"), by_role("npu-server"), by_role("cpu-worker"));
+        let database = by_app("app.kubernetes.io/name", "postgresql");
+
+        let dir = std::env::temp_dir().join(format!("cellule-netpol-{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        dump(&dir, "namespaces.yaml", &["namespace", &ns, "kube-system"]).await?;
+        dump(&dir, "pods.yaml", &["pods", "-n", &ns]).await?;
+        dump(&dir, "dns.yaml", &["pods", "-n", "kube-system"]).await?;
+        dump(&dir, "policies.yaml", &["networkpolicies", "-n", &ns]).await?;
+        let dirpath = dir.to_str().unwrap();
+        let list: Value = serde_json::from_str(&run_tool("netpolicy", &["list", "--dirpath", dirpath, "-o", "json"], &[]).await?)
+            .context("analyzer output")?;
+        let rows: Vec<(String, String, String)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["src"].as_str().unwrap().into(), r["dst"].as_str().unwrap().into(), r["conn"].as_str().unwrap().into()))
+            .collect();
+        let from = |src: &str| -> BTreeSet<(String, String)> {
+            rows.iter().filter(|r| r.0 == src).map(|r| (r.1.clone(), r.2.clone())).collect()
+        };
+        let dns = rows
+            .iter()
+            .find_map(|r| r.1.starts_with("kube-system/coredns").then(|| r.1.clone()))
+            .expect("kube-dns pods in the analysis");
+        let dns_only = BTreeSet::from([(dns.clone(), "TCP 53,UDP 53".to_owned())]);
+
+        let pool_egress = from(&group(&pool));
+        let expected = BTreeSet::from([
+            (dns.clone(), "TCP 53,UDP 53".to_owned()),
+            (group(&database), "TCP 5432".to_owned()),
+            (group(&npu), "TCP 8000".to_owned()),
+            (group(&worker), "TCP 8080".to_owned()),
+        ]);
+        println!("pool egress per the analyzer: {pool_egress:?}");
+        ensure!(pool_egress == expected, "pool egress {pool_egress:?}, expected exactly {expected:?}");
+        ensure!(from(&group(&npu)) == dns_only, "NPU egress: {:?}", from(&group(&npu)));
+        ensure!(from(&group(&worker)) == dns_only, "CPU worker egress: {:?}", from(&group(&worker)));
+
+        // Into the pool: only the workers' CIDRs (10.50/16, 10.51/16), on 8443.
+        let into_pool: BTreeSet<(String, String)> =
+            rows.iter().filter(|r| r.1 == group(&pool)).map(|r| (r.0.clone(), r.2.clone())).collect();
+        let expected_in = BTreeSet::from([
+            ("10.50.0.0-10.50.255.255".to_owned(), "TCP 8443".to_owned()),
+            ("10.51.0.0-10.51.255.255".to_owned(), "TCP 8443".to_owned()),
+        ]);
+        ensure!(into_pool == expected_in, "ingress to the pool {into_pool:?}");
+
+        // Point checks, with the analyzer's eval: the internet and the API server are out.
+        for (ip, port) in [("1.1.1.1", "443"), ("10.0.0.1", "443"), ("10.10.255.1", "6443")] {
+            let out = run_tool(
+                "netpolicy",
+                &["eval", "--dirpath", dirpath, "-n", &ns, "-s", &pool.name_any(), "--destination-ip", ip, "-p", port],
+                &[],
+            )
+            .await?;
+            ensure!(out.trim_end().ends_with(": false"), "pool -> {ip}:{port}: {out}");
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -1,0 +1,174 @@
+//! Unit tests of the Pool builders, without a cluster.
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::ObjectMeta;
+
+use super::{
+    build,
+    validate::{NpuBackend, NpuState, Tier, ValidPool},
+};
+use crate::{api::Pool, images, pool::routing};
+
+fn sample_pool() -> Pool {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/samples/pool.yaml"
+    ))
+    .unwrap();
+    let mut pool: Pool = serde_yaml::from_str(&text).unwrap();
+    pool.metadata = ObjectMeta {
+        name: Some("paris".into()),
+        namespace: Some("site".into()),
+        uid: Some("0000-uid".into()),
+        ..Default::default()
+    };
+    pool
+}
+
+fn valid(pool: &Pool, npu: NpuState) -> ValidPool {
+    ValidPool {
+        pool: pool.clone(),
+        name: "paris".into(),
+        namespace: "site".into(),
+        image: images::resolve(&pool.spec.image),
+        tiers: pool
+            .spec
+            .tiers
+            .iter()
+            .map(|t| Tier {
+                spec: t.clone(),
+                npu: t.npu_server_ref.as_ref().map(|r| NpuBackend {
+                    name: r.name.clone(),
+                    service: format!("{}-npu", r.name),
+                    port: 8000,
+                    state: npu,
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn desired(pool: &Pool) -> build::Desired {
+    let valid = valid(pool, NpuState::Healthy);
+    build::desired(&valid, &routing::tier_status(&valid.tiers))
+}
+
+#[test]
+fn every_pod_passes_pod_security_restricted() {
+    for deployment in desired(&sample_pool()).deployments {
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        for container in pod.containers {
+            let sc = container.security_context.unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        }
+    }
+}
+
+#[test]
+fn a_config_change_rolls_the_deployment_and_routing_does_not() {
+    let checksum = |d: &build::Desired| {
+        d.deployments[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[build::CONFIG_CHECKSUM]
+            .clone()
+    };
+    let pool = sample_pool();
+    let before = checksum(&desired(&pool));
+    let mut changed = pool.clone();
+    changed.spec.rate_limit.requests_per_minute_per_signer = 30;
+    assert_ne!(checksum(&desired(&changed)), before);
+
+    let unhealthy = valid(&pool, NpuState::Unhealthy);
+    let routed = build::desired(&unhealthy, &routing::tier_status(&unhealthy.tiers));
+    assert_eq!(
+        checksum(&routed),
+        before,
+        "NPU health must not restart the pool"
+    );
+}
+
+#[test]
+fn pdb_only_with_more_than_one_replica() {
+    let mut pool = sample_pool();
+    assert_eq!(desired(&pool).pod_disruption_budgets.len(), 1);
+    pool.spec.replicas = 1;
+    assert!(desired(&pool).pod_disruption_budgets.is_empty());
+}
+
+fn all_policies(pool: &Pool) -> Vec<NetworkPolicy> {
+    desired(pool).network_policies
+}
+
+#[test]
+fn no_policy_rule_allows_everything() {
+    let mut pool = sample_pool();
+    pool.spec.extra_egress.push(crate::api::pool::EgressRule {
+        name: "siem".into(),
+        cidr: "10.9.0.0/16".into(),
+        port: 514,
+    });
+    for policy in all_policies(&pool) {
+        let spec = policy.spec.unwrap();
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
+        for rule in spec.egress.unwrap_or_default() {
+            let to = rule.to.unwrap();
+            assert!(!to.is_empty());
+            for peer in to {
+                assert!(
+                    peer.pod_selector.is_some() || peer.ip_block.is_some(),
+                    "a peer with only a namespace selector"
+                );
+                if let Some(block) = peer.ip_block {
+                    assert!(!block.cidr.ends_with("/0"), "{}", block.cidr);
+                }
+            }
+            assert!(!rule.ports.unwrap().is_empty());
+        }
+        for rule in spec.ingress.unwrap_or_default() {
+            assert!(!rule.from.unwrap().is_empty());
+        }
+    }
+}
+
+#[test]
+fn default_deny_covers_every_pod_of_the_pool() {
+    let deny = all_policies(&sample_pool())
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some("paris-default-deny"))
+        .unwrap();
+    let spec = deny.spec.unwrap();
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap(),
+        [("cellule.ai/pool".to_owned(), "paris".to_owned())].into()
+    );
+    assert!(spec.ingress.is_none() && spec.egress.is_none());
+}
+
+#[test]
+fn routing_summary_reads_for_on_call() {
+    let pool = sample_pool();
+    let healthy = valid(&pool, NpuState::Healthy);
+    assert_eq!(
+        routing::summary(&routing::tier_status(&healthy.tiers)),
+        "light=cpu heavy=npu"
+    );
+    let missing = valid(&pool, NpuState::Missing);
+    assert_eq!(
+        routing::summary(&routing::tier_status(&missing.tiers)),
+        "light=cpu heavy=unavailable"
+    );
+}
