@@ -9,9 +9,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=../versions.env
-source "$here/../versions.env"
 source "$here/lib.sh"
+# shellcheck source=../versions.env
+source "$(cellule_versions_file)"
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 cache=$(cellule_cache_root)

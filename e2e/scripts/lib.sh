@@ -2,14 +2,20 @@
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# e2e/versions.env, unless CELLULE_E2E_VERSIONS names another file (tests
+# of the build script itself use that).
+cellule_versions_file() {
+  echo "${CELLULE_E2E_VERSIONS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/versions.env}"
+}
+
 cellule_cache_root() { echo "${XDG_CACHE_HOME:-$HOME/.cache}/cellule-e2e"; }
 
-# The cache key is the content of versions.env (which carries a recipe number
-# to bump when build-tools.sh changes how something is built).
+# The directory of links to every tool, keyed by the content of
+# versions.env (each tool itself is cached by its own version: see
+# build-tools.sh).
 cellule_bin_dir() {
-  local here key
-  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-  key=$(sha256sum <"$here/../versions.env" | cut -c1-16)
+  local key
+  key=$(sha256sum <"$(cellule_versions_file)" | cut -c1-16)
   echo "$(cellule_cache_root)/$key/bin"
 }
 

@@ -229,3 +229,46 @@ async fn one_way_fields_cannot_be_undone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn kubectl_explain_documents_the_api_from_the_server() {
+    let client = cellule_e2e::admin_client().await;
+    install_crds(&client).await;
+    let kubeconfig = cellule_e2e::Env::var("CELLULE_E2E_KUBECONFIG");
+    let explain = cellule_e2e::run_tool(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "explain",
+            "pools.spec.verification",
+            "--recursive=false",
+        ],
+        &[],
+    )
+    .await
+    .expect("kubectl explain");
+    for needle in [
+        "spotCheckPercent",
+        "Percent of answers re-checked by another worker",
+        "workersPerRequest",
+    ] {
+        assert!(
+            explain.contains(needle),
+            "kubectl explain lacks {needle:?}:\n{explain}"
+        );
+    }
+    let explain = cellule_e2e::run_tool(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "explain",
+            "workergrants.spec.revoked",
+        ],
+        &[],
+    )
+    .await
+    .expect("kubectl explain");
+    assert!(explain.contains("Cannot be set back to false"), "{explain}");
+}

@@ -116,6 +116,10 @@ async fn deployment_gets_ready_pods_on_cpu_nodes() {
     .await;
 }
 
+fn spec_tolerations() -> Option<Vec<k8s_openapi::api::core::v1::Toleration>> {
+    serde_json::from_value(json!([{"key": "cellule.ai/npu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}])).ok()
+}
+
 #[tokio::test]
 async fn npu_pod_lands_on_an_npu_node_only() {
     in_namespace("npu", |client: Client, ns: String| async move {
@@ -123,9 +127,7 @@ async fn npu_pod_lands_on_an_npu_node_only() {
         spec.containers[0].resources = Some(serde_json::from_value(
             json!({"limits": {"cellule.ai/npu": "2"}}),
         )?);
-        spec.tolerations = Some(serde_json::from_value(json!([
-            {"key": "cellule.ai/npu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-        ]))?);
+        spec.tolerations = spec_tolerations();
         Api::<Deployment>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &deployment("heavy", 3, spec))
             .await?;
@@ -138,43 +140,51 @@ async fn npu_pod_lands_on_an_npu_node_only() {
                 .unwrap_or_default();
             ensure!(node.starts_with("npu-"), "NPU pod landed on {node}");
         }
-        // 2 NPU nodes x 4 accelerators = 8: a fourth pod asking 2 fits, a
-        // fifth does not and stays Pending, as on a real cluster.
+        // A pod asking more accelerators than any node has (16) is left
+        // Unschedulable by the scheduler, as on a real cluster.
+        let mut greedy = restricted_pod_spec("registry.invalid/npu:1");
+        greedy.containers[0].resources = Some(serde_json::from_value(
+            json!({"limits": {"cellule.ai/npu": "17"}}),
+        )?);
+        greedy.tolerations = spec_tolerations();
         Api::<Deployment>::namespaced(client.clone(), &ns)
-            .patch(
-                "heavy",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": 5}})),
-            )
+            .create(&PostParams::default(), &deployment("greedy", 1, greedy))
             .await?;
-        running_pods(&Api::namespaced(client.clone(), &ns), "heavy", 4).await?;
         let pods: Api<Pod> = Api::namespaced(client, &ns);
-        eventually("one NPU pod Unschedulable", WAIT, || async {
-            let list = pods
-                .list(&ListParams::default().labels("app=heavy"))
-                .await
-                .map_err(|e| e.to_string())?;
-            let unschedulable = list
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| {
-                                c.type_ == "PodScheduled"
-                                    && c.reason.as_deref() == Some("Unschedulable")
-                            })
-                        })
-                })
-                .count();
-            if unschedulable == 1 {
-                Ok(())
-            } else {
-                Err(format!("{unschedulable} unschedulable"))
-            }
-        })
+        eventually(
+            "the greedy NPU pod Unschedulable for lack of cellule.ai/npu",
+            WAIT,
+            || async {
+                let list = pods
+                    .list(&ListParams::default().labels("app=greedy"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let condition = list
+                    .items
+                    .iter()
+                    .filter_map(|p| {
+                        p.status
+                            .as_ref()?
+                            .conditions
+                            .as_ref()?
+                            .iter()
+                            .find(|c| c.type_ == "PodScheduled")
+                            .cloned()
+                    })
+                    .next();
+                match condition {
+                    Some(c)
+                        if c.reason.as_deref() == Some("Unschedulable")
+                            && c.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("Insufficient cellule.ai/npu")) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
         .await
     })
     .await;

@@ -62,6 +62,31 @@ where
     Ok(names)
 }
 
+/// Every object the operator made in `ns`, as `Kind/name`.
+async fn owned_objects(client: &Client, ns: &str) -> Result<Vec<String>, String> {
+    let lists = [
+        ("Deployment", names::<Deployment>(client, ns).await),
+        ("Service", names::<Service>(client, ns).await),
+        ("ConfigMap", names::<ConfigMap>(client, ns).await),
+        ("NetworkPolicy", names::<NetworkPolicy>(client, ns).await),
+        ("ServiceAccount", names::<ServiceAccount>(client, ns).await),
+        (
+            "PodDisruptionBudget",
+            names::<PodDisruptionBudget>(client, ns).await,
+        ),
+    ];
+    let mut all = vec![];
+    for (kind, names) in lists {
+        all.extend(
+            names
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|n| format!("{kind}/{n}")),
+        );
+    }
+    Ok(all)
+}
+
 #[tokio::test]
 async fn samples_become_running_workloads_with_owner_references() {
     in_namespace("site", |client: Client, ns: String| async move {
@@ -202,19 +227,8 @@ async fn a_hand_edit_is_put_back_and_a_removed_worker_set_is_deleted() {
             )
             .await?;
         eventually("paris-light-workers objects deleted", WAIT, || async {
-            let left = [
-                names::<Deployment>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<Service>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<NetworkPolicy>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ]
-            .concat();
-            if left.iter().any(|n| n == "paris-light-workers") {
+            let left = owned_objects(&client, &ns).await?;
+            if left.iter().any(|o| o.ends_with("/paris-light-workers")) {
                 Err(format!("{left:?}"))
             } else {
                 Ok(())
@@ -237,27 +251,7 @@ async fn deleting_the_pool_removes_everything_it_made() {
             .delete("paris", &DeleteParams::foreground())
             .await?;
         eventually("every owned object gone", WAIT, || async {
-            let left = [
-                names::<Deployment>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<Service>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<ConfigMap>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<NetworkPolicy>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<ServiceAccount>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                names::<PodDisruptionBudget>(&client, &ns)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ]
-            .concat();
+            let left = owned_objects(&client, &ns).await?;
             if left.is_empty() {
                 Ok(())
             } else {
