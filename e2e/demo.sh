@@ -49,6 +49,10 @@ fi
 
 cat <<MSG
 
+Pools and NpuServers are reconciled. WorkerGrants and PeerTrusts are validated
+and stored, but no controller acts on them yet (tokens and federation are
+later work), so they have no status.
+
 The control plane ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')) and the operator keep running.
   export KUBECONFIG=$KUBECONFIG
   kubectl get cellule -A

@@ -4,7 +4,7 @@
 
 use std::{fmt::Debug, future::Future, sync::Arc};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
@@ -52,6 +52,15 @@ where
     (store, subscriber, driver)
 }
 
+/// Resolves to whether `store` got its first full list.
+fn synced<K>(store: &Store<K>) -> futures::future::BoxFuture<'static, bool>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let store = store.clone();
+    async move { store.wait_until_ready().await.is_ok() }.boxed()
+}
+
 /// Runs every controller until `shutdown` resolves; calls `on_ready` once
 /// every cache has synced.
 pub async fn run(
@@ -77,32 +86,18 @@ pub async fn run(
     let (secrets, secret_events, drive_secrets) =
         shared::<PartialObjectMeta<Secret>>(&client, watcher::Config::default());
 
-    let synced = {
-        let (d, s, c, a, p) = (
-            deployments.clone(),
-            services.clone(),
-            config_maps.clone(),
-            service_accounts.clone(),
-            pdbs.clone(),
-        );
-        let (n, po, np, se) = (
-            netpols.clone(),
-            pools.clone(),
-            npus.clone(),
-            secrets.clone(),
-        );
-        async move {
-            d.wait_until_ready().await.is_ok()
-                && s.wait_until_ready().await.is_ok()
-                && c.wait_until_ready().await.is_ok()
-                && a.wait_until_ready().await.is_ok()
-                && p.wait_until_ready().await.is_ok()
-                && n.wait_until_ready().await.is_ok()
-                && po.wait_until_ready().await.is_ok()
-                && np.wait_until_ready().await.is_ok()
-                && se.wait_until_ready().await.is_ok()
-        }
-    };
+    let synced = futures::future::join_all([
+        synced(&deployments),
+        synced(&services),
+        synced(&config_maps),
+        synced(&service_accounts),
+        synced(&pdbs),
+        synced(&netpols),
+        synced(&pools),
+        synced(&npus),
+        synced(&secrets),
+    ])
+    .map(|all| all.into_iter().all(|ok| ok));
     let ctx = Context::new(
         client.clone(),
         OwnedStores {
