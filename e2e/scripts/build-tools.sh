@@ -114,6 +114,16 @@ build_netpol_analyzer() {
   (cd "$dir" && GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "$module/cmd/netpolicy")
 }
 
+# PyJWT with cryptography, an independent JOSE implementation for the
+# token interop test: installed into the tool's directory, run through a
+# wrapper that puts it on PYTHONPATH.
+build_python_jose() {
+  python3 -m pip install --quiet --disable-pip-version-check --no-input --target "$OUT/site" \
+    "pyjwt==$PYJWT_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION"
+  printf '#!/bin/sh\nPYTHONPATH="$(dirname "$(readlink -f "$0")")/site" exec python3 "$@"\n' >"$OUT/interop-python"
+  chmod +x "$OUT/interop-python"
+}
+
 started_all=$SECONDS
 build_step "kubernetes@$KUBE_VERSION" "kube-apiserver kube-controller-manager kube-scheduler kubectl" -- build_kubernetes
 build_step "etcd@$ETCD_VERSION" etcd -- build_etcd
@@ -122,5 +132,6 @@ build_step "crane@$CRANE_VERSION" crane -- go_install -trimpath -ldflags "-s -w"
 build_step "cosign@$COSIGN_VERSION" cosign -- go_install -trimpath -ldflags "-s -w" "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION"
 build_step "helm@$HELM_VERSION" helm -- go_install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 build_step "netpol-analyzer@$NETPOL_ANALYZER_VERSION" netpolicy -- build_netpol_analyzer
+build_step "pyjwt@$PYJWT_VERSION-cryptography@$CRYPTOGRAPHY_VERSION" interop-python -- build_python_jose
 log "tools ready in $((SECONDS - started_all))s: $bin"
 echo "$bin"

@@ -23,9 +23,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    api::{NpuServer, Pool},
+    api::{NpuServer, Pool, WorkerGrant},
     npu_server, pool,
     reconcile::{Context, context::OwnedStores, error_policy, labels},
+    worker_grant,
 };
 
 /// A cache of `K` filtered by `config`, shared by several controllers: the
@@ -85,6 +86,13 @@ pub async fn run(
     // referenced Secret appearing or going away.
     let (secrets, secret_events, drive_secrets) =
         shared::<PartialObjectMeta<Secret>>(&client, watcher::Config::default());
+    // The operator's own Secrets, with their data: signing keys, tokens.
+    let (own_secrets, own_secret_events, drive_own_secrets) = shared::<Secret>(
+        &client,
+        watcher::Config::default().labels(labels::MANAGED_SELECTOR),
+    );
+    let (grants, grant_events, drive_grants) =
+        shared::<WorkerGrant>(&client, watcher::Config::default());
 
     let synced = futures::future::join_all([
         synced(&deployments),
@@ -96,6 +104,8 @@ pub async fn run(
         synced(&pools),
         synced(&npus),
         synced(&secrets),
+        synced(&own_secrets),
+        synced(&grants),
     ])
     .map(|all| all.into_iter().all(|ok| ok));
     let ctx = Context::new(
@@ -107,6 +117,7 @@ pub async fn run(
             service_accounts,
             pod_disruption_budgets: pdbs,
             network_policies: netpols,
+            secrets: own_secrets,
         },
         secrets,
         npus.clone(),
@@ -116,13 +127,16 @@ pub async fn run(
     let pools_for_secrets = pools.clone();
     let pools_for_npus = pools.clone();
     let pool_events_for_npus = pool_events.clone();
+    let pool_events_for_grants = pool_events.clone();
+    let config_map_events_for_grants = config_map_events.clone();
     let pool_controller = Controller::for_shared_stream(pool_events, pools.clone())
         .owns_shared_stream(deployment_events.clone())
         .owns_shared_stream(service_events.clone())
-        .owns_shared_stream(config_map_events)
+        .owns_shared_stream(config_map_events.clone())
         .owns_shared_stream(service_account_events)
         .owns_shared_stream(pdb_events)
         .owns_shared_stream(netpol_events.clone())
+        .owns_shared_stream(own_secret_events.clone())
         .watches_shared_stream(secret_events, move |secret| {
             pools_referencing_secret(&pools_for_secrets, &secret)
         })
@@ -150,7 +164,36 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.clone())
-        .run(npu_server::reconcile, error_policy, ctx)
+        .run(npu_server::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let grants_for_pools = grants.clone();
+    let grants_for_rings = grants.clone();
+    let grants_for_lists = grants.clone();
+    let grant_controller = Controller::for_shared_stream(grant_events, grants)
+        .owns_shared_stream(own_secret_events.clone())
+        // A pool's signing key ring appearing or rotating: its grants may
+        // be waiting for it.
+        .watches_shared_stream(own_secret_events, move |secret: Arc<Secret>| {
+            let pool = secret
+                .name_any()
+                .strip_suffix("-signing-keys")
+                .map(str::to_owned);
+            grants_of(&grants_for_rings, secret.namespace(), pool)
+        })
+        .watches_shared_stream(config_map_events_for_grants, move |list: Arc<ConfigMap>| {
+            let pool = list
+                .name_any()
+                .strip_suffix("-revocations")
+                .map(str::to_owned);
+            grants_of(&grants_for_lists, list.namespace(), pool)
+        })
+        // A pool's key ring or tiers changing concerns each of its grants.
+        .watches_shared_stream(pool_events_for_grants, move |pool: Arc<Pool>| {
+            grants_of(&grants_for_pools, pool.namespace(), Some(pool.name_any()))
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(worker_grant::reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
 
     // Reconciles read several caches: start only once all have synced,
@@ -167,6 +210,8 @@ pub async fn run(
             drive_pools,
             drive_npus,
             drive_secrets,
+            drive_own_secrets,
+            drive_grants,
         );
     });
     let synced = tokio::select! {
@@ -179,7 +224,7 @@ pub async fn run(
     }
     tracing::info!("caches synced, controllers running");
     on_ready();
-    tokio::join!(pool_controller, npu_controller);
+    tokio::join!(pool_controller, npu_controller, grant_controller);
     caches.abort();
 }
 
@@ -195,5 +240,20 @@ fn pools_referencing_secret(
         .filter(|pool| pool.namespace() == ns)
         .filter(|pool| pool.spec.database.dsn_secret_ref.name == name || pool.spec.tls.name == name)
         .map(|pool| ObjectRef::from_obj(pool.as_ref()))
+        .collect()
+}
+
+/// The WorkerGrants of `pool` in `namespace`.
+fn grants_of(
+    grants: &Store<WorkerGrant>,
+    namespace: Option<String>,
+    pool: Option<String>,
+) -> Vec<ObjectRef<WorkerGrant>> {
+    let Some(pool) = pool else { return Vec::new() };
+    grants
+        .state()
+        .into_iter()
+        .filter(|g| g.namespace() == namespace && g.spec.pool_ref.name == pool)
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
 }

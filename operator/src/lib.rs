@@ -14,4 +14,5 @@ pub mod peer_trust;
 pub mod pool;
 pub mod reconcile;
 pub mod telemetry;
+pub mod worker_grant;
 pub mod workload;

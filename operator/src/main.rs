@@ -25,6 +25,23 @@ enum Command {
     /// Make and sign the bilateral handshake of a level-3 PeerTrust.
     #[command(subcommand)]
     Handshake(HandshakeCommand),
+    /// Verify a worker token (read from stdin) as a pool would: prints its
+    /// claims, or why it is refused (exit code 1). Never prints the token.
+    VerifyToken(VerifyTokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyTokenArgs {
+    /// The pool's JWKS (`jwks.json` of the `<pool>-jwks` ConfigMap).
+    #[arg(long)]
+    jwks: PathBuf,
+    /// The pool's revocation list as JSON `{"<jti>": "<exp>", …}` (the
+    /// `data` of the `<pool>-revocations` ConfigMap).
+    #[arg(long)]
+    revocations: Option<PathBuf>,
+    /// The pool, as `<namespace>/<pool>`.
+    #[arg(long)]
+    audience: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -111,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.run).await,
         Command::Handshake(command) => run_handshake(command),
+        Command::VerifyToken(args) => verify_token(args),
     }
 }
 
@@ -132,6 +150,39 @@ fn run_handshake(command: HandshakeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
+    use cellule_operator::worker_grant::tokens;
+    let jwks =
+        serde_json::from_str(&std::fs::read_to_string(&args.jwks)?).context("parsing the JWKS")?;
+    let revoked: std::collections::BTreeMap<String, String> = match &args.revocations {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
+            .context("parsing the revocation list")?,
+        None => Default::default(),
+    };
+    let revoked = revoked
+        .into_iter()
+        .filter_map(|(jti, exp)| Some((jti, exp.parse().ok()?)))
+        .collect();
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+    match tokens::verify(
+        token.trim(),
+        &jwks,
+        &revoked,
+        &args.audience,
+        jiff::Timestamp::now().as_second(),
+    ) {
+        Ok(claims) => {
+            println!("{}", serde_json::to_string_pretty(&claims)?);
+            Ok(())
+        }
+        Err(refused) => {
+            eprintln!("refused: {refused}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {

@@ -166,4 +166,7 @@ pub struct WorkerGrantStatus {
     /// Who did what, and when.
     #[serde(default)]
     pub audit: AuditStatus,
+    /// The `spec.rotation` the current token answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_rotation: Option<i64>,
 }

@@ -21,7 +21,7 @@ use crate::{
     workload::{self, Component, ContainerSpec, Mount},
 };
 
-use super::{config, netpol, validate::ValidPool};
+use super::{config, netpol, signing, validate::ValidPool};
 
 pub const CONFIG_DIR: &str = "/etc/cellule/config";
 pub const ROUTING_DIR: &str = "/etc/cellule/routing";
@@ -87,6 +87,14 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
         Mount {
             volume: secret_volume("tls", &spec.tls.name, None),
             path: TLS_DIR.into(),
+        },
+        Mount {
+            volume: config_map_volume("jwks", &signing::jwks_name(&valid.name)),
+            path: JWKS_DIR.into(),
+        },
+        Mount {
+            volume: config_map_volume("revocations", &signing::revocations_name(&valid.name)),
+            path: REVOCATIONS_DIR.into(),
         },
         // Only the DSN key is mounted from the database Secret.
         Mount {

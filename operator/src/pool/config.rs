@@ -52,8 +52,11 @@ pub fn render_config(valid: &ValidPool) -> String {
         },
         "tokens": {
             "audience": valid.name,
-            "jwksFile": format!("{JWKS_DIR}/jwks.json"),
-            "revocationListFile": format!("{REVOCATIONS_DIR}/revoked.json"),
+            "jwksFile": format!("{JWKS_DIR}/{}", super::signing::JWKS_KEY),
+            // One file per revoked jti, holding its exp; also readable live
+            // from the ConfigMap, without the mount's refresh delay.
+            "revocationListDir": REVOCATIONS_DIR,
+            "revocationListConfigMap": super::signing::revocations_name(&valid.name),
         },
         "failover": spec.failover,
     });

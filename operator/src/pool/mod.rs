@@ -6,6 +6,7 @@ pub mod build;
 pub mod config;
 pub mod netpol;
 pub mod routing;
+pub mod signing;
 pub mod validate;
 
 #[cfg(test)]
@@ -65,7 +66,13 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     };
 
     let tiers = routing::tier_status(&valid.tiers);
-    let desired = build::desired(&valid, &tiers);
+    let mut desired = build::desired(&valid, &tiers);
+    // Token signing keys first: the JWKS published below comes from them.
+    let (ring, next_key_change) = signing::sync_ring(ctx, pool, now.as_second()).await?;
+    let component = build::pool_component(&valid);
+    desired
+        .config_maps
+        .extend(signing::config_maps(pool, &ring, component.selector()));
     let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let ns = &valid.namespace;
     let (client, owned) = (&ctx.client, &ctx.owned);
@@ -126,8 +133,9 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     .await?;
     reconcile::report_changes(ctx, pool, &changes).await;
 
+    let next_revocation_expiry = signing::prune_revocations(ctx, pool, now.as_second()).await?;
+
     // Status, from what the caches say now.
-    let component = build::pool_component(&valid);
     let deployment = owned
         .deployments
         .get(&ObjectRef::new(&component.name).within(ns));
@@ -191,7 +199,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     };
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
     status::write(&ctx.client, pool, pool.status.as_ref(), &next).await?;
-    Ok(Action::await_change())
+    // Come back for the next key rotation or retirement, or the next
+    // revocation entry to prune, whichever is first.
+    let wake = next_revocation_expiry.map_or(next_key_change, |e| e.min(next_key_change));
+    Ok(Action::requeue(std::time::Duration::from_secs(
+        (wake - now.as_second()).max(1) as u64,
+    )))
 }
 
 /// The Deployment has rolled out the current template to `want` ready pods.

@@ -32,15 +32,17 @@ pub struct OwnedStores {
     pub service_accounts: Store<ServiceAccount>,
     pub pod_disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    /// Only the operator's own Secrets (signing keys, worker tokens).
+    pub secrets: Store<Secret>,
 }
 
 pub struct Context {
     pub client: Client,
     recorder: Recorder,
     pub owned: OwnedStores,
-    /// Secret metadata only: the operator checks that referenced Secrets
-    /// exist, never reads what the pool's Secrets hold.
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Metadata of every Secret: the operator checks that referenced
+    /// Secrets exist, never reads what the pool's Secrets hold.
+    pub secret_metadata: Store<PartialObjectMeta<Secret>>,
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     failures: Mutex<HashMap<String, u32>>,
@@ -50,7 +52,7 @@ impl Context {
     pub fn new(
         client: Client,
         owned: OwnedStores,
-        secrets: Store<PartialObjectMeta<Secret>>,
+        secret_metadata: Store<PartialObjectMeta<Secret>>,
         npu_servers: Store<crate::api::NpuServer>,
         pools: Store<crate::api::Pool>,
     ) -> Arc<Self> {
@@ -62,7 +64,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             owned,
-            secrets,
+            secret_metadata,
             npu_servers,
             pools,
             failures: Mutex::default(),
@@ -109,7 +111,7 @@ impl Context {
 
 /// Whether the Secret `name` exists in `namespace` (from the metadata cache).
 pub fn secret_exists(ctx: &Context, namespace: &str, name: &str) -> bool {
-    ctx.secrets
+    ctx.secret_metadata
         .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
         .is_some()
 }

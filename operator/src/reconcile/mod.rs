@@ -46,6 +46,8 @@ pub enum Error {
     },
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Serialize { .. } => "SerializationError",
             Error::MissingMetadata(_) => "MissingMetadata",
+            Error::Finalizer(_) => "FinalizerError",
         }
     }
 }

@@ -1,0 +1,362 @@
+//! WorkerGrant tokens on the real API server, with the operator running
+//! under its RBAC: issue, verify (ours and PyJWT), revoke at once,
+//! suspend/resume, rotate, expire at the exact instant, revoke on delete,
+//! and no token or key material anywhere in the logs.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use cellule_e2e::{
+    Env, apply_samples, cellule_api, create_secret, eventually, in_namespace, install_crds,
+};
+use cellule_operator::worker_grant::tokens;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn site(client: &Client, ns: &str) -> anyhow::Result<()> {
+    install_crds(client).await;
+    create_secret(client, ns, "paris-db", &[("dsn", "postgres://db")]).await?;
+    create_secret(
+        client,
+        ns,
+        "paris-tls",
+        &[("tls.crt", "c"), ("tls.key", "k")],
+    )
+    .await?;
+    apply_samples(client, ns).await?;
+    Ok(())
+}
+
+async fn phase(client: &Client, ns: &str, grant: &str, want: &str) -> anyhow::Result<Value> {
+    let api = cellule_api(client, ns, "WorkerGrant");
+    eventually(&format!("{grant} {want}"), WAIT, || async {
+        let g = api.get(grant).await.map_err(|e| e.to_string())?;
+        if g.data["status"]["phase"] == want {
+            Ok(g.data["status"].clone())
+        } else {
+            Err(format!("{}", g.data["status"]))
+        }
+    })
+    .await
+}
+
+/// The token in the grant's Secret (written just after the status that
+/// announces it, so it may take a moment to appear).
+async fn token_of(client: &Client, ns: &str, grant: &str) -> anyhow::Result<String> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let secret = eventually(&format!("{grant}-token"), WAIT, || async {
+        secrets
+            .get_opt(&format!("{grant}-token"))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_owned())
+    })
+    .await?;
+    Ok(String::from_utf8(
+        secret.data.context("token data")?["token"].0.clone(),
+    )?)
+}
+
+async fn jwks(client: &Client, ns: &str) -> anyhow::Result<(String, jsonwebtoken::jwk::JwkSet)> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get("paris-jwks")
+        .await?;
+    let text = cm.data.context("jwks data")?["jwks.json"].clone();
+    Ok((text.clone(), serde_json::from_str(&text)?))
+}
+
+async fn revocations(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get("paris-revocations")
+        .await?;
+    Ok(cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap()))
+        .collect())
+}
+
+async fn revoked_eventually(client: &Client, ns: &str, jti: &str) -> anyhow::Result<()> {
+    eventually(&format!("{jti} on the revocation list"), WAIT, || async {
+        let list = revocations(client, ns).await.map_err(|e| e.to_string())?;
+        if list.contains_key(jti) {
+            Ok(())
+        } else {
+            Err(format!("{list:?}"))
+        }
+    })
+    .await
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// PyJWT's verdict on `token` against the JWKS text.
+async fn pyjwt(jwks: &str, token: &str, audience: &str) -> anyhow::Result<Result<Value, String>> {
+    let dir = std::env::temp_dir().join(format!("cellule-pyjwt-{}", tokens::new_jti()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("jwks.json"), jwks)?;
+    let mut child = tokio::process::Command::new(Env::bin("interop-python"))
+        .arg(cellule_e2e::repo_path("e2e/interop/verify_pyjwt.py"))
+        .args([
+            "--jwks",
+            dir.join("jwks.json").to_str().unwrap(),
+            "--audience",
+            audience,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), token.as_bytes()).await?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout)?)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+#[tokio::test]
+async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate() {
+    in_namespace("token", |client: Client, ns: String| async move {
+        site(&client, &ns).await?;
+        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
+        let token = token_of(&client, &ns, "laptop-alice").await?;
+        let (jwks_text, jwks) = jwks(&client, &ns).await?;
+        let audience = format!("{ns}/paris");
+        let claims = tokens::verify(&token, &jwks, &BTreeMap::new(), &audience, now())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            claims.sub == "pc-0042" && claims.tiers == ["light"],
+            "{claims:?}"
+        );
+        ensure!(
+            status["token"]["jti"] == claims.jti.as_str(),
+            "status names the jti"
+        );
+        ensure!(
+            status["token"]["sha256"] == tokens::fingerprint(&token).as_str(),
+            "status keeps the token's SHA-256"
+        );
+        ensure!(claims.exp - claims.iat == 720 * 3600, "30-day token");
+        ensure!(
+            status["audit"]["requestedBy"] == "alice.martin@example.com"
+                && status["audit"]["approvedBy"] == "bob.durand@example.com"
+        );
+
+        let py = pyjwt(&jwks_text, &token, &audience)
+            .await?
+            .map_err(|e| anyhow::anyhow!("PyJWT refused: {e}"))?;
+        ensure!(py["jti"] == claims.jti.as_str(), "PyJWT read {py}");
+        let wrong = pyjwt(&jwks_text, &token, &format!("{ns}/lyon")).await?;
+        ensure!(wrong.is_err(), "PyJWT accepted a wrong audience");
+
+        let started = std::time::Instant::now();
+        cellule_api(&client, &ns, "WorkerGrant")
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revoked": true}})),
+            )
+            .await?;
+        revoked_eventually(&client, &ns, &claims.jti).await?;
+        println!("revocation reached the list in {:?}", started.elapsed());
+        let list = revocations(&client, &ns).await?;
+        ensure!(list[&claims.jti] == claims.exp, "entry carries exp");
+        let refused = tokens::verify(&token, &jwks, &list, &audience, now());
+        ensure!(
+            matches!(refused, Err(tokens::VerifyError::Revoked { .. })),
+            "{refused:?}"
+        );
+        let status = phase(&client, &ns, "laptop-alice", "Revoked").await?;
+        ensure!(
+            status["audit"]["revokedAt"].is_string() && status.get("token").is_none(),
+            "{status}"
+        );
+        eventually("token Secret deleted", WAIT, || async {
+            match Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt("laptop-alice-token")
+                .await
+            {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspend_resume_rotate_and_delete() {
+    in_namespace("rotate", |client: Client, ns: String| async move {
+        site(&client, &ns).await?;
+        let grants = cellule_api(&client, &ns, "WorkerGrant");
+        let first = phase(&client, &ns, "laptop-alice", "Active").await?["token"]["jti"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let patch = |spec: Value| {
+            let grants = grants.clone();
+            async move {
+                grants
+                    .patch(
+                        "laptop-alice",
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": spec})),
+                    )
+                    .await
+            }
+        };
+        patch(json!({"suspended": true})).await?;
+        phase(&client, &ns, "laptop-alice", "Suspended").await?;
+        revoked_eventually(&client, &ns, &first).await?;
+        patch(json!({"suspended": false})).await?;
+        let second = phase(&client, &ns, "laptop-alice", "Active").await?["token"]["jti"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ensure!(second != first, "un-suspending issues a fresh token");
+
+        patch(json!({"rotation": 1})).await?;
+        let third = eventually("a rotated token", WAIT, || async {
+            let g = grants
+                .get("laptop-alice")
+                .await
+                .map_err(|e| e.to_string())?;
+            match g.data["status"]["token"]["jti"].as_str() {
+                Some(jti) if jti != second => Ok(jti.to_owned()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+        revoked_eventually(&client, &ns, &second).await?;
+        let token = token_of(&client, &ns, "laptop-alice").await?;
+        let (_, jwks) = jwks(&client, &ns).await?;
+        let claims = tokens::verify(
+            &token,
+            &jwks,
+            &revocations(&client, &ns).await?,
+            &format!("{ns}/paris"),
+            now(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(claims.jti == third, "the Secret holds the rotated token");
+
+        // Deleting the grant revokes its token (finalizer).
+        grants
+            .delete("laptop-alice", &DeleteParams::default())
+            .await?;
+        revoked_eventually(&client, &ns, &third).await?;
+        eventually("grant gone", WAIT, || async {
+            match grants.get_opt("laptop-alice").await {
+                Ok(None) => Ok(()),
+                other => Err(format!(
+                    "{:?}",
+                    other.map(|o| o.map(|o| o.metadata.finalizers))
+                )),
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn approval_then_expiry_at_the_exact_instant() {
+    in_namespace("expiry", |client: Client, ns: String| async move {
+        site(&client, &ns).await?;
+        phase(&client, &ns, "laptop-contractor", "PendingApproval").await?;
+        ensure!(
+            Api::<Secret>::namespaced(client.clone(), &ns).get_opt("laptop-contractor-token").await?.is_none(),
+            "no token before approval"
+        );
+        // Approve, and bring the end date to a few seconds from now.
+        let end = jiff::Timestamp::from_second(now() + 6)?;
+        cellule_api(&client, &ns, "WorkerGrant")
+            .patch(
+                "laptop-contractor",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"approvedBy": "bob.durand@example.com", "expiresAt": end.to_string()}})),
+            )
+            .await?;
+        let status = phase(&client, &ns, "laptop-contractor", "Active").await?;
+        ensure!(status["token"]["expiresAt"] == end.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), "exp capped at expiresAt: {status}");
+        phase(&client, &ns, "laptop-contractor", "Expired").await?;
+        let late = now() - end.as_second();
+        println!("expired {late}s after expiresAt");
+        ensure!(late <= 3, "the grant expired {late}s late");
+        ensure!(
+            Api::<Secret>::namespaced(client.clone(), &ns).get_opt("laptop-contractor-token").await?.is_none(),
+            "token Secret deleted at expiry"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_token_or_key_material_in_logs_events_or_status() {
+    in_namespace("leak", |client: Client, ns: String| async move {
+        site(&client, &ns).await?;
+        phase(&client, &ns, "laptop-alice", "Active").await?;
+        let token = token_of(&client, &ns, "laptop-alice").await?;
+        let ring = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("paris-signing-keys")
+            .await?;
+        let ring: Value = serde_json::from_slice(&ring.data.unwrap()["keys.json"].0)?;
+        let seeds: Vec<String> = ring["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["seed"].as_str().unwrap().to_owned())
+            .collect();
+        let signature = token.rsplit('.').next().unwrap().to_owned();
+        let mut secrets = vec![token.clone(), signature];
+        secrets.extend(seeds);
+
+        let mut haystacks = vec![];
+        for entry in std::fs::read_dir(Env::var("CELLULE_E2E_LOGS"))? {
+            let path = entry?.path();
+            haystacks.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap_or_default(),
+            ));
+        }
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
+        haystacks.push(("events".into(), serde_json::to_string(&events)?));
+        for kind in ["Pool", "WorkerGrant"] {
+            let list = cellule_api(&client, &ns, kind)
+                .list(&Default::default())
+                .await?;
+            haystacks.push((format!("{kind} objects"), serde_json::to_string(&list)?));
+        }
+        ensure!(haystacks.len() > 5, "logs collected: {}", haystacks.len());
+        for (place, text) in &haystacks {
+            for secret in &secrets {
+                ensure!(
+                    !text.contains(secret.as_str()),
+                    "secret material found in {place}"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await;
+}

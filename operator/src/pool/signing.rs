@@ -1,0 +1,187 @@
+//! The Pool's side of worker tokens: its signing key ring (Secret), the
+//! published JWKS and the revocation list (ConfigMaps).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::reflector::ObjectRef,
+};
+
+use crate::{
+    api::Pool,
+    reconcile::{Context, Error, Result},
+    worker_grant::{
+        keys::{self, KeyRing},
+        tokens::{LEEWAY_SECS, PoolKey},
+    },
+    workload,
+};
+
+pub const JWKS_KEY: &str = "jwks.json";
+/// Field manager of revocation entries: each is a key of the ConfigMap's
+/// data, added and removed with merge patches, never read-modify-written.
+pub const REVOCATION_MANAGER: &str = "cellule-operator-revocations";
+
+pub fn ring_secret_name(pool: &str) -> String {
+    format!("{pool}-signing-keys")
+}
+pub fn jwks_name(pool: &str) -> String {
+    format!("{pool}-jwks")
+}
+pub fn revocations_name(pool: &str) -> String {
+    format!("{pool}-revocations")
+}
+
+/// The key ring of `pool` as the cache holds it.
+pub fn ring(ctx: &Context, namespace: &str, pool: &str) -> Option<KeyRing> {
+    let secret = ctx
+        .owned
+        .secrets
+        .get(&ObjectRef::new(&ring_secret_name(pool)).within(namespace))?;
+    serde_json::from_slice(&secret.data.as_ref()?.get(keys::RING_KEY)?.0).ok()
+}
+
+/// Brings the ring up to date (first key, rotation, retirement) and
+/// returns it with the time of its next change. The Secret is created
+/// with POST (fails if another reconcile created it first) or replaced at
+/// the resourceVersion read, so two reconciles never both mint a key.
+pub async fn sync_ring(ctx: &Context, pool: &Pool, now: i64) -> Result<(KeyRing, i64)> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = ring_secret_name(&pool.name_any());
+    let live = ctx
+        .owned
+        .secrets
+        .get(&ObjectRef::new(&name).within(&namespace));
+    let current = ring(ctx, &namespace, &pool.name_any()).unwrap_or_default();
+    let tokens = &pool.spec.tokens;
+    let (next, next_look) = keys::next_ring(
+        &current,
+        tokens.signing_key_rotation.0.as_secs() as i64,
+        tokens.max_ttl.0.as_secs() as i64,
+        now,
+        PoolKey::generate,
+    );
+    if next != current {
+        let mut secret = Secret {
+            metadata: workload::owned_meta(pool, &name, BTreeMap::new()),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                keys::RING_KEY.to_owned(),
+                ByteString(
+                    serde_json::to_vec(&next).map_err(|source| Error::Serialize {
+                        what: "the key ring",
+                        source,
+                    })?,
+                ),
+            )])),
+            ..Default::default()
+        };
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        match live {
+            None => {
+                api.create(&PostParams::default(), &secret).await?;
+            }
+            Some(live) => {
+                secret.metadata.resource_version = live.resource_version();
+                api.replace(&name, &PostParams::default(), &secret).await?;
+            }
+        }
+        tracing::info!(pool = %pool.name_any(), keys = next.keys.len(), "signing key ring updated");
+    }
+    Ok((next, next_look))
+}
+
+/// The JWKS ConfigMap and the (data-less) revocation list ConfigMap.
+pub fn config_maps(
+    pool: &Pool,
+    ring: &KeyRing,
+    labels: BTreeMap<String, String>,
+) -> Vec<ConfigMap> {
+    let name = pool.name_any();
+    let jwks = serde_json::to_string_pretty(&ring.jwks()).expect("a JWKS serializes");
+    vec![
+        ConfigMap {
+            metadata: workload::owned_meta(pool, &jwks_name(&name), labels.clone()),
+            data: Some(BTreeMap::from([(JWKS_KEY.to_owned(), jwks)])),
+            ..Default::default()
+        },
+        // Entries (`jti` → `exp`, Unix seconds) are added by the WorkerGrant
+        // reconcile; this apply never names `data`, so it never removes them.
+        ConfigMap {
+            metadata: workload::owned_meta(pool, &revocations_name(&name), labels),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Removes revocation entries whose token has expired anyway; returns the
+/// next expiry still on the list.
+pub async fn prune_revocations(ctx: &Context, pool: &Pool, now: i64) -> Result<Option<i64>> {
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = revocations_name(&pool.name_any());
+    let Some(list) = ctx
+        .owned
+        .config_maps
+        .get(&ObjectRef::new(&name).within(&namespace))
+    else {
+        return Ok(None);
+    };
+    let entries = revocation_entries(&list);
+    let leeway = LEEWAY_SECS as i64;
+    let expired: BTreeMap<&String, ()> = entries
+        .iter()
+        .filter(|(_, exp)| **exp + leeway < now)
+        .map(|(j, _)| (j, ()))
+        .collect();
+    if !expired.is_empty() {
+        let nulls: serde_json::Map<String, serde_json::Value> = expired
+            .keys()
+            .map(|jti| ((*jti).clone(), serde_json::Value::Null))
+            .collect();
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
+            .patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(REVOCATION_MANAGER.into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(serde_json::json!({"data": nulls})),
+            )
+            .await?;
+    }
+    Ok(entries
+        .values()
+        .filter(|exp| **exp + leeway >= now)
+        .map(|exp| exp + leeway + 1)
+        .min())
+}
+
+/// `jti` → `exp` of a revocation list.
+pub fn revocation_entries(list: &ConfigMap) -> BTreeMap<String, i64> {
+    list.data
+        .iter()
+        .flatten()
+        .filter_map(|(jti, exp)| Some((jti.clone(), exp.parse().ok()?)))
+        .collect()
+}
+
+/// Puts `jti` (valid until `exp`) on `pool`'s revocation list at once.
+pub async fn revoke(ctx: &Context, namespace: &str, pool: &str, jti: &str, exp: i64) -> Result<()> {
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            &revocations_name(pool),
+            &PatchParams {
+                field_manager: Some(REVOCATION_MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(serde_json::json!({"data": {jti: exp.to_string()}})),
+        )
+        .await?;
+    Ok(())
+}

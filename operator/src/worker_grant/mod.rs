@@ -1,0 +1,481 @@
+//! WorkerGrant: one worker's token. The pipeline: dereference the Pool and
+//! its key ring → decide what the grant is now ([`decide`], pure) → issue,
+//! keep, or revoke the token → status with the audit trail.
+//!
+//! A finalizer puts the token on the revocation list when the grant is
+//! deleted: the list is state that an owner reference cannot clean.
+
+pub mod keys;
+pub mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{controller::Action, events::EventType, finalizer, reflector::ObjectRef},
+};
+
+use crate::{
+    api::{
+        Pool, WorkerGrant, WorkerGrantStatus,
+        worker_grant::{TokenStatus, WorkerGrantPhase},
+    },
+    conditions::{self, Summary},
+    pool::signing,
+    reconcile::{self, Context, Error, MANAGER, Result, labels},
+    workload,
+};
+
+pub const FINALIZER: &str = "cellule.ai/revoke-token";
+/// Secret key holding the token.
+pub const TOKEN_KEY: &str = "token";
+
+pub fn token_secret_name(grant: &str) -> String {
+    format!("{grant}-token")
+}
+
+/// The pool a grant's tokens are for: `<namespace>/<pool>` (`iss` and `aud`).
+pub fn audience(namespace: &str, pool: &str) -> String {
+    format!("{namespace}/{pool}")
+}
+
+/// What the grant should be now (pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Cannot be acted on until the spec or the pool changes.
+    Invalid {
+        reason: &'static str,
+        message: String,
+    },
+    PendingApproval,
+    Suspended,
+    Revoked,
+    Expired,
+    /// Keep the current token until `renew_at`.
+    Keep {
+        renew_at: i64,
+    },
+    /// Issue a token valid until `exp`; `why` is the Event reason.
+    Issue {
+        exp: i64,
+        why: &'static str,
+    },
+}
+
+/// Decides from the spec, the pool, the current token and the clock.
+pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now: i64) -> Decision {
+    let spec = &grant.spec;
+    let policy = &pool.spec.tokens;
+    if let Some(tier) = spec
+        .tiers
+        .iter()
+        .find(|t| !pool.spec.tiers.iter().any(|pt| &pt.name == *t))
+    {
+        return Decision::Invalid {
+            reason: "UnknownTier",
+            message: format!("tier {tier:?} is not a tier of Pool {:?}", pool.name_any()),
+        };
+    }
+    let ttl = spec.ttl.unwrap_or(policy.default_ttl);
+    if ttl > policy.max_ttl {
+        return Decision::Invalid {
+            reason: "TtlAboveMaximum",
+            message: format!(
+                "ttl {ttl} exceeds the pool's tokens.maxTtl {}",
+                policy.max_ttl
+            ),
+        };
+    }
+    let end = spec.expires_at.as_ref().map(|t| t.0.as_second());
+    if spec.revoked {
+        return Decision::Revoked;
+    }
+    if end.is_some_and(|end| end <= now) {
+        return Decision::Expired;
+    }
+    if spec.suspended {
+        return Decision::Suspended;
+    }
+    if policy.approval_required && spec.approved_by.is_none() {
+        return Decision::PendingApproval;
+    }
+    let lifetime = ttl.0.as_secs() as i64;
+    let exp = end.map_or(now + lifetime, |end| end.min(now + lifetime));
+    let Some(token) = token else {
+        return Decision::Issue {
+            exp,
+            why: "TokenIssued",
+        };
+    };
+    let (issued, expires) = (
+        token.issued_at.0.as_second(),
+        token.expires_at.0.as_second(),
+    );
+    let renew_before = policy
+        .renew_before
+        .map_or((expires - issued) / 3, |d| d.0.as_secs() as i64);
+    let renew_at = expires - renew_before;
+    if grant
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_rotation)
+        .unwrap_or(0)
+        < spec.rotation
+    {
+        Decision::Issue {
+            exp,
+            why: "TokenRotated",
+        }
+    } else if now >= renew_at {
+        Decision::Issue {
+            exp,
+            why: "TokenRenewed",
+        }
+    } else {
+        Decision::Keep {
+            renew_at: end.map_or(renew_at, |end| end.min(renew_at)),
+        }
+    }
+}
+
+pub async fn reconcile(grant: Arc<WorkerGrant>, ctx: Arc<Context>) -> Result<Action> {
+    let api: Api<WorkerGrant> =
+        Api::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default());
+    let result = finalizer::finalizer(&api, FINALIZER, grant.clone(), |event| async {
+        match event {
+            finalizer::Event::Apply(grant) => apply_grant(&grant, &ctx).await,
+            finalizer::Event::Cleanup(grant) => cleanup(&grant, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    reconcile::finish(&ctx, grant.as_ref(), result).await
+}
+
+/// On deletion: the current token goes on the revocation list.
+async fn cleanup(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
+    revoke_current(grant, ctx, "deleted").await?;
+    Ok(Action::await_change())
+}
+
+/// Puts the current token, if still valid, on the pool's revocation list,
+/// and deletes its Secret. Returns whether there was one.
+async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result<bool> {
+    let ns = grant.namespace().unwrap_or_default();
+    let Some(token) = grant.status.as_ref().and_then(|s| s.token.as_ref()) else {
+        return Ok(false);
+    };
+    let exp = token.expires_at.0.as_second();
+    let pool = &grant.spec.pool_ref.name;
+    let pool_exists = ctx.pools.get(&ObjectRef::new(pool).within(&ns)).is_some();
+    // Without the pool there is nobody to accept the token; with it, a
+    // failure here is retried until the jti is on the list.
+    if exp > Timestamp::now().as_second() && pool_exists {
+        signing::revoke(ctx, &ns, pool, &token.jti, exp).await?;
+        tracing::info!(grant = %grant.name_any(), jti = %token.jti, why, "token revoked");
+    }
+    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .delete(&token.secret_name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(true)
+}
+
+async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
+    let ns = grant.namespace().unwrap_or_default();
+    let now = Timestamp::now();
+    let generation = grant.metadata.generation;
+    let mut next = grant.status.clone().unwrap_or_default();
+    next.common.observed_generation = generation;
+    next.audit.requested_by = Some(grant.spec.requested_by.clone());
+    next.audit.approved_by = grant.spec.approved_by.clone();
+
+    let pool_name = &grant.spec.pool_ref.name;
+    let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
+        let message = format!("Pool {pool_name:?} does not exist in this namespace");
+        return stall(grant, ctx, next, "PoolNotFound", message, now).await;
+    };
+    // A token whose Secret is gone (deleted by hand) is replaced; the old
+    // jti is revoked first, since nobody can tell where the token went.
+    if let Some(token) = next.token.clone()
+        && !token_secret_exists(grant, ctx, &token.secret_name).await?
+    {
+        revoke_current(grant, ctx, "secret deleted").await?;
+        next.token = None;
+    }
+    let decision = decide(grant, &pool, next.token.as_ref(), now.as_second());
+    let (phase, summary, wake) = match &decision {
+        Decision::Invalid { reason, message } => {
+            return stall(grant, ctx, next, reason, message.clone(), now).await;
+        }
+        Decision::PendingApproval => (
+            WorkerGrantPhase::PendingApproval,
+            Summary::Progressing {
+                reason: "PendingApproval",
+                message: "waiting for a second person to set approvedBy".into(),
+            },
+            None,
+        ),
+        Decision::Suspended | Decision::Revoked | Decision::Expired => {
+            let (phase, reason, message) = match decision {
+                Decision::Suspended => (
+                    WorkerGrantPhase::Suspended,
+                    "Suspended",
+                    "suspended: no valid token",
+                ),
+                Decision::Revoked => (
+                    WorkerGrantPhase::Revoked,
+                    "Revoked",
+                    "revoked for good: no valid token",
+                ),
+                _ => (
+                    WorkerGrantPhase::Expired,
+                    "Expired",
+                    "past expiresAt: no valid token",
+                ),
+            };
+            if revoke_current(grant, ctx, reason).await? {
+                ctx.event(
+                    grant,
+                    EventType::Normal,
+                    &format!("Token{reason}"),
+                    "Revoke",
+                    format!("token {message}"),
+                )
+                .await;
+            }
+            next.token = None;
+            if decision == Decision::Revoked && next.audit.revoked_at.is_none() {
+                next.audit.revoked_at = Some(Time(now));
+            }
+            (
+                phase,
+                Summary::Ready {
+                    reason,
+                    message: message.into(),
+                },
+                None,
+            )
+        }
+        Decision::Keep { renew_at } => (
+            WorkerGrantPhase::Active,
+            Summary::Ready {
+                reason: "TokenValid",
+                message: "a valid token is issued".into(),
+            },
+            Some(*renew_at),
+        ),
+        Decision::Issue { exp, why } => {
+            // No token before the pool can revoke it: its revocation list
+            // must exist as well as its signing key.
+            let list_ready = ctx
+                .owned
+                .config_maps
+                .get(&ObjectRef::new(&signing::revocations_name(pool_name)).within(&ns))
+                .is_some();
+            let key = signing::ring(ctx, &ns, pool_name)
+                .and_then(|ring| ring.active())
+                .filter(|_| list_ready);
+            let Some(key) = key else {
+                let summary = Summary::Progressing {
+                    reason: "SigningKeyPending",
+                    message: format!(
+                        "Pool {pool_name:?} has no signing key or revocation list yet"
+                    ),
+                };
+                conditions::set_summary(&mut next.common.conditions, summary, generation, now);
+                reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
+                return Ok(Action::await_change());
+            };
+            let aud = audience(&ns, pool_name);
+            let claims = tokens::Claims {
+                iss: aud.clone(),
+                sub: grant.spec.worker_id.clone(),
+                aud,
+                iat: now.as_second(),
+                nbf: now.as_second(),
+                exp: *exp,
+                jti: tokens::new_jti(),
+                tiers: grant.spec.tiers.clone(),
+            };
+            let token = tokens::sign(&key, &claims);
+            let previous = next.token.replace(TokenStatus {
+                secret_name: token_secret_name(&grant.name_any()),
+                jti: claims.jti.clone(),
+                key_id: key.kid.clone(),
+                sha256: tokens::fingerprint(&token),
+                issued_at: Time(now),
+                expires_at: Time(Timestamp::from_second(*exp).expect("a valid expiry")),
+            });
+            next.observed_rotation = Some(grant.spec.rotation);
+            if next.audit.approved_at.is_none() && grant.spec.approved_by.is_some() {
+                next.audit.approved_at = Some(Time(now));
+            }
+            conditions::set_summary(
+                &mut next.common.conditions,
+                Summary::Ready {
+                    reason: "TokenValid",
+                    message: "a valid token is issued".into(),
+                },
+                generation,
+                now,
+            );
+            next.phase = Some(WorkerGrantPhase::Active);
+            // The status (with the new jti) is written first, at the
+            // resourceVersion read: a reconcile working from a stale copy
+            // fails here instead of minting a second token.
+            write_status_at_version(grant, ctx, &next).await?;
+            write_token_secret(grant, ctx, &token, &claims.jti).await?;
+            if let Some(previous) = previous.filter(|_| *why == "TokenRotated") {
+                signing::revoke(
+                    ctx,
+                    &ns,
+                    pool_name,
+                    &previous.jti,
+                    previous.expires_at.0.as_second(),
+                )
+                .await?;
+            }
+            ctx.event(
+                grant,
+                EventType::Normal,
+                why,
+                "Issue",
+                format!(
+                    "token {} valid until {}",
+                    claims.jti,
+                    next.token.as_ref().unwrap().expires_at.0
+                ),
+            )
+            .await;
+            return Ok(requeue_at(
+                decide(grant, &pool, next.token.as_ref(), now.as_second()),
+                now,
+            ));
+        }
+    };
+    next.phase = Some(phase);
+    conditions::set_summary(&mut next.common.conditions, summary, generation, now);
+    reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
+    Ok(match wake {
+        Some(at) => Action::requeue(Duration::from_secs((at - now.as_second()).max(1) as u64)),
+        None => Action::await_change(),
+    })
+}
+
+/// From the cache, confirmed with a read when the cache has not seen it
+/// (it may lag right after the Secret was written).
+async fn token_secret_exists(grant: &WorkerGrant, ctx: &Context, name: &str) -> Result<bool> {
+    let ns = grant.namespace().unwrap_or_default();
+    if ctx
+        .owned
+        .secrets
+        .get(&ObjectRef::new(name).within(&ns))
+        .is_some()
+    {
+        return Ok(true);
+    }
+    Ok(Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_metadata_opt(name)
+        .await?
+        .is_some())
+}
+
+fn requeue_at(decision: Decision, now: Timestamp) -> Action {
+    match decision {
+        Decision::Keep { renew_at } => Action::requeue(Duration::from_secs(
+            (renew_at - now.as_second()).max(1) as u64,
+        )),
+        _ => Action::requeue(Duration::from_secs(1)),
+    }
+}
+
+async fn stall(
+    grant: &WorkerGrant,
+    ctx: &Context,
+    mut next: WorkerGrantStatus,
+    reason: &'static str,
+    message: String,
+    now: Timestamp,
+) -> Result<Action> {
+    next.phase = Some(WorkerGrantPhase::Invalid);
+    let summary = Summary::Stalled {
+        reason,
+        message: message.clone(),
+    };
+    conditions::set_summary(
+        &mut next.common.conditions,
+        summary,
+        grant.metadata.generation,
+        now,
+    );
+    if reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await? {
+        ctx.event(grant, EventType::Warning, reason, "Validate", message)
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_status_at_version(
+    grant: &WorkerGrant,
+    ctx: &Context,
+    status: &WorkerGrantStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": "cellule.ai/v1alpha1",
+        "kind": "WorkerGrant",
+        "metadata": {"resourceVersion": grant.resource_version()},
+        "status": status,
+    });
+    Api::<WorkerGrant>::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default())
+        .patch_status(
+            &grant.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn write_token_secret(
+    grant: &WorkerGrant,
+    ctx: &Context,
+    token: &str,
+    jti: &str,
+) -> Result<()> {
+    let name = token_secret_name(&grant.name_any());
+    let mut meta_labels =
+        BTreeMap::from([(labels::POOL.to_owned(), grant.spec.pool_ref.name.clone())]);
+    meta_labels.insert(labels::COMPONENT.into(), "worker-token".into());
+    let mut secret = Secret {
+        metadata: workload::owned_meta(grant, &name, meta_labels),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secret.metadata.annotations = Some(BTreeMap::from([(
+        "cellule.ai/jti".to_owned(),
+        jti.to_owned(),
+    )]));
+    Api::<Secret>::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default())
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Unit tests of the grant decisions, without a cluster.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{Decision, decide};
+use crate::api::{
+    Pool, WorkerGrant, WorkerGrantStatus, common::Duration, worker_grant::TokenStatus,
+};
+
+const NOW: i64 = 1_800_000_000;
+const HOUR: i64 = 3600;
+
+fn pool() -> Pool {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/samples/pool.yaml"
+    ))
+    .unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn grant() -> WorkerGrant {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/samples/workergrants.yaml"
+    ))
+    .unwrap();
+    let first = text.split("\n---\n").next().unwrap();
+    serde_yaml::from_str(first).unwrap()
+}
+
+fn at(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).unwrap())
+}
+
+fn token(issued: i64, expires: i64) -> TokenStatus {
+    TokenStatus {
+        secret_name: "laptop-alice-token".into(),
+        jti: "j".into(),
+        key_id: "k".into(),
+        sha256: "s".into(),
+        issued_at: at(issued),
+        expires_at: at(expires),
+    }
+}
+
+#[test]
+fn an_approved_grant_gets_a_token_of_its_ttl() {
+    assert_eq!(
+        decide(&grant(), &pool(), None, NOW),
+        Decision::Issue {
+            exp: NOW + 720 * HOUR,
+            why: "TokenIssued"
+        }
+    );
+}
+
+#[test]
+fn approval_is_required_when_the_pool_says_so() {
+    let mut g = grant();
+    g.spec.approved_by = None;
+    assert_eq!(decide(&g, &pool(), None, NOW), Decision::PendingApproval);
+    let mut p = pool();
+    p.spec.tokens.approval_required = false;
+    assert!(matches!(decide(&g, &p, None, NOW), Decision::Issue { .. }));
+}
+
+#[test]
+fn a_token_is_kept_until_a_third_of_its_life_remains_then_renewed() {
+    let t = token(NOW, NOW + 30 * HOUR);
+    assert_eq!(
+        decide(&grant(), &pool(), Some(&t), NOW + HOUR),
+        Decision::Keep {
+            renew_at: NOW + 20 * HOUR
+        }
+    );
+    assert!(matches!(
+        decide(&grant(), &pool(), Some(&t), NOW + 20 * HOUR),
+        Decision::Issue {
+            why: "TokenRenewed",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn no_token_outlives_expires_at_and_the_grant_then_expires() {
+    let mut g = grant();
+    g.spec.ttl = None;
+    g.spec.expires_at = Some(at(NOW + 2 * HOUR));
+    assert_eq!(
+        decide(&g, &pool(), None, NOW),
+        Decision::Issue {
+            exp: NOW + 2 * HOUR,
+            why: "TokenIssued"
+        }
+    );
+    let t = token(NOW, NOW + 2 * HOUR);
+    assert_eq!(
+        decide(&g, &pool(), Some(&t), NOW + 10),
+        Decision::Keep {
+            renew_at: NOW + 2 * HOUR - (2 * HOUR) / 3
+        }
+    );
+    assert_eq!(
+        decide(&g, &pool(), Some(&t), NOW + 2 * HOUR),
+        Decision::Expired
+    );
+}
+
+#[test]
+fn revoked_wins_over_everything_and_suspended_over_issuing() {
+    let mut g = grant();
+    g.spec.suspended = true;
+    assert_eq!(decide(&g, &pool(), None, NOW), Decision::Suspended);
+    g.spec.revoked = true;
+    assert_eq!(decide(&g, &pool(), None, NOW), Decision::Revoked);
+}
+
+#[test]
+fn a_rotation_request_issues_a_new_token() {
+    let mut g = grant();
+    g.spec.rotation = 1;
+    g.status = Some(WorkerGrantStatus {
+        observed_rotation: Some(0),
+        ..Default::default()
+    });
+    let t = token(NOW, NOW + 30 * HOUR);
+    assert!(matches!(
+        decide(&g, &pool(), Some(&t), NOW + 60),
+        Decision::Issue {
+            why: "TokenRotated",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn what_the_pool_cannot_honour_is_invalid() {
+    let mut g = grant();
+    g.spec.tiers = vec!["huge".into()];
+    assert!(matches!(
+        decide(&g, &pool(), None, NOW),
+        Decision::Invalid {
+            reason: "UnknownTier",
+            ..
+        }
+    ));
+    let mut g = grant();
+    g.spec.ttl = Some(Duration::from_secs(5000 * HOUR as u64));
+    assert!(matches!(
+        decide(&g, &pool(), None, NOW),
+        Decision::Invalid {
+            reason: "TtlAboveMaximum",
+            ..
+        }
+    ));
+}
