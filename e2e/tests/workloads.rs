@@ -255,14 +255,28 @@ async fn deleting_the_pool_removes_everything_it_made() {
         cellule_api(&client, &ns, "Pool")
             .delete("paris", &DeleteParams::foreground())
             .await?;
-        eventually("every owned object gone", WAIT, || async {
-            let left = owned_objects(&client, &ns).await?;
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:?}"))
-            }
-        })
+        eventually(
+            "every owned object gone, the signing keys too",
+            WAIT,
+            || async {
+                let mut left = owned_objects(&client, &ns).await?;
+                let keys =
+                    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns);
+                if keys
+                    .get_opt("paris-signing-keys")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    left.push("Secret/paris-signing-keys".into());
+                }
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{left:?}"))
+                }
+            },
+        )
         .await
     })
     .await;
