@@ -17,6 +17,7 @@ kubectl apply --server-side --force-conflicts -k "$root/config/crd" >/dev/null
 kubectl kustomize "$root/config/crd" | kubectl wait --for condition=Established --timeout 60s -f - >/dev/null
 kubectl apply --server-side -f "$root/config/manager/namespace.yaml" >/dev/null
 kubectl apply --server-side --force-conflicts -k "$root/config/rbac" >/dev/null
+kubectl apply --server-side --force-conflicts -k "$root/config/admission" >/dev/null
 
 token=$(kubectl -n cellule-system create token cellule-operator --duration 24h)
 cat >"$state/operator.kubeconfig" <<KC
