@@ -16,7 +16,7 @@ use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams, PostParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn grant(requested_by: &str, approved_by: Option<&str>) -> DynamicObject {
     let mut spec = json!({
