@@ -360,3 +360,63 @@ async fn no_token_or_key_material_in_logs_events_or_status() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_signing_key_rotation_refuses_no_valid_token() {
+    in_namespace("keyrot", |client: Client, ns: String| async move {
+        site(&client, &ns).await?;
+        phase(&client, &ns, "laptop-alice", "Active").await?;
+        let old_token = token_of(&client, &ns, "laptop-alice").await?;
+        let old_kid = jsonwebtoken::decode_header(&old_token)?.kid.unwrap();
+        let audience = format!("{ns}/paris");
+
+        cellule_api(&client, &ns, "Pool")
+            .patch(
+                "paris",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"tokens": {"signingKeyGeneration": 1}}})),
+            )
+            .await?;
+        let (jwks_text, jwks) = eventually("two keys published", WAIT, || async {
+            let (text, set) = jwks(&client, &ns).await.map_err(|e| e.to_string())?;
+            if set.keys.len() == 2 {
+                Ok((text, set))
+            } else {
+                Err(format!("{} keys", set.keys.len()))
+            }
+        })
+        .await?;
+        // The token signed by the retired key is still accepted, here and by PyJWT.
+        tokens::verify(&old_token, &jwks, &BTreeMap::new(), &audience, now())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        pyjwt(&jwks_text, &old_token, &audience)
+            .await?
+            .map_err(|e| anyhow::anyhow!("PyJWT: {e}"))?;
+
+        // New tokens are signed by the new key.
+        cellule_api(&client, &ns, "WorkerGrant")
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"rotation": 1}})),
+            )
+            .await?;
+        let new_kid = eventually("a token from the new key", WAIT, || async {
+            let g = cellule_api(&client, &ns, "WorkerGrant")
+                .get("laptop-alice")
+                .await
+                .map_err(|e| e.to_string())?;
+            match g.data["status"]["token"]["keyId"].as_str() {
+                Some(kid) if kid != old_kid => Ok(kid.to_owned()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+        ensure!(
+            jwks.find(&new_kid).is_some(),
+            "the new key {new_kid} is the second one published"
+        );
+        Ok(())
+    })
+    .await;
+}

@@ -361,6 +361,13 @@ pub struct TokenPolicy {
     #[serde(default = "defaults::signing_key_rotation")]
     #[x_kube(validation = duration_rule("24h", "8760h", "signingKeyRotation"))]
     pub signing_key_rotation: Duration,
+    /// Increase to replace the signing key now (e.g. after a suspected
+    /// leak); the old public key stays published as after a scheduled
+    /// rotation.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("signingKeyGeneration can only increase"))]
+    pub signing_key_generation: i64,
 }
 
 impl Default for TokenPolicy {
@@ -371,6 +378,7 @@ impl Default for TokenPolicy {
             renew_before: None,
             approval_required: defaults::approval_required(),
             signing_key_rotation: defaults::signing_key_rotation(),
+            signing_key_generation: 0,
         }
     }
 }

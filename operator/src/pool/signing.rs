@@ -64,6 +64,7 @@ pub async fn sync_ring(ctx: &Context, pool: &Pool, now: i64) -> Result<(KeyRing,
         &current,
         tokens.signing_key_rotation.0.as_secs() as i64,
         tokens.max_ttl.0.as_secs() as i64,
+        tokens.signing_key_generation,
         now,
         PoolKey::generate,
     );

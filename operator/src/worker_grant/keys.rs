@@ -56,6 +56,9 @@ impl StoredKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRing {
     pub keys: Vec<StoredKey>,
+    /// The Pool's `tokens.signingKeyGeneration` the active key answers.
+    #[serde(default)]
+    pub generation: i64,
 }
 
 impl KeyRing {
@@ -83,22 +86,27 @@ impl KeyRing {
 
 /// The ring as it should be at `now`, and when it next needs a look.
 /// `rotation` and `max_ttl` are the pool's `signingKeyRotation` and
-/// `tokens.maxTtl` in seconds; `generate` mints a key (random in
-/// production, fixed in tests).
+/// `tokens.maxTtl` in seconds, `generation` its `signingKeyGeneration`
+/// (a rotation on request when it grew); `generate` mints a key (random
+/// in production, fixed in tests).
 pub fn next_ring(
     ring: &KeyRing,
     rotation: i64,
     max_ttl: i64,
+    generation: i64,
     now: i64,
     generate: impl FnOnce() -> PoolKey,
 ) -> (KeyRing, i64) {
     let mut next = ring.clone();
-    let due = next
-        .keys
-        .iter()
-        .rev()
-        .find(|k| k.retired_at.is_none())
-        .is_none_or(|k| k.created_at + rotation <= now);
+    let requested = generation > next.generation;
+    next.generation = next.generation.max(generation);
+    let due = requested
+        || next
+            .keys
+            .iter()
+            .rev()
+            .find(|k| k.retired_at.is_none())
+            .is_none_or(|k| k.created_at + rotation <= now);
     if due {
         for key in next.keys.iter_mut().filter(|k| k.retired_at.is_none()) {
             key.retired_at = Some(now);
@@ -136,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_new_pool_gets_one_key() {
-        let (ring, next) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 1000, || key(1));
+        let (ring, next) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 0, 1000, || key(1));
         assert_eq!(ring.keys.len(), 1);
         assert_eq!(ring.active().unwrap().kid, key(1).kid);
         assert_eq!(next, 1000 + 90 * DAY);
@@ -144,8 +152,8 @@ mod tests {
 
     #[test]
     fn nothing_changes_before_the_rotation_is_due() {
-        let (ring, _) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 0, || key(1));
-        let (again, _) = next_ring(&ring, 90 * DAY, 30 * DAY, 10 * DAY, || {
+        let (ring, _) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 0, 0, || key(1));
+        let (again, _) = next_ring(&ring, 90 * DAY, 30 * DAY, 0, 10 * DAY, || {
             unreachable!("no new key")
         });
         assert_eq!(again, ring);
@@ -153,8 +161,8 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_old_key_published_until_its_tokens_expired() {
-        let (ring, _) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 0, || key(1));
-        let (rotated, next) = next_ring(&ring, 90 * DAY, 30 * DAY, 90 * DAY, || key(2));
+        let (ring, _) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 0, 0, || key(1));
+        let (rotated, next) = next_ring(&ring, 90 * DAY, 30 * DAY, 0, 90 * DAY, || key(2));
         assert_eq!(rotated.active().unwrap().kid, key(2).kid);
         assert_eq!(
             rotated.jwks().keys.len(),
@@ -166,14 +174,26 @@ mod tests {
             120 * DAY + LEEWAY_SECS as i64,
             "next look: when the old key may go"
         );
-        let (later, _) = next_ring(&rotated, 90 * DAY, 30 * DAY, next + 1, || unreachable!());
+        let (later, _) = next_ring(&rotated, 90 * DAY, 30 * DAY, 0, next + 1, || unreachable!());
         assert_eq!(later.keys.len(), 1);
         assert_eq!(later.active().unwrap().kid, key(2).kid);
     }
 
     #[test]
+    fn a_generation_bump_rotates_now() {
+        let (ring, _) = next_ring(&KeyRing::default(), 90 * DAY, 30 * DAY, 0, 0, || key(1));
+        let (rotated, _) = next_ring(&ring, 90 * DAY, 30 * DAY, 1, DAY, || key(2));
+        assert_eq!(rotated.active().unwrap().kid, key(2).kid);
+        assert_eq!(rotated.keys.len(), 2, "the old key stays published");
+        let (same, _) = next_ring(&rotated, 90 * DAY, 30 * DAY, 1, 2 * DAY, || {
+            unreachable!("once per bump")
+        });
+        assert_eq!(same, rotated);
+    }
+
+    #[test]
     fn the_stored_form_round_trips_and_debug_hides_the_seed() {
-        let (ring, _) = next_ring(&KeyRing::default(), DAY, DAY, 0, || key(7));
+        let (ring, _) = next_ring(&KeyRing::default(), DAY, DAY, 0, 0, || key(7));
         let json = serde_json::to_string(&ring).unwrap();
         let back: KeyRing = serde_json::from_str(&json).unwrap();
         assert_eq!(back.active().unwrap().kid, key(7).kid);

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Prints the token benchmarks (revocation latency p50/p99 over 100
+# revocations, 1,000 grants issued, sign/verify cost) measured against a
+# local control plane and the operator (release build), then stops them.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+source e2e/scripts/lib.sh
+cargo build --locked --release -p cellule-operator --bin cellule-operator
+cargo build --locked --release -p cellule-e2e --bin bench
+state=$(mktemp -d "${TMPDIR:-/tmp}/cellule-bench.XXXXXX")
+trap 'bash e2e/scripts/down.sh "$state" >/dev/null 2>&1 || true' EXIT
+bash e2e/scripts/up.sh "$state"
+RUST_LOG=info bash e2e/scripts/start-operator.sh "$state" "$root/target/release/cellule-operator"
+set -a; source "$state/env"; set +a
+"$root/target/release/bench"

@@ -1,0 +1,227 @@
+//! Benchmarks of worker tokens, printed as figures (run by e2e/bench.sh
+//! against the local control plane and the operator):
+//! - revocation latency: from the update of a WorkerGrant on the API
+//!   server to its `jti` on the pool's revocation list, over 100 grants;
+//! - time to issue 1,000 grants until every one is Active;
+//! - the cost of signing and verifying one token (in process).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use cellule_e2e::{admin_client, apply_samples, cellule_api, create_secret, install_crds};
+use cellule_operator::worker_grant::tokens::{self, Claims, PoolKey};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn grant(name: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "cellule.ai/v1alpha1", "kind": "WorkerGrant",
+        "metadata": {"name": name},
+        "spec": {"poolRef": {"name": "paris"}, "workerId": name, "owner": "bench@example.com", "tiers": ["light"],
+                 "ttl": "24h", "requestedBy": "alice", "approvedBy": "bob"}
+    }))
+    .unwrap()
+}
+
+async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    create_secret(client, name, "paris-db", &[("dsn", "postgres://db")]).await?;
+    create_secret(
+        client,
+        name,
+        "paris-tls",
+        &[("tls.crt", "c"), ("tls.key", "k")],
+    )
+    .await?;
+    apply_samples(client, name).await
+}
+
+async fn create_and_wait_active(
+    client: &Client,
+    ns: &str,
+    names: &[String],
+) -> anyhow::Result<Duration> {
+    let api = cellule_api(client, ns, "WorkerGrant");
+    let started = Instant::now();
+    futures::stream::iter(names.iter().cloned())
+        .map(|n| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &grant(&n)).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    loop {
+        let list = api.list(&ListParams::default()).await?;
+        let active = list
+            .items
+            .iter()
+            .filter(|g| {
+                names.iter().any(|n| Some(n) == g.metadata.name.as_ref())
+                    && g.data["status"]["phase"] == "Active"
+            })
+            .count();
+        if active == names.len() {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {active}/{} Active after 10 min",
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn revocation_latency(
+    client: &Client,
+    ns: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let names: Vec<String> = (0..count).map(|i| format!("revoke-{i}")).collect();
+    create_and_wait_active(client, ns, &names).await?;
+    let grants = cellule_api(client, ns, "WorkerGrant");
+    let mut jtis = HashMap::new();
+    for name in &names {
+        let g = grants.get(name).await?;
+        jtis.insert(
+            name.clone(),
+            g.data["status"]["token"]["jti"]
+                .as_str()
+                .context("jti")?
+                .to_owned(),
+        );
+    }
+    // Watch the revocation list; note when each jti first appears.
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let lists: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let config = watcher::Config::default().fields("metadata.name=paris-revocations");
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher(lists, config).applied_objects().boxed();
+            while let Some(Ok(list)) = stream.next().await {
+                let now = Instant::now();
+                let mut seen = seen.lock().unwrap();
+                for jti in list.data.unwrap_or_default().into_keys() {
+                    seen.entry(jti).or_insert(now);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut latencies = vec![];
+    for name in &names {
+        let started = Instant::now();
+        grants
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revoked": true}})),
+            )
+            .await?;
+        let jti = &jtis[name];
+        let deadline = started + Duration::from_secs(10);
+        loop {
+            if let Some(at) = seen.lock().unwrap().get(jti) {
+                latencies.push(at.saturating_duration_since(started));
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{jti} not revoked within 10s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    recorder.abort();
+    latencies.sort();
+    Ok(latencies)
+}
+
+fn sign_verify_cost(rounds: u32) -> (Duration, Duration) {
+    let key = PoolKey::generate();
+    let jwks = jsonwebtoken::jwk::JwkSet {
+        keys: vec![key.jwk()],
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let claims = Claims {
+        iss: "bench/paris".into(),
+        sub: "pc-1".into(),
+        aud: "bench/paris".into(),
+        iat: now,
+        nbf: now,
+        exp: now + 3600,
+        jti: tokens::new_jti(),
+        tiers: vec!["light".into()],
+    };
+    let started = Instant::now();
+    let mut token = String::new();
+    for _ in 0..rounds {
+        token = tokens::sign(&key, &claims);
+    }
+    let sign = started.elapsed() / rounds;
+    let revoked = BTreeMap::new();
+    let started = Instant::now();
+    for _ in 0..rounds {
+        tokens::verify(&token, &jwks, &revoked, "bench/paris", now).expect("verifies");
+    }
+    (sign, started.elapsed() / rounds)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (sign, verify) = sign_verify_cost(2000);
+    println!(
+        "token sign: {:?} per token, verify: {:?} per token (2000 rounds, one core)",
+        sign, verify
+    );
+
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let suffix = std::process::id();
+
+    let ns = format!("bench-revoke-{suffix}");
+    namespace(&client, &ns).await?;
+    let latencies = revocation_latency(&client, &ns, 100).await?;
+    println!(
+        "revocation latency over {} revocations: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+
+    let ns_many = format!("bench-issue-{suffix}");
+    namespace(&client, &ns_many).await?;
+    let names: Vec<String> = (0..1000).map(|i| format!("laptop-{i}")).collect();
+    let took = create_and_wait_active(&client, &ns_many, &names).await?;
+    println!("1000 grants created and Active in {took:?}");
+
+    for ns in [ns, ns_many] {
+        Api::<Namespace>::all(client.clone())
+            .delete(&ns, &DeleteParams::background())
+            .await?;
+    }
+    Ok(())
+}
