@@ -218,14 +218,20 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
         Decision::Invalid { reason, message } => {
             return stall(grant, ctx, next, reason, message.clone(), now).await;
         }
-        Decision::PendingApproval => (
-            WorkerGrantPhase::PendingApproval,
-            Summary::Progressing {
-                reason: "PendingApproval",
-                message: "waiting for a second person to set approvedBy".into(),
-            },
-            None,
-        ),
+        Decision::PendingApproval => {
+            // Only reachable with a token when the pool started requiring
+            // approval after the token was issued: it goes.
+            revoke_current(grant, ctx, "PendingApproval").await?;
+            next.token = None;
+            (
+                WorkerGrantPhase::PendingApproval,
+                Summary::Progressing {
+                    reason: "PendingApproval",
+                    message: "waiting for a second person to set approvedBy".into(),
+                },
+                None,
+            )
+        }
         Decision::Suspended | Decision::Revoked | Decision::Expired => {
             let (phase, reason, message) = match decision {
                 Decision::Suspended => (
