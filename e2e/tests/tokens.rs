@@ -420,3 +420,76 @@ async fn a_signing_key_rotation_refuses_no_valid_token() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_renewed_token_stays_valid_for_a_grace_then_a_revocation_takes_both() {
+    in_namespace("renew", |client: Client, ns: String| async move {
+        site(&client, &ns).await?;
+        // Renew 2 s after issue (renewBefore just under the 1 h lifetime).
+        cellule_api(&client, &ns, "Pool")
+            .patch(
+                "paris",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"spec": {"tokens": {"defaultTtl": "1h", "renewBefore": "3598s"}}}),
+                ),
+            )
+            .await?;
+        let grants = cellule_api(&client, &ns, "WorkerGrant");
+        grants
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"ttl": "1h"}})),
+            )
+            .await?;
+        let first = phase(&client, &ns, "laptop-alice", "Active").await?["token"]["jti"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let retiring = eventually("a renewal", WAIT, || async {
+            let g = grants
+                .get("laptop-alice")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = g.data["status"].clone();
+            if status["token"]["jti"] != first.as_str()
+                && status["retiringToken"]["jti"].is_string()
+            {
+                Ok(status)
+            } else {
+                Err(format!("{status}"))
+            }
+        })
+        .await?;
+        let retiring_jti = retiring["retiringToken"]["jti"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let revoke_at: jiff::Timestamp = retiring["retiringToken"]["revokeAt"]
+            .as_str()
+            .unwrap()
+            .parse()?;
+        ensure!(
+            revoke_at.as_second() - now() > 200,
+            "a grace of minutes, not seconds: {retiring}"
+        );
+        ensure!(
+            !revocations(&client, &ns).await?.contains_key(&retiring_jti),
+            "the renewed token is not revoked during its grace"
+        );
+
+        grants
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revoked": true}})),
+            )
+            .await?;
+        let status = phase(&client, &ns, "laptop-alice", "Revoked").await?;
+        ensure!(status.get("retiringToken").is_none(), "{status}");
+        revoked_eventually(&client, &ns, &retiring_jti).await?;
+        Ok(())
+    })
+    .await;
+}

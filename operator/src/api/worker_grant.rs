@@ -151,6 +151,18 @@ pub struct AuditStatus {
     pub revoked_at: Option<Time>,
 }
 
+/// A renewed token on its way out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringToken {
+    /// Its `jti`.
+    pub jti: String,
+    /// Its own expiry.
+    pub expires_at: Time,
+    /// When it goes on the revocation list.
+    pub revoke_at: Time,
+}
+
 /// Observed state of a WorkerGrant.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -169,4 +181,8 @@ pub struct WorkerGrantStatus {
     /// The `spec.rotation` the current token answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rotation: Option<i64>,
+    /// The token a renewal replaced: still accepted until `revokeAt`, a
+    /// short grace for the worker to pick up the new one, then revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_token: Option<RetiringToken>,
 }

@@ -24,7 +24,7 @@ use kube::{
 use crate::{
     api::{
         Pool, WorkerGrant, WorkerGrantStatus,
-        worker_grant::{TokenStatus, WorkerGrantPhase},
+        worker_grant::{RetiringToken, TokenStatus, WorkerGrantPhase},
     },
     conditions::{self, Summary},
     pool::signing,
@@ -33,6 +33,8 @@ use crate::{
 };
 
 pub const FINALIZER: &str = "cellule.ai/revoke-token";
+/// How long a renewed token stays valid beside its successor.
+pub const RENEWAL_GRACE_SECS: i64 = 300;
 /// Secret key holding the token.
 pub const TOKEN_KEY: &str = "token";
 
@@ -168,18 +170,27 @@ async fn cleanup(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
 /// and deletes its Secret. Returns whether there was one.
 async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result<bool> {
     let ns = grant.namespace().unwrap_or_default();
+    let pool = &grant.spec.pool_ref.name;
+    // A renewed token still in its grace goes too.
+    if let Some(retiring) = grant
+        .status
+        .as_ref()
+        .and_then(|s| s.retiring_token.as_ref())
+    {
+        revoke_jti(
+            ctx,
+            &ns,
+            pool,
+            &retiring.jti,
+            retiring.expires_at.0.as_second(),
+        )
+        .await?;
+    }
     let Some(token) = grant.status.as_ref().and_then(|s| s.token.as_ref()) else {
         return Ok(false);
     };
-    let exp = token.expires_at.0.as_second();
-    let pool = &grant.spec.pool_ref.name;
-    let pool_exists = ctx.pools.get(&ObjectRef::new(pool).within(&ns)).is_some();
-    // Without the pool there is nobody to accept the token; with it, a
-    // failure here is retried until the jti is on the list.
-    if exp > Timestamp::now().as_second() && pool_exists {
-        signing::revoke(ctx, &ns, pool, &token.jti, exp).await?;
-        tracing::info!(grant = %grant.name_any(), jti = %token.jti, why, "token revoked");
-    }
+    revoke_jti(ctx, &ns, pool, &token.jti, token.expires_at.0.as_second()).await?;
+    tracing::info!(grant = %grant.name_any(), jti = %token.jti, why, "token revoked");
     match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .delete(&token.secret_name, &DeleteParams::background())
         .await
@@ -189,6 +200,16 @@ async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result
         Err(e) => return Err(e.into()),
     }
     Ok(true)
+}
+
+/// Puts `jti` on the list unless it expired already or the pool is gone
+/// (then nobody accepts it); a failure is retried until it is there.
+async fn revoke_jti(ctx: &Context, ns: &str, pool: &str, jti: &str, exp: i64) -> Result<()> {
+    let pool_exists = ctx.pools.get(&ObjectRef::new(pool).within(ns)).is_some();
+    if exp > Timestamp::now().as_second() && pool_exists {
+        signing::revoke(ctx, ns, pool, jti, exp).await?;
+    }
+    Ok(())
 }
 
 async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
@@ -201,6 +222,20 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
     next.audit.approved_by = grant.spec.approved_by.clone();
 
     let pool_name = &grant.spec.pool_ref.name;
+    // A renewed token's grace is over: it goes on the list.
+    if let Some(retiring) = next.retiring_token.clone()
+        && retiring.revoke_at.0 <= now
+    {
+        revoke_jti(
+            ctx,
+            &ns,
+            pool_name,
+            &retiring.jti,
+            retiring.expires_at.0.as_second(),
+        )
+        .await?;
+        next.retiring_token = None;
+    }
     let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
         let message = format!("Pool {pool_name:?} does not exist in this namespace");
         return stall(grant, ctx, next, "PoolNotFound", message, now).await;
@@ -223,6 +258,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             // approval after the token was issued: it goes.
             revoke_current(grant, ctx, "PendingApproval").await?;
             next.token = None;
+            next.retiring_token = None;
             (
                 WorkerGrantPhase::PendingApproval,
                 Summary::Progressing {
@@ -261,6 +297,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 .await;
             }
             next.token = None;
+            next.retiring_token = None;
             if decision == Decision::Revoked && next.audit.revoked_at.is_none() {
                 next.audit.revoked_at = Some(Time(now));
             }
@@ -337,20 +374,37 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 now,
             );
             next.phase = Some(WorkerGrantPhase::Active);
+            // A renewed token gets a grace; a rotated one (asked for
+            // because it must stop) is revoked once its successor exists.
+            // A token still in its grace when the next renewal comes is
+            // revoked then (one retiring token at a time).
+            let mut revoke_now: Vec<(String, i64)> = next
+                .retiring_token
+                .take()
+                .map(|r| (r.jti, r.expires_at.0.as_second()))
+                .into_iter()
+                .collect();
+            let rotated_out = match previous {
+                Some(previous) if *why == "TokenRenewed" => {
+                    let revoke_at = Timestamp::from_second(now.as_second() + RENEWAL_GRACE_SECS)
+                        .expect("a valid time");
+                    next.retiring_token = Some(RetiringToken {
+                        jti: previous.jti,
+                        expires_at: previous.expires_at,
+                        revoke_at: Time(revoke_at),
+                    });
+                    None
+                }
+                other => other,
+            };
             // The status (with the new jti) is written first, at the
             // resourceVersion read: a reconcile working from a stale copy
             // fails here instead of minting a second token.
             write_status_at_version(grant, ctx, &next).await?;
             write_token_secret(grant, ctx, &token, &claims.jti).await?;
-            if let Some(previous) = previous.filter(|_| *why == "TokenRotated") {
-                signing::revoke(
-                    ctx,
-                    &ns,
-                    pool_name,
-                    &previous.jti,
-                    previous.expires_at.0.as_second(),
-                )
-                .await?;
+            revoke_now.extend(rotated_out.map(|p| (p.jti, p.expires_at.0.as_second())));
+            for (jti, exp) in revoke_now {
+                revoke_jti(ctx, &ns, pool_name, &jti, exp).await?;
             }
             ctx.event(
                 grant,
@@ -364,19 +418,29 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 ),
             )
             .await;
-            return Ok(requeue_at(
-                decide(grant, &pool, next.token.as_ref(), now.as_second()),
-                now,
-            ));
+            let renew_at = match decide(grant, &pool, next.token.as_ref(), now.as_second()) {
+                Decision::Keep { renew_at } => renew_at,
+                _ => now.as_second() + 1,
+            };
+            return Ok(wake_at(Some(renew_at), &next, now));
         }
     };
     next.phase = Some(phase);
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
     reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
-    Ok(match wake {
+    Ok(wake_at(wake, &next, now))
+}
+
+/// Requeue for the first of `at` and the end of a renewed token's grace.
+fn wake_at(at: Option<i64>, status: &WorkerGrantStatus, now: Timestamp) -> Action {
+    let grace_end = status
+        .retiring_token
+        .as_ref()
+        .map(|r| r.revoke_at.0.as_second());
+    match at.into_iter().chain(grace_end).min() {
         Some(at) => Action::requeue(Duration::from_secs((at - now.as_second()).max(1) as u64)),
         None => Action::await_change(),
-    })
+    }
 }
 
 /// From the cache, confirmed with a read when the cache has not seen it
@@ -395,15 +459,6 @@ async fn token_secret_exists(grant: &WorkerGrant, ctx: &Context, name: &str) -> 
         .get_metadata_opt(name)
         .await?
         .is_some())
-}
-
-fn requeue_at(decision: Decision, now: Timestamp) -> Action {
-    match decision {
-        Decision::Keep { renew_at } => Action::requeue(Duration::from_secs(
-            (renew_at - now.as_second()).max(1) as u64,
-        )),
-        _ => Action::requeue(Duration::from_secs(1)),
-    }
 }
 
 async fn stall(
