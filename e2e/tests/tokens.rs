@@ -161,6 +161,38 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
         ensure!(py["jti"] == claims.jti.as_str(), "PyJWT read {py}");
         let wrong = pyjwt(&jwks_text, &token, &format!("{ns}/lyon")).await?;
         ensure!(wrong.is_err(), "PyJWT accepted a wrong audience");
+        // PyJWT also refuses a tampered payload and an HS256 token keyed
+        // with the public key (the classic algorithm confusion).
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let mut forged_claims = claims.clone();
+        forged_claims.tiers = vec!["heavy".into()];
+        let forged_payload = base64_url(&serde_json::to_vec(&forged_claims)?);
+        parts[1] = &forged_payload;
+        ensure!(
+            pyjwt(&jwks_text, &parts.join("."), &audience)
+                .await?
+                .is_err(),
+            "PyJWT accepted a tampered token"
+        );
+        let public_x = serde_json::from_str::<Value>(&jwks_text)?["keys"][0]["x"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = jsonwebtoken::decode_header(&token)?.kid;
+        let confused = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(public_x.as_bytes()),
+        )?;
+        ensure!(
+            pyjwt(&jwks_text, &confused, &audience).await?.is_err(),
+            "PyJWT accepted HS256 keyed with the public key"
+        );
+        ensure!(
+            tokens::verify(&confused, &jwks, &BTreeMap::new(), &audience, now()).is_err(),
+            "we accepted it"
+        );
 
         let started = std::time::Instant::now();
         cellule_api(&client, &ns, "WorkerGrant")
@@ -328,6 +360,34 @@ async fn no_token_or_key_material_in_logs_events_or_status() {
         let signature = token.rsplit('.').next().unwrap().to_owned();
         let mut secrets = vec![token.clone(), signature];
         secrets.extend(seeds);
+        // And every other token and key the operator holds right now, in
+        // every namespace (the other tests' too).
+        for secret in Api::<Secret>::all(client.clone())
+            .list(
+                &kube::api::ListParams::default()
+                    .labels("app.kubernetes.io/managed-by=cellule-operator"),
+            )
+            .await?
+        {
+            for (key, value) in secret.data.unwrap_or_default() {
+                let text = String::from_utf8(value.0)?;
+                match key.as_str() {
+                    "token" => secrets.push(text),
+                    "keys.json" => {
+                        let ring: Value = serde_json::from_str(&text)?;
+                        secrets.extend(
+                            ring["keys"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|k| k["seed"].as_str().unwrap().to_owned()),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        println!("looked for {} tokens and keys in the logs", secrets.len());
 
         let mut haystacks = vec![];
         for entry in std::fs::read_dir(Env::var("CELLULE_E2E_LOGS"))? {
@@ -492,4 +552,9 @@ async fn a_renewed_token_stays_valid_for_a_grace_then_a_revocation_takes_both() 
         Ok(())
     })
     .await;
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
