@@ -194,6 +194,13 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
             "we accepted it"
         );
 
+        // The operator's own command verifies it the same way.
+        let verdict = verify_token_command(&jwks_text, &BTreeMap::new(), &token, &audience).await?;
+        ensure!(
+            verdict.as_ref().is_ok_and(|c| c.contains(&claims.jti)),
+            "verify-token: {verdict:?}"
+        );
+
         let started = std::time::Instant::now();
         cellule_api(&client, &ns, "WorkerGrant")
             .patch(
@@ -210,6 +217,11 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
         ensure!(
             matches!(refused, Err(tokens::VerifyError::Revoked { .. })),
             "{refused:?}"
+        );
+        let verdict = verify_token_command(&jwks_text, &list, &token, &audience).await?;
+        ensure!(
+            verdict.as_ref().is_err_and(|e| e.contains("revoked")),
+            "verify-token after revocation: {verdict:?}"
         );
         let status = phase(&client, &ns, "laptop-alice", "Revoked").await?;
         ensure!(
@@ -557,4 +569,41 @@ async fn a_renewed_token_stays_valid_for_a_grace_then_a_revocation_takes_both() 
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `cellule-operator verify-token`'s verdict: the claims it prints, or why it refused.
+async fn verify_token_command(
+    jwks: &str,
+    revoked: &BTreeMap<String, i64>,
+    token: &str,
+    audience: &str,
+) -> anyhow::Result<Result<String, String>> {
+    let dir = std::env::temp_dir().join(format!("cellule-verify-{}", tokens::new_jti()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("jwks.json"), jwks)?;
+    let list: BTreeMap<&String, String> = revoked.iter().map(|(j, e)| (j, e.to_string())).collect();
+    std::fs::write(dir.join("revoked.json"), serde_json::to_string(&list)?)?;
+    let mut child = tokio::process::Command::new(Env::var("CELLULE_E2E_OPERATOR_BIN"))
+        .arg("verify-token")
+        .args(["--jwks", dir.join("jwks.json").to_str().unwrap()])
+        .args(["--revocations", dir.join("revoked.json").to_str().unwrap()])
+        .args(["--audience", audience])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), token.as_bytes()).await?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await?;
+    std::fs::remove_dir_all(&dir)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    anyhow::ensure!(
+        !stderr.contains(token) && !String::from_utf8_lossy(&out.stdout).contains(token),
+        "verify-token printed the token"
+    );
+    Ok(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr)
+    })
 }
