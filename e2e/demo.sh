@@ -49,9 +49,10 @@ fi
 
 cat <<MSG
 
-Pools and NpuServers are reconciled. WorkerGrants and PeerTrusts are validated
-and stored, but no controller acts on them yet (tokens and federation are
-later work), so they have no status.
+Pools, NpuServers and WorkerGrants are reconciled (laptop-alice has a token in
+Secret laptop-alice-token; laptop-contractor waits for approval). PeerTrusts are
+validated and stored, but no controller acts on them yet (federation is later
+work), so they have no status.
 
 The control plane ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')) and the operator keep running.
   export KUBECONFIG=$KUBECONFIG
