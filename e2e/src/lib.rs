@@ -369,3 +369,27 @@ pub fn audited_writes(user: &str, namespace: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Runs `program` with `args`, writes `input` to its stdin, and returns its
+/// output (whatever the exit status).
+pub async fn run_with_stdin(
+    program: &std::path::Path,
+    args: &[&str],
+    input: &str,
+) -> anyhow::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", program.display()))?;
+    tokio::io::AsyncWriteExt::write_all(
+        child.stdin.as_mut().expect("piped stdin"),
+        input.as_bytes(),
+    )
+    .await?;
+    drop(child.stdin.take());
+    Ok(child.wait_with_output().await?)
+}

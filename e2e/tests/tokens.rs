@@ -104,21 +104,16 @@ async fn pyjwt(jwks: &str, token: &str, audience: &str) -> anyhow::Result<Result
     let dir = std::env::temp_dir().join(format!("cellule-pyjwt-{}", tokens::new_jti()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("jwks.json"), jwks)?;
-    let mut child = tokio::process::Command::new(Env::bin("interop-python"))
-        .arg(cellule_e2e::repo_path("e2e/interop/verify_pyjwt.py"))
-        .args([
-            "--jwks",
-            dir.join("jwks.json").to_str().unwrap(),
-            "--audience",
-            audience,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), token.as_bytes()).await?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output().await?;
+    let script = cellule_e2e::repo_path("e2e/interop/verify_pyjwt.py");
+    let jwks_file = dir.join("jwks.json");
+    let args = [
+        script.to_str().unwrap(),
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+        "--audience",
+        audience,
+    ];
+    let out = cellule_e2e::run_with_stdin(&Env::bin("interop-python"), &args, token).await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout)?)
@@ -583,18 +578,18 @@ async fn verify_token_command(
     std::fs::write(dir.join("jwks.json"), jwks)?;
     let list: BTreeMap<&String, String> = revoked.iter().map(|(j, e)| (j, e.to_string())).collect();
     std::fs::write(dir.join("revoked.json"), serde_json::to_string(&list)?)?;
-    let mut child = tokio::process::Command::new(Env::var("CELLULE_E2E_OPERATOR_BIN"))
-        .arg("verify-token")
-        .args(["--jwks", dir.join("jwks.json").to_str().unwrap()])
-        .args(["--revocations", dir.join("revoked.json").to_str().unwrap()])
-        .args(["--audience", audience])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), token.as_bytes()).await?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output().await?;
+    let (jwks_file, list_file) = (dir.join("jwks.json"), dir.join("revoked.json"));
+    let args = [
+        "verify-token",
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+        "--revocations",
+        list_file.to_str().unwrap(),
+        "--audience",
+        audience,
+    ];
+    let binary = std::path::PathBuf::from(Env::var("CELLULE_E2E_OPERATOR_BIN"));
+    let out = cellule_e2e::run_with_stdin(&binary, &args, token).await?;
     std::fs::remove_dir_all(&dir)?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     anyhow::ensure!(
