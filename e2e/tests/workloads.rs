@@ -223,6 +223,41 @@ async fn a_hand_edit_is_put_back_and_a_removed_worker_set_is_deleted() {
         })
         .await?;
 
+        // A setting of the Pool changes the rendered config, which rolls
+        // the pool's pods (checksum annotation on the template).
+        let checksum = |d: Deployment| {
+            d.spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get("cellule.ai/config-sha256").cloned())
+        };
+        let before = checksum(deployments.get("paris-pool").await?).expect("a config checksum");
+        cellule_api(&client, &ns, "Pool")
+            .patch(
+                "paris",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"rateLimit": {"requestsPerMinutePerSigner": 30}}})),
+            )
+            .await?;
+        eventually("the pool's pods roll to the new config", WAIT, || async {
+            let d = deployments
+                .get("paris-pool")
+                .await
+                .map_err(|e| e.to_string())?;
+            match checksum(d) {
+                Some(now) if now != before => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+        let config = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get("paris-config")
+            .await?;
+        ensure!(
+            config.data.unwrap()["pool.yaml"].contains("requestsPerMinutePerSigner: 30"),
+            "config re-rendered"
+        );
+
         // Drop the in-cluster worker set: its Deployment, Service and policy go.
         cellule_api(&client, &ns, "Pool")
             .patch(
