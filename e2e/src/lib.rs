@@ -283,6 +283,27 @@ pub async fn apply_samples(client: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sample site in `ns`: the CRDs, the database and TLS Secrets the
+/// sample Pool references, and every object of `config/samples/`.
+pub async fn apply_sample_site(client: &Client, ns: &str) -> anyhow::Result<()> {
+    install_crds(client).await;
+    create_secret(
+        client,
+        ns,
+        "paris-db",
+        &[("dsn", "postgres://cellule@db:5432/cellule")],
+    )
+    .await?;
+    create_secret(
+        client,
+        ns,
+        "paris-tls",
+        &[("tls.crt", "cert"), ("tls.key", "key")],
+    )
+    .await?;
+    apply_samples(client, ns).await
+}
+
 /// Creates an Opaque Secret with the given string data.
 pub async fn create_secret(
     client: &Client,

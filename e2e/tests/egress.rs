@@ -7,10 +7,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use cellule_e2e::{
-    Env, apply_samples, create_secret, eventually, in_namespace, install_crds, run_tool,
-    wait_condition,
-};
+use cellule_e2e::{Env, apply_sample_site, eventually, in_namespace, run_tool, wait_condition};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api, Client, ResourceExt,
@@ -43,9 +40,7 @@ fn group(pod: &Pod) -> String {
 #[tokio::test]
 async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
     in_namespace("egress", |client: Client, ns: String| async move {
-        install_crds(&client).await;
-        create_secret(&client, &ns, "paris-db", &[("dsn", "postgres://db")]).await?;
-        create_secret(&client, &ns, "paris-tls", &[("tls.crt", "c"), ("tls.key", "k")]).await?;
+        apply_sample_site(&client, &ns).await?;
         // The database the sample Pool selects, and a bystander it must not reach.
         for (name, labels) in [("postgresql", json!({"app.kubernetes.io/name": "postgresql"})), ("bystander", json!({"app": "bystander"}))] {
             let deployment: Deployment = serde_json::from_value(json!({
@@ -55,7 +50,6 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
             }))?;
             Api::<Deployment>::namespaced(client.clone(), &ns).create(&PostParams::default(), &deployment).await?;
         }
-        apply_samples(&client, &ns).await?;
         wait_condition(&client, &ns, "Pool", "paris", "Ready", "True", WAIT).await?;
         wait_condition(&client, &ns, "NpuServer", "heavy", "Ready", "True", WAIT).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -6,9 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use cellule_e2e::{
-    Env, apply_samples, cellule_api, create_secret, eventually, in_namespace, install_crds,
-};
+use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace};
 use cellule_operator::worker_grant::tokens;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
@@ -18,20 +16,6 @@ use kube::{
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn site(client: &Client, ns: &str) -> anyhow::Result<()> {
-    install_crds(client).await;
-    create_secret(client, ns, "paris-db", &[("dsn", "postgres://db")]).await?;
-    create_secret(
-        client,
-        ns,
-        "paris-tls",
-        &[("tls.crt", "c"), ("tls.key", "k")],
-    )
-    .await?;
-    apply_samples(client, ns).await?;
-    Ok(())
-}
 
 async fn phase(client: &Client, ns: &str, grant: &str, want: &str) -> anyhow::Result<Value> {
     let api = cellule_api(client, ns, "WorkerGrant");
@@ -125,7 +109,7 @@ async fn pyjwt(jwks: &str, token: &str, audience: &str) -> anyhow::Result<Result
 #[tokio::test]
 async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate() {
     in_namespace("token", |client: Client, ns: String| async move {
-        site(&client, &ns).await?;
+        apply_sample_site(&client, &ns).await?;
         let status = phase(&client, &ns, "laptop-alice", "Active").await?;
         let token = token_of(&client, &ns, "laptop-alice").await?;
         let (jwks_text, jwks) = jwks(&client, &ns).await?;
@@ -241,7 +225,7 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
 #[tokio::test]
 async fn suspend_resume_rotate_and_delete() {
     in_namespace("rotate", |client: Client, ns: String| async move {
-        site(&client, &ns).await?;
+        apply_sample_site(&client, &ns).await?;
         let grants = cellule_api(&client, &ns, "WorkerGrant");
         let first = phase(&client, &ns, "laptop-alice", "Active").await?["token"]["jti"]
             .as_str()
@@ -318,7 +302,7 @@ async fn suspend_resume_rotate_and_delete() {
 #[tokio::test]
 async fn approval_then_expiry_at_the_exact_instant() {
     in_namespace("expiry", |client: Client, ns: String| async move {
-        site(&client, &ns).await?;
+        apply_sample_site(&client, &ns).await?;
         phase(&client, &ns, "laptop-contractor", "PendingApproval").await?;
         ensure!(
             Api::<Secret>::namespaced(client.clone(), &ns).get_opt("laptop-contractor-token").await?.is_none(),
@@ -351,7 +335,7 @@ async fn approval_then_expiry_at_the_exact_instant() {
 #[tokio::test]
 async fn no_token_or_key_material_in_logs_events_or_status() {
     in_namespace("leak", |client: Client, ns: String| async move {
-        site(&client, &ns).await?;
+        apply_sample_site(&client, &ns).await?;
         phase(&client, &ns, "laptop-alice", "Active").await?;
         let token = token_of(&client, &ns, "laptop-alice").await?;
         let ring = Api::<Secret>::namespaced(client.clone(), &ns)
@@ -431,7 +415,7 @@ async fn no_token_or_key_material_in_logs_events_or_status() {
 #[tokio::test]
 async fn a_signing_key_rotation_refuses_no_valid_token() {
     in_namespace("keyrot", |client: Client, ns: String| async move {
-        site(&client, &ns).await?;
+        apply_sample_site(&client, &ns).await?;
         phase(&client, &ns, "laptop-alice", "Active").await?;
         let old_token = token_of(&client, &ns, "laptop-alice").await?;
         let old_kid = jsonwebtoken::decode_header(&old_token)?.kid.unwrap();
@@ -491,7 +475,7 @@ async fn a_signing_key_rotation_refuses_no_valid_token() {
 #[tokio::test]
 async fn a_renewed_token_stays_valid_for_a_grace_then_a_revocation_takes_both() {
     in_namespace("renew", |client: Client, ns: String| async move {
-        site(&client, &ns).await?;
+        apply_sample_site(&client, &ns).await?;
         // Renew 2 s after issue (renewBefore just under the 1 h lifetime).
         cellule_api(&client, &ns, "Pool")
             .patch(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use cellule_e2e::{
-    Env, apply_samples, audited_writes, cellule_api, create_secret, eventually, in_namespace,
-    install_crds, wait_condition,
+    Env, apply_sample_site, apply_samples, audited_writes, cellule_api, create_secret, eventually,
+    in_namespace, install_crds, wait_condition,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -26,22 +26,7 @@ const WAIT: Duration = Duration::from_secs(90);
 const OWNED: &str = "app.kubernetes.io/managed-by=cellule-operator";
 
 async fn sample_site(client: &Client, ns: &str) -> anyhow::Result<()> {
-    install_crds(client).await;
-    create_secret(
-        client,
-        ns,
-        "paris-db",
-        &[("dsn", "postgres://cellule@db:5432/cellule")],
-    )
-    .await?;
-    create_secret(
-        client,
-        ns,
-        "paris-tls",
-        &[("tls.crt", "cert"), ("tls.key", "key")],
-    )
-    .await?;
-    apply_samples(client, ns).await?;
+    apply_sample_site(client, ns).await?;
     wait_condition(client, ns, "Pool", "paris", "Ready", "True", WAIT).await?;
     wait_condition(client, ns, "NpuServer", "heavy", "Ready", "True", WAIT).await?;
     Ok(())

@@ -27,7 +27,6 @@ use crate::{
 pub struct Component {
     /// Object name of the Deployment, Service, …
     pub name: String,
-    pub namespace: String,
     /// The pool it belongs to (what NetworkPolicies select on).
     pub pool: String,
     /// `pool`, `cpu-worker` or `npu-server`.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cellule_e2e::{admin_client, apply_samples, cellule_api, create_secret, install_crds};
+use cellule_e2e::{admin_client, apply_sample_site, cellule_api, install_crds};
 use cellule_operator::worker_grant::tokens::{self, Claims, PoolKey};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -48,15 +48,7 @@ async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
-    create_secret(client, name, "paris-db", &[("dsn", "postgres://db")]).await?;
-    create_secret(
-        client,
-        name,
-        "paris-tls",
-        &[("tls.crt", "c"), ("tls.key", "k")],
-    )
-    .await?;
-    apply_samples(client, name).await
+    apply_sample_site(client, name).await
 }
 
 async fn create_and_wait_active(

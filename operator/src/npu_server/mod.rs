@@ -19,7 +19,7 @@ use crate::{
     images,
     netpol::{dns_egress, ingress, policy, tcp},
     pool::netpol::from_pool_pods,
-    reconcile::{self, Context, Result, apply, status},
+    reconcile::{self, Context, Result, apply::OwnerSync, status},
     workload::{self, Component, ContainerSpec},
 };
 
@@ -33,7 +33,6 @@ pub fn component_name(npu_server: &str) -> String {
 fn component(npu: &NpuServer) -> Component {
     Component {
         name: component_name(&npu.name_any()),
-        namespace: npu.namespace().unwrap_or_default(),
         pool: npu.spec.pool_ref.name.clone(),
         role: "npu-server",
     }
@@ -139,36 +138,14 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
 
     let desired = desired(npu);
     let uid = npu.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
-    let (client, owned) = (&ctx.client, &ctx.owned);
-    let mut changes = vec![];
-    apply::sync(
-        client,
-        &owned.network_policies,
-        &ns,
-        &uid,
-        vec![desired.network_policy],
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
-        &owned.services,
-        &ns,
-        &uid,
-        vec![desired.service],
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
-        &owned.deployments,
-        &ns,
-        &uid,
-        vec![desired.deployment],
-        &mut changes,
-    )
-    .await?;
-    reconcile::report_changes(ctx, npu, &changes).await;
+    let owned = &ctx.owned;
+    let mut sync = OwnerSync::new(&ctx.client, &ns, uid);
+    sync.kind(&owned.network_policies, vec![desired.network_policy])
+        .await?;
+    sync.kind(&owned.services, vec![desired.service]).await?;
+    sync.kind(&owned.deployments, vec![desired.deployment])
+        .await?;
+    reconcile::report_changes(ctx, npu, &sync.changes).await;
 
     let name = component_name(&npu.name_any());
     let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));

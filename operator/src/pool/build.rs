@@ -47,7 +47,6 @@ pub struct Desired {
 pub fn pool_component(valid: &ValidPool) -> Component {
     Component {
         name: format!("{}-pool", valid.name),
-        namespace: valid.namespace.clone(),
         pool: valid.name.clone(),
         role: "pool",
     }
@@ -56,7 +55,6 @@ pub fn pool_component(valid: &ValidPool) -> Component {
 pub fn cpu_worker_component(valid: &ValidPool, set: &str) -> Component {
     Component {
         name: format!("{}-{set}", valid.name),
-        namespace: valid.namespace.clone(),
         pool: valid.name.clone(),
         role: "cpu-worker",
     }

@@ -26,7 +26,7 @@ use crate::{
         pool::{ImageStatus, TierServing},
     },
     conditions::{self, Desired, Summary},
-    reconcile::{self, Context, Result, apply, status},
+    reconcile::{self, Context, Result, apply::OwnerSync, status},
 };
 
 pub const DEGRADED: &str = "Degraded";
@@ -75,63 +75,21 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         .extend(signing::config_maps(pool, &ring, component.selector()));
     let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let ns = &valid.namespace;
-    let (client, owned) = (&ctx.client, &ctx.owned);
-    let mut changes = vec![];
-    apply::sync(
-        client,
-        &owned.service_accounts,
-        ns,
-        &uid,
-        desired.service_accounts,
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
-        &owned.config_maps,
-        ns,
-        &uid,
-        desired.config_maps,
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
-        &owned.network_policies,
-        ns,
-        &uid,
-        desired.network_policies,
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
-        &owned.services,
-        ns,
-        &uid,
-        desired.services,
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
-        &owned.deployments,
-        ns,
-        &uid,
-        desired.deployments,
-        &mut changes,
-    )
-    .await?;
-    apply::sync(
-        client,
+    let owned = &ctx.owned;
+    let mut sync = OwnerSync::new(&ctx.client, ns, uid);
+    sync.kind(&owned.service_accounts, desired.service_accounts)
+        .await?;
+    sync.kind(&owned.config_maps, desired.config_maps).await?;
+    sync.kind(&owned.network_policies, desired.network_policies)
+        .await?;
+    sync.kind(&owned.services, desired.services).await?;
+    sync.kind(&owned.deployments, desired.deployments).await?;
+    sync.kind(
         &owned.pod_disruption_budgets,
-        ns,
-        &uid,
         desired.pod_disruption_budgets,
-        &mut changes,
     )
     .await?;
-    reconcile::report_changes(ctx, pool, &changes).await;
+    reconcile::report_changes(ctx, pool, &sync.changes).await;
 
     let next_revocation_expiry = signing::prune_revocations(ctx, pool, now.as_second()).await?;
 

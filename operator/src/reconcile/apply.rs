@@ -14,6 +14,47 @@ use serde_json::Value;
 
 use super::{Error, MANAGER, Result, labels};
 
+/// The sync of everything one owner wants in its namespace, kind by kind,
+/// collecting what changed.
+pub struct OwnerSync<'a> {
+    client: &'a kube::Client,
+    namespace: &'a str,
+    owner_uid: String,
+    pub changes: Vec<Change>,
+}
+
+impl<'a> OwnerSync<'a> {
+    pub fn new(client: &'a kube::Client, namespace: &'a str, owner_uid: String) -> Self {
+        Self {
+            client,
+            namespace,
+            owner_uid,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Applies `desired` (every object of kind `K` the owner wants) and
+    /// deletes the ones of that kind it owned before and no longer wants.
+    pub async fn kind<K>(&mut self, store: &Store<K>, desired: Vec<K>) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        sync(
+            self.client,
+            store,
+            self.namespace,
+            &self.owner_uid,
+            desired,
+            &mut self.changes,
+        )
+        .await
+    }
+}
+
 /// What a sync did to one object, for Events and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
@@ -39,7 +80,7 @@ impl Change {
 /// `namespace`) and deletes the ones it owned before and no longer wants.
 /// An object whose live copy already holds every desired field is not
 /// written: a no-op reconcile makes no request at all.
-pub async fn sync<K>(
+async fn sync<K>(
     client: &kube::Client,
     store: &Store<K>,
     namespace: &str,
