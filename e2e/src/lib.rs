@@ -414,3 +414,46 @@ pub async fn run_with_stdin(
     drop(child.stdin.take());
     Ok(child.wait_with_output().await?)
 }
+
+/// Every connection the np-guard analyzer allows between the pods of `ns`
+/// (and kube-system's DNS pods) and IP ranges, per the NetworkPolicies on
+/// the API server now, as `(src, dst, conn)`; and the directory of the
+/// objects it read (for `netpolicy eval --dirpath`).
+pub async fn allowed_connections(
+    ns: &str,
+) -> anyhow::Result<(PathBuf, Vec<(String, String, String)>)> {
+    let dir = std::env::temp_dir().join(format!("cellule-netpol-{ns}"));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
+    for (file, args) in [
+        ("namespaces.yaml", vec!["namespace", ns, "kube-system"]),
+        ("pods.yaml", vec!["pods", "-n", ns]),
+        ("dns.yaml", vec!["pods", "-n", "kube-system"]),
+        ("policies.yaml", vec!["networkpolicies", "-n", ns]),
+    ] {
+        let mut all = vec!["--kubeconfig", &kubeconfig, "get"];
+        all.extend_from_slice(&args);
+        all.extend_from_slice(&["-o", "yaml"]);
+        std::fs::write(dir.join(file), run_tool("kubectl", &all, &[]).await?)?;
+    }
+    let dirpath = dir.to_str().context("temp dir path")?;
+    let list: serde_json::Value = serde_json::from_str(
+        &run_tool(
+            "netpolicy",
+            &["list", "--dirpath", dirpath, "-o", "json"],
+            &[],
+        )
+        .await?,
+    )
+    .context("analyzer output")?;
+    let rows = list
+        .as_array()
+        .context("analyzer output is a list")?
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (field("src"), field("dst"), field("conn"))
+        })
+        .collect();
+    Ok((dir, rows))
+}

@@ -6,26 +6,18 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use anyhow::{Context as _, ensure};
-use cellule_e2e::{Env, apply_sample_site, eventually, in_namespace, run_tool, wait_condition};
+use anyhow::ensure;
+use cellule_e2e::{
+    allowed_connections, apply_sample_site, eventually, in_namespace, run_tool, wait_condition,
+};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// `kind` objects of `namespaces`, written as YAML into `dir/file`.
-async fn dump(dir: &std::path::Path, file: &str, args: &[&str]) -> anyhow::Result<()> {
-    let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
-    let mut all = vec!["--kubeconfig", &kubeconfig, "get"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["-o", "yaml"]);
-    std::fs::write(dir.join(file), run_tool("kubectl", &all, &[]).await?)?;
-    Ok(())
-}
 
 fn group(pod: &Pod) -> String {
     // The analyzer names pods by their ReplicaSet: ns/name-hash[ReplicaSet].
@@ -69,21 +61,8 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
         let (pool, npu, worker) = (by_role("pool"), by_role("npu-server"), by_role("cpu-worker"));
         let database = by_app("app.kubernetes.io/name", "postgresql");
 
-        let dir = std::env::temp_dir().join(format!("cellule-netpol-{ns}"));
-        std::fs::create_dir_all(&dir)?;
-        dump(&dir, "namespaces.yaml", &["namespace", &ns, "kube-system"]).await?;
-        dump(&dir, "pods.yaml", &["pods", "-n", &ns]).await?;
-        dump(&dir, "dns.yaml", &["pods", "-n", "kube-system"]).await?;
-        dump(&dir, "policies.yaml", &["networkpolicies", "-n", &ns]).await?;
+        let (dir, rows) = allowed_connections(&ns).await?;
         let dirpath = dir.to_str().unwrap();
-        let list: Value = serde_json::from_str(&run_tool("netpolicy", &["list", "--dirpath", dirpath, "-o", "json"], &[]).await?)
-            .context("analyzer output")?;
-        let rows: Vec<(String, String, String)> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| (r["src"].as_str().unwrap().into(), r["dst"].as_str().unwrap().into(), r["conn"].as_str().unwrap().into()))
-            .collect();
         let from = |src: &str| -> BTreeSet<(String, String)> {
             rows.iter().filter(|r| r.0 == src).map(|r| (r.1.clone(), r.2.clone())).collect()
         };

@@ -78,11 +78,11 @@ async fn samples_become_running_workloads_with_owner_references() {
         sample_site(&client, &ns).await?;
         assert_eq!(
             names::<Deployment>(&client, &ns).await?,
-            ["heavy-npu", "paris-light-workers", "paris-pool"]
+            ["heavy-npu", "paris--light-workers", "paris-pool"]
         );
         assert_eq!(
             names::<Service>(&client, &ns).await?,
-            ["heavy-npu", "paris-light-workers", "paris-pool"]
+            ["heavy-npu", "paris--light-workers", "paris-pool"]
         );
         assert_eq!(
             names::<ConfigMap>(&client, &ns).await?,
@@ -103,7 +103,7 @@ async fn samples_become_running_workloads_with_owner_references() {
             [
                 "heavy-npu",
                 "paris-default-deny",
-                "paris-light-workers",
+                "paris--light-workers",
                 "paris-pool"
             ]
         );
@@ -251,9 +251,9 @@ async fn a_hand_edit_is_put_back_and_a_removed_worker_set_is_deleted() {
                 &Patch::Merge(json!({"spec": {"cpuWorkers": null}})),
             )
             .await?;
-        eventually("paris-light-workers objects deleted", WAIT, || async {
+        eventually("paris--light-workers objects deleted", WAIT, || async {
             let left = owned_objects(&client, &ns).await?;
-            if left.iter().any(|o| o.ends_with("/paris-light-workers")) {
+            if left.iter().any(|o| o.ends_with("/paris--light-workers")) {
                 Err(format!("{left:?}"))
             } else {
                 Ok(())
@@ -359,6 +359,26 @@ async fn a_missing_database_secret_is_reported_then_the_pool_comes_up() {
 async fn a_no_op_resync_makes_no_write() {
     in_namespace("noop", |client: Client, ns: String| async move {
         sample_site(&client, &ns).await?;
+        // Quantities the API server stores in another form (0.5 → 500m,
+        // 1024Mi → 1Gi): they must still compare equal.
+        let mut pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
+        pool.data["spec"]["cpuWorkers"][0]["resources"] =
+            json!({"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"memory": "1024Mi"}});
+        let workers = json!({"spec": {"cpuWorkers": pool.data["spec"]["cpuWorkers"]}});
+        cellule_api(&client, &ns, "Pool")
+            .patch("paris", &PatchParams::default(), &Patch::Merge(&workers))
+            .await?;
+        let npu_resources = json!({"spec": {"resources": {"requests": {"cpu": "0.5", "memory": "32768Mi"}}}});
+        cellule_api(&client, &ns, "NpuServer")
+            .patch("heavy", &PatchParams::default(), &Patch::Merge(&npu_resources))
+            .await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        eventually("the 0.5 CPU applied", WAIT, || async {
+            let d = deployments.get("paris--light-workers").await.map_err(|e| e.to_string())?;
+            let cpu = serde_json::to_value(&d).map_err(|e| e.to_string())?["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"].clone();
+            if cpu == "500m" { Ok(()) } else { Err(cpu.to_string()) }
+        })
+        .await?;
         let operator = Env::var("CELLULE_E2E_OPERATOR_USER");
         // Let the rollout's last status updates settle.
         let mut before = audited_writes(&operator, &ns).len();

@@ -1,22 +1,26 @@
-//! Wires the controllers: shared watches of the objects the operator
-//! makes (by label), metadata-only watches of Secrets, and one Controller
-//! per kind.
+//! Assembles the controllers: the shared caches (one watch per kind,
+//! filtered by label where the operator owns the objects), and each kind's
+//! controller, which declares its own watches (`pool::controller`,
+//! `npu_server::controller`, `worker_grant::controller`).
 
-use std::{fmt::Debug, future::Future, sync::Arc};
+use std::{collections::HashMap, fmt::Debug, future::Future, hash::Hash, sync::Arc};
 
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
-    networking::v1::NetworkPolicy,
-    policy::v1::PodDisruptionBudget,
+use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
+    },
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
-        reflector::{self, ObjectRef, ReflectHandle, Store},
+        WatchStreamExt, controller,
+        reflector::{self, ReflectHandle, Store, store::Writer},
         watcher,
     },
 };
@@ -25,235 +29,283 @@ use serde::de::DeserializeOwned;
 use crate::{
     api::{NpuServer, Pool, WorkerGrant},
     npu_server, pool,
-    reconcile::{Context, context::OwnedStores, error_policy, labels},
+    reconcile::{
+        Context,
+        context::{OwnedStores, Stores},
+        labels,
+    },
     worker_grant,
 };
 
-/// A cache of `K` filtered by `config`, shared by several controllers: the
-/// returned future drives the watch and must be polled.
-fn shared<K>(
-    client: &Client,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    ReflectHandle<K>,
-    impl Future<Output = ()> + Send + use<K>,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store_shared(256);
-    let subscriber = writer
-        .subscribe()
-        .expect("a shared store can be subscribed to");
-    let driver = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), config))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
-    (store, subscriber, driver)
+/// Events one cache buffers for each subscriber that has not read them yet.
+const BUFFER: usize = 256;
+
+/// What the operator watches, and how hard it works.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Watch only these namespaces (empty: the whole cluster).
+    pub namespaces: Vec<String>,
+    /// Reconciles of one kind running at once (0: unbounded).
+    pub concurrency: u16,
 }
 
-/// Resolves to whether `store` got its first full list.
-fn synced<K>(store: &Store<K>) -> futures::future::BoxFuture<'static, bool>
+impl Options {
+    /// The configuration every kind's `Controller` runs with.
+    pub fn controller_config(&self) -> controller::Config {
+        controller::Config::default().concurrency(self.concurrency)
+    }
+}
+
+/// One watch of `K`, cached once and shared by every controller that needs
+/// it. Each consumer gets its own subscription from [`Shared::subscribe`];
+/// the store holds every event until each subscription has read it, so a
+/// subscription must be moved into a consumer that polls it (a held,
+/// unpolled one would freeze the cache after [`BUFFER`] events).
+pub struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Writer<K>,
+    store: Store<K>,
+    api: Api<K>,
+    config: watcher::Config,
+}
+
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(client: &Client, namespace: Option<&str>, config: watcher::Config) -> Self {
+        let (store, writer) = reflector::store_shared(BUFFER);
+        let api = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        Self {
+            writer,
+            store,
+            api,
+            config,
+        }
+    }
+
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// A new subscription to the cache's changes, for exactly one consumer.
+    pub fn subscribe(&self) -> ReflectHandle<K> {
+        self.writer
+            .subscribe()
+            .expect("a store made by store_shared hands out subscriptions")
+    }
+
+    /// Drives the watch into the store (and the subscriptions).
+    fn run(self) -> BoxFuture<'static, ()> {
+        let events = watcher(self.api, self.config)
+            .modify(strip)
+            .default_backoff();
+        reflector::reflector(self.writer, events)
+            .applied_objects()
+            .for_each(|_| futures::future::ready(()))
+            .boxed()
+    }
+
+    fn synced(&self) -> BoxFuture<'static, bool> {
+        let store = self.store.clone();
+        async move { store.wait_until_ready().await.is_ok() }.boxed()
+    }
+}
+
+/// Drops what the operator never reads before it is cached: managed
+/// fields, and the `last-applied-configuration` annotation, which holds a
+/// whole copy of an object applied with client-side `kubectl apply` (for a
+/// Secret: its data).
+fn strip<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Every cache of one scope (the cluster, or one namespace).
+pub struct Caches {
+    pub pools: Shared<Pool>,
+    pub npu_servers: Shared<NpuServer>,
+    pub grants: Shared<WorkerGrant>,
+    pub deployments: Shared<Deployment>,
+    pub services: Shared<Service>,
+    pub config_maps: Shared<ConfigMap>,
+    pub service_accounts: Shared<ServiceAccount>,
+    pub pod_disruption_budgets: Shared<PodDisruptionBudget>,
+    pub network_policies: Shared<NetworkPolicy>,
+    /// The operator's own Secrets (signing keys, tokens), with their data.
+    pub secrets: Shared<Secret>,
+    /// Metadata of every Secret: to see a referenced Secret appear or go.
+    /// Never the data of a Secret the operator did not make.
+    pub secret_metadata: Shared<PartialObjectMeta<Secret>>,
+}
+
+impl Caches {
+    fn new(client: &Client, namespace: Option<&str>) -> Self {
+        let owned = || watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+        let all = watcher::Config::default;
+        Self {
+            pools: Shared::new(client, namespace, all()),
+            npu_servers: Shared::new(client, namespace, all()),
+            grants: Shared::new(client, namespace, all()),
+            deployments: Shared::new(client, namespace, owned()),
+            services: Shared::new(client, namespace, owned()),
+            config_maps: Shared::new(client, namespace, owned()),
+            service_accounts: Shared::new(client, namespace, owned()),
+            pod_disruption_budgets: Shared::new(client, namespace, owned()),
+            network_policies: Shared::new(client, namespace, owned()),
+            secrets: Shared::new(client, namespace, owned()),
+            secret_metadata: Shared::new(client, namespace, all()),
+        }
+    }
+
+    fn stores(&self) -> Stores {
+        Stores {
+            owned: OwnedStores {
+                deployments: self.deployments.store(),
+                services: self.services.store(),
+                config_maps: self.config_maps.store(),
+                service_accounts: self.service_accounts.store(),
+                pod_disruption_budgets: self.pod_disruption_budgets.store(),
+                network_policies: self.network_policies.store(),
+                secrets: self.secrets.store(),
+            },
+            secret_metadata: self.secret_metadata.store(),
+            npu_servers: self.npu_servers.store(),
+            pools: self.pools.store(),
+        }
+    }
+
+    /// Resolves to whether every cache got its first full list.
+    fn synced(&self) -> BoxFuture<'static, bool> {
+        futures::future::join_all([
+            self.pools.synced(),
+            self.npu_servers.synced(),
+            self.grants.synced(),
+            self.deployments.synced(),
+            self.services.synced(),
+            self.config_maps.synced(),
+            self.service_accounts.synced(),
+            self.pod_disruption_budgets.synced(),
+            self.network_policies.synced(),
+            self.secrets.synced(),
+            self.secret_metadata.synced(),
+        ])
+        .map(|all| all.into_iter().all(|ok| ok))
+        .boxed()
+    }
+
+    /// Drives every watch; consumes the caches, so no subscription can be
+    /// taken after the watches started.
+    fn run(self) -> BoxFuture<'static, ()> {
+        futures::future::join_all([
+            self.pools.run(),
+            self.npu_servers.run(),
+            self.grants.run(),
+            self.deployments.run(),
+            self.services.run(),
+            self.config_maps.run(),
+            self.service_accounts.run(),
+            self.pod_disruption_budgets.run(),
+            self.network_policies.run(),
+            self.secrets.run(),
+            self.secret_metadata.run(),
+        ])
+        .map(|_| ())
+        .boxed()
+    }
+}
+
+/// Only the objects whose `metadata.generation` moved (or that are new):
+/// a status write (ready counts, conditions) does not wake the dependants
+/// of an object, only a change of its spec does.
+pub fn spec_changes<K>(stream: ReflectHandle<K>) -> impl Stream<Item = Arc<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
 {
-    let store = store.clone();
-    async move { store.wait_until_ready().await.is_ok() }.boxed()
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    stream.filter(move |object| {
+        let uid = object.uid().unwrap_or_default();
+        let generation = object.meta().generation;
+        let changed = seen.insert(uid, generation) != Some(generation);
+        futures::future::ready(changed)
+    })
 }
 
 /// Runs every controller until `shutdown` resolves; calls `on_ready` once
 /// every cache has synced.
 pub async fn run(
     client: Client,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
     on_ready: impl FnOnce(),
 ) {
-    let owned = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
-    let (deployments, deployment_events, drive_deployments) =
-        shared::<Deployment>(&client, owned.clone());
-    let (services, service_events, drive_services) = shared::<Service>(&client, owned.clone());
-    let (config_maps, config_map_events, drive_config_maps) =
-        shared::<ConfigMap>(&client, owned.clone());
-    let (service_accounts, service_account_events, drive_service_accounts) =
-        shared::<ServiceAccount>(&client, owned.clone());
-    let (pdbs, pdb_events, drive_pdbs) = shared::<PodDisruptionBudget>(&client, owned.clone());
-    let (netpols, netpol_events, drive_netpols) = shared::<NetworkPolicy>(&client, owned);
-    let (pools, pool_events, drive_pools) = shared::<Pool>(&client, watcher::Config::default());
-    let (npus, npu_events, drive_npus) = shared::<NpuServer>(&client, watcher::Config::default());
+    // One set of caches and controllers per namespace when the scope is a
+    // list: a watch covers one namespace or all of them.
+    let scopes: Vec<Option<&str>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options
+            .namespaces
+            .iter()
+            .map(|ns| Some(ns.as_str()))
+            .collect()
+    };
+    let mut synced = Vec::new();
+    let mut watches = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let caches = Caches::new(&client, scope);
+        let ctx = Context::new(client.clone(), caches.stores());
+        let config = options.controller_config();
+        controllers.push(pool::controller(
+            &caches,
+            ctx.clone(),
+            config.clone(),
+            shutdown.clone(),
+        ));
+        controllers.push(npu_server::controller(
+            &caches,
+            ctx.clone(),
+            config.clone(),
+            shutdown.clone(),
+        ));
+        controllers.push(worker_grant::controller(
+            &caches,
+            ctx,
+            config,
+            shutdown.clone(),
+        ));
+        synced.push(caches.synced());
+        watches.push(caches.run());
+    }
 
-    // Secrets: metadata only (their content is never needed), to notice a
-    // referenced Secret appearing or going away.
-    let (secrets, secret_events, drive_secrets) =
-        shared::<PartialObjectMeta<Secret>>(&client, watcher::Config::default());
-    // The operator's own Secrets, with their data: signing keys, tokens.
-    let (own_secrets, own_secret_events, drive_own_secrets) = shared::<Secret>(
-        &client,
-        watcher::Config::default().labels(labels::MANAGED_SELECTOR),
-    );
-    let (grants, grant_events, drive_grants) =
-        shared::<WorkerGrant>(&client, watcher::Config::default());
-
-    let synced = futures::future::join_all([
-        synced(&deployments),
-        synced(&services),
-        synced(&config_maps),
-        synced(&service_accounts),
-        synced(&pdbs),
-        synced(&netpols),
-        synced(&pools),
-        synced(&npus),
-        synced(&secrets),
-        synced(&own_secrets),
-        synced(&grants),
-    ])
-    .map(|all| all.into_iter().all(|ok| ok));
-    let ctx = Context::new(
-        client.clone(),
-        OwnedStores {
-            deployments,
-            services,
-            config_maps,
-            service_accounts,
-            pod_disruption_budgets: pdbs,
-            network_policies: netpols,
-            secrets: own_secrets,
-        },
-        secrets,
-        npus.clone(),
-        pools.clone(),
-    );
-
-    let pools_for_secrets = pools.clone();
-    let pools_for_npus = pools.clone();
-    let pool_events_for_npus = pool_events.clone();
-    let pool_events_for_grants = pool_events.clone();
-    let config_map_events_for_grants = config_map_events.clone();
-    let pool_controller = Controller::for_shared_stream(pool_events, pools.clone())
-        .owns_shared_stream(deployment_events.clone())
-        .owns_shared_stream(service_events.clone())
-        .owns_shared_stream(config_map_events.clone())
-        .owns_shared_stream(service_account_events)
-        .owns_shared_stream(pdb_events)
-        .owns_shared_stream(netpol_events.clone())
-        .owns_shared_stream(own_secret_events.clone())
-        .watches_shared_stream(secret_events, move |secret| {
-            pools_referencing_secret(&pools_for_secrets, &secret)
-        })
-        .watches_shared_stream(npu_events.clone(), move |npu| {
-            let pool = ObjectRef::new(&npu.spec.pool_ref.name)
-                .within(&npu.namespace().unwrap_or_default());
-            pools_for_npus.get(&pool).map(|_| pool)
-        })
-        .graceful_shutdown_on(shutdown.clone())
-        .run(pool::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-
-    let npus_for_pools = npus.clone();
-    let npu_controller = Controller::for_shared_stream(npu_events, npus)
-        .owns_shared_stream(deployment_events)
-        .owns_shared_stream(service_events)
-        .owns_shared_stream(netpol_events)
-        .watches_shared_stream(pool_events_for_npus, move |pool: Arc<Pool>| {
-            let ns = pool.namespace();
-            npus_for_pools
-                .state()
-                .into_iter()
-                .filter(|npu| npu.namespace() == ns && npu.spec.pool_ref.name == pool.name_any())
-                .map(|npu| ObjectRef::from_obj(npu.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown.clone())
-        .run(npu_server::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-
-    let grants_for_pools = grants.clone();
-    let grants_for_rings = grants.clone();
-    let grants_for_lists = grants.clone();
-    let grant_controller = Controller::for_shared_stream(grant_events, grants)
-        .owns_shared_stream(own_secret_events.clone())
-        // A pool's signing key ring appearing or rotating: its grants may
-        // be waiting for it.
-        .watches_shared_stream(own_secret_events, move |secret: Arc<Secret>| {
-            let pool = secret
-                .name_any()
-                .strip_suffix("-signing-keys")
-                .map(str::to_owned);
-            grants_of(&grants_for_rings, secret.namespace(), pool)
-        })
-        .watches_shared_stream(config_map_events_for_grants, move |list: Arc<ConfigMap>| {
-            let pool = list
-                .name_any()
-                .strip_suffix("-revocations")
-                .map(str::to_owned);
-            grants_of(&grants_for_lists, list.namespace(), pool)
-        })
-        // A pool's key ring or tiers changing concerns each of its grants.
-        .watches_shared_stream(pool_events_for_grants, move |pool: Arc<Pool>| {
-            grants_of(&grants_for_pools, pool.namespace(), Some(pool.name_any()))
-        })
-        .graceful_shutdown_on(shutdown.clone())
-        .run(worker_grant::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()));
-
+    let watches = tokio::spawn(futures::future::join_all(watches));
     // Reconciles read several caches: start only once all have synced,
     // or a reconcile could take a Pool that is merely not loaded yet for
     // a missing one.
-    let caches = tokio::spawn(async move {
-        tokio::join!(
-            drive_deployments,
-            drive_services,
-            drive_config_maps,
-            drive_service_accounts,
-            drive_pdbs,
-            drive_netpols,
-            drive_pools,
-            drive_npus,
-            drive_secrets,
-            drive_own_secrets,
-            drive_grants,
-        );
-    });
+    let synced = futures::future::join_all(synced).map(|all| all.into_iter().all(|ok| ok));
     let synced = tokio::select! {
         synced = synced => synced,
         () = shutdown.clone() => false,
     };
     if !synced {
-        caches.abort();
+        watches.abort();
         return;
     }
     tracing::info!("caches synced, controllers running");
     on_ready();
-    tokio::join!(pool_controller, npu_controller, grant_controller);
-    caches.abort();
-}
-
-/// Pools in the Secret's namespace that reference it (database or TLS).
-fn pools_referencing_secret(
-    pools: &Store<Pool>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<Pool>> {
-    let (name, ns) = (secret.name_any(), secret.namespace());
-    pools
-        .state()
-        .into_iter()
-        .filter(|pool| pool.namespace() == ns)
-        .filter(|pool| pool.spec.database.dsn_secret_ref.name == name || pool.spec.tls.name == name)
-        .map(|pool| ObjectRef::from_obj(pool.as_ref()))
-        .collect()
-}
-
-/// The WorkerGrants of `pool` in `namespace`.
-fn grants_of(
-    grants: &Store<WorkerGrant>,
-    namespace: Option<String>,
-    pool: Option<String>,
-) -> Vec<ObjectRef<WorkerGrant>> {
-    let Some(pool) = pool else { return Vec::new() };
-    grants
-        .state()
-        .into_iter()
-        .filter(|g| g.namespace() == namespace && g.spec.pool_ref.name == pool)
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
-        .collect()
+    futures::future::join_all(controllers).await;
+    watches.abort();
 }

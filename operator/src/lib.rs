@@ -8,6 +8,7 @@ pub mod conditions;
 pub mod controller;
 pub mod health;
 pub mod images;
+pub mod names;
 pub mod netpol;
 pub mod npu_server;
 pub mod peer_trust;

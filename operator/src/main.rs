@@ -63,6 +63,24 @@ struct RunArgs {
         global = true
     )]
     log_format: telemetry::LogFormat,
+    /// Watch and reconcile only these namespaces (comma-separated; default:
+    /// every namespace). RBAC can then be granted per namespace.
+    #[arg(
+        long,
+        env = "CELLULE_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        global = true
+    )]
+    watch_namespaces: Vec<String>,
+    /// Reconciles of one kind that run at once.
+    #[arg(
+        long,
+        env = "CELLULE_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=64),
+        global = true
+    )]
+    concurrency: u16,
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,7 +246,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         async move { stopped(stop_rx).await }.shared()
     };
     let ready = readiness.clone();
-    controller::run(client, shutdown, move || ready.set_ready(true)).await;
+    let options = controller::Options {
+        namespaces: args.watch_namespaces,
+        concurrency: args.concurrency,
+    };
+    controller::run(client, options, shutdown, move || ready.set_ready(true)).await;
     readiness.set_ready(false);
     health.await.context("health server task")??;
     tracing::info!("stopped");

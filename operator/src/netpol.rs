@@ -1,7 +1,8 @@
 //! NetworkPolicy building blocks (pure). Every pod of a pool is selected
 //! by a default-deny policy; the policies here only ever add narrow
-//! allowances. No egress rule is ever built without a destination, and
-//! CIDRs of 0.0.0.0/0 are refused at admission.
+//! allowances. No rule is ever built without a peer or a port (the builders
+//! return `None` instead: fail closed), and CIDRs of 0.0.0.0/0 are refused
+//! at admission.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ use k8s_openapi::{
 };
 use kube::Resource;
 
-use crate::{reconcile::labels, workload};
+use crate::{api::pool::DnsSpec, reconcile::labels, workload};
 
 pub fn selector(labels: BTreeMap<String, String>) -> LabelSelector {
     LabelSelector {
@@ -57,50 +58,45 @@ pub fn cidr(cidr: &str) -> NetworkPolicyPeer {
     }
 }
 
-/// DNS to the cluster DNS pods only, UDP and TCP 53.
-pub fn dns_egress() -> NetworkPolicyEgressRule {
-    NetworkPolicyEgressRule {
-        to: Some(vec![NetworkPolicyPeer {
-            namespace_selector: Some(selector(BTreeMap::from([(
-                "kubernetes.io/metadata.name".into(),
-                "kube-system".into(),
-            )]))),
-            pod_selector: Some(selector(BTreeMap::from([(
-                "k8s-app".into(),
-                "kube-dns".into(),
-            )]))),
+/// DNS to the cluster DNS only (pods chosen by labels, and/or IP ranges),
+/// UDP and TCP on each port. `None` when the spec names no destination
+/// (admission refuses that): no DNS rather than DNS to everyone.
+pub fn dns_egress(dns: &DnsSpec) -> Option<NetworkPolicyEgressRule> {
+    let mut to = Vec::new();
+    if !dns.pod_labels.is_empty() || !dns.namespace_labels.is_empty() {
+        to.push(NetworkPolicyPeer {
+            namespace_selector: Some(selector(dns.namespace_labels.clone())),
+            pod_selector: Some(selector(dns.pod_labels.clone())),
             ip_block: None,
-        }]),
-        ports: Some(vec![udp(53), tcp(53)]),
+        });
     }
+    to.extend(dns.cidrs.iter().map(|c| cidr(c)));
+    let ports = dns.ports.iter().flat_map(|&p| [udp(p), tcp(p)]).collect();
+    egress(to, ports)
 }
 
+/// An egress rule to `to` on `ports`; `None` without a destination (a
+/// rule without one would allow everything) or without a port (a rule
+/// without one allows every port).
 pub fn egress(
     to: Vec<NetworkPolicyPeer>,
     ports: Vec<NetworkPolicyPort>,
-) -> NetworkPolicyEgressRule {
-    assert!(
-        !to.is_empty(),
-        "an egress rule without a destination would allow everything"
-    );
-    NetworkPolicyEgressRule {
+) -> Option<NetworkPolicyEgressRule> {
+    (!to.is_empty() && !ports.is_empty()).then_some(NetworkPolicyEgressRule {
         to: Some(to),
         ports: Some(ports),
-    }
+    })
 }
 
+/// An ingress rule from `from` on `ports`; `None` as for [`egress`].
 pub fn ingress(
     from: Vec<NetworkPolicyPeer>,
     ports: Vec<NetworkPolicyPort>,
-) -> NetworkPolicyIngressRule {
-    assert!(
-        !from.is_empty(),
-        "an ingress rule without a source would allow everything"
-    );
-    NetworkPolicyIngressRule {
+) -> Option<NetworkPolicyIngressRule> {
+    (!from.is_empty() && !ports.is_empty()).then_some(NetworkPolicyIngressRule {
         from: Some(from),
         ports: Some(ports),
-    }
+    })
 }
 
 /// Labels of every pod of `pool`.
@@ -109,15 +105,17 @@ pub fn pool_pods(pool: &str) -> BTreeMap<String, String> {
 }
 
 /// A policy for the pods with `pod_labels`, covering both directions: what
-/// is not listed is denied.
+/// is not listed is denied (rules that came out `None` are left out).
 pub fn policy<K: Resource<DynamicType = ()>>(
     owner: &K,
     name: &str,
     pool: &str,
     pod_labels: BTreeMap<String, String>,
-    ingress: Vec<NetworkPolicyIngressRule>,
-    egress: Vec<NetworkPolicyEgressRule>,
+    ingress: impl IntoIterator<Item = Option<NetworkPolicyIngressRule>>,
+    egress: impl IntoIterator<Item = Option<NetworkPolicyEgressRule>>,
 ) -> NetworkPolicy {
+    let ingress: Vec<_> = ingress.into_iter().flatten().collect();
+    let egress: Vec<_> = egress.into_iter().flatten().collect();
     let mut meta_labels = pool_pods(pool);
     meta_labels.insert(labels::NAME.into(), "cellule".into());
     NetworkPolicy {

@@ -99,11 +99,42 @@ pub(crate) fn duration_rule(min: &str, max: &str, what: &str) -> Rule {
     )))
 }
 
-/// CEL rule: a CIDR that is well formed and not a default route.
+/// CEL condition on a string `c`: a well-formed CIDR, not a default route,
+/// without host bits (a NetworkPolicy refuses `10.50.0.1/16`).
+pub(crate) fn cidr_check(c: &str) -> String {
+    format!("isCIDR({c}) && cidr({c}).prefixLength() > 0 && cidr({c}) == cidr({c}).masked()")
+}
+
+/// CEL rule: a CIDR that is well formed, not a default route, no host bits.
 pub(crate) fn cidr_rule(what: &str) -> Rule {
-    Rule::new("isCIDR(self) && cidr(self).prefixLength() > 0").message(Message::Message(format!(
-        "{what} must be a CIDR like 10.20.0.0/16 (not 0.0.0.0/0 or ::/0)"
+    Rule::new(cidr_check("self")).message(Message::Message(format!(
+        "{what} must be a CIDR like 10.20.0.0/16 (not 0.0.0.0/0 or ::/0, and no host bits such as 10.20.0.1/16)"
     )))
+}
+
+/// CEL rule on a `ResourceRequirements`: every limit and request is a
+/// Kubernetes quantity (`500m`, `2Gi`; not `32GB`).
+pub(crate) fn resources_rule(what: &str) -> Rule {
+    Rule::new(
+        "(!has(self.limits) || self.limits.all(k, isQuantity(string(self.limits[k])))) && (!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k]))))",
+    )
+    .message(Message::Message(format!(
+        "{what}: every limit and request must be a quantity like 500m, 2 or 4Gi (not 4GB)"
+    )))
+}
+
+/// CEL rule on the root of a kind whose name derives the names of the
+/// objects the operator makes: a DNS label (Service names and label values
+/// need one) short enough for the longest derived name, without `--`, which
+/// the derived names use as the one separator a name cannot contain.
+pub(crate) fn derived_name_rule(kind: &str, max: usize) -> Rule {
+    Rule::new(format!(
+        "size(self.metadata.name) <= {max} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && !self.metadata.name.contains('--')"
+    ))
+    .message(Message::Message(format!(
+        "metadata.name: a {kind} name must be at most {max} characters of lowercase letters, digits and '-' (no '.', no '--'), since the names of the objects made for it derive from it"
+    )))
+    .field_path(".metadata.name")
 }
 
 /// A reference to an object of the same namespace.

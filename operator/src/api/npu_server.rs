@@ -7,7 +7,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{CommonStatus, LocalObjectRef, SignedImage};
+use super::common::{CommonStatus, LocalObjectRef, SignedImage, derived_name_rule, resources_rule};
+use crate::names;
 
 /// A heavy-inference server (e.g. a 30B model) on accelerator nodes. Its
 /// health drives the pool's routing: while it is unhealthy its tier fails
@@ -22,6 +23,7 @@ use super::common::{CommonStatus, LocalObjectRef, SignedImage};
     status = "NpuServerStatus",
     shortname = "npu",
     category = "cellule",
+    validation = derived_name_rule("NpuServer", names::NPU_SERVER_NAME_MAX),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -91,6 +93,7 @@ pub struct NpuServerSpec {
     pub tolerations: Vec<Toleration>,
     /// CPU and memory per replica (the accelerator is added to limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = resources_rule("resources"))]
     pub resources: Option<ResourceRequirements>,
 }
 

@@ -5,10 +5,13 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use super::common::{
-    CommonStatus, Duration, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_rule,
-    duration_rule,
+    CommonStatus, Duration, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_check,
+    cidr_rule, derived_name_rule, duration_rule, resources_rule,
 };
+use crate::names;
 
 /// A Cellule pool: the orchestrator that routes employees' prompts to
 /// workers on the private network, with its database, TLS, model tiers,
@@ -23,6 +26,7 @@ use super::common::{
     status = "PoolStatus",
     shortname = "cpool",
     category = "cellule",
+    validation = derived_name_rule("Pool", names::POOL_NAME_MAX),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -100,6 +104,11 @@ pub struct PoolSpec {
     /// When a tier served by an NPU server moves to its CPU fallback and back.
     #[serde(default)]
     pub failover: FailoverSpec,
+    /// Where the cluster DNS is: the only name resolution the pool's pods
+    /// (and its CPU workers and NPU servers) may reach. Defaults to the
+    /// `k8s-app: kube-dns` pods of `kube-system` on port 53.
+    #[serde(default)]
+    pub dns: DnsSpec,
     /// Extra destinations the pool may reach, beyond DNS, its database, its
     /// own NPU servers and workers, and trusted peers. Everything else is
     /// denied.
@@ -134,6 +143,7 @@ pub enum TierBackend {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(self.backend == 'Npu') == has(self.npuServerRef)").message("npuServerRef is required when backend is Npu, and only then").field_path(".npuServerRef"))]
+#[x_kube(validation = Rule::new("!has(self.fallbackTier) || self.backend == 'Npu'").message("fallbackTier is only for a tier with backend Npu (a CPU tier has nothing to fail over from)").field_path(".fallbackTier"))]
 pub struct ModelTier {
     /// Tier name, a DNS label like `light` or `heavy`.
     #[schemars(
@@ -157,12 +167,13 @@ pub struct ModelTier {
 }
 
 /// Worker pods run by the operator for a CPU tier.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuWorkerSet {
-    /// Name of this set, a DNS label.
+    /// Name of this set, a DNS label (at most 21 characters: its objects
+    /// are named `<pool>--<set>`).
     #[schemars(
-        length(min = 1, max = 32),
+        length(min = 1, max = 21),
         regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
@@ -177,6 +188,7 @@ pub struct CpuWorkerSet {
     pub replicas: i32,
     /// CPU and memory for each worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = resources_rule("resources"))]
     pub resources: Option<ResourceRequirements>,
 }
 
@@ -313,7 +325,7 @@ pub struct WorkerNetworkSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 64)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) && cidr(c).prefixLength() > 0)").message("each allowedCidrs entry must be a CIDR like 10.50.0.0/16 (not 0.0.0.0/0 or ::/0)"))]
+    #[x_kube(validation = Rule::new(format!("self.all(c, {})", cidr_check("c"))).message("each allowedCidrs entry must be a CIDR like 10.50.0.0/16 (not 0.0.0.0/0 or ::/0, and no host bits such as 10.50.0.1/16)"))]
     pub allowed_cidrs: Vec<String>,
     /// WebSocket (TLS) port workers connect to.
     #[serde(default = "defaults::worker_port")]
@@ -407,6 +419,47 @@ impl Default for FailoverSpec {
     }
 }
 
+/// The cluster DNS, as the NetworkPolicies allow it: pods chosen by
+/// labels (the usual CoreDNS/kube-dns), and IP ranges for a node-local
+/// cache (NodeLocal DNSCache listens on a link-local address such as
+/// 169.254.20.10, which no pod selector matches). Each port is allowed for
+/// UDP and TCP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.podLabels) > 0 || size(self.namespaceLabels) > 0 || size(self.cidrs) > 0").message("give podLabels, namespaceLabels or cidrs: with none of them DNS would be allowed to every pod of the cluster").field_path(".podLabels"))]
+pub struct DnsSpec {
+    /// Labels of the namespace the DNS pods run in (empty: every namespace).
+    #[serde(default = "defaults::dns_namespace_labels")]
+    #[schemars(length(max = 8))]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Labels of the DNS pods (empty: no pod selector, use `cidrs`).
+    #[serde(default = "defaults::dns_pod_labels")]
+    #[schemars(length(max = 8))]
+    pub pod_labels: BTreeMap<String, String>,
+    /// IP ranges that serve DNS, e.g. `169.254.20.10/32` for NodeLocal DNSCache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(max = 64)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(format!("self.all(c, {})", cidr_check("c"))).message("each dns.cidrs entry must be a CIDR like 169.254.20.10/32 (not 0.0.0.0/0 or ::/0, and no host bits)"))]
+    pub cidrs: Vec<String>,
+    /// DNS ports (each for UDP and TCP), e.g. 53 or 5353.
+    #[serde(default = "defaults::dns_ports")]
+    #[schemars(length(min = 1, max = 4), inner(range(min = 1, max = 65535)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub ports: Vec<i32>,
+}
+
+impl Default for DnsSpec {
+    fn default() -> Self {
+        Self {
+            namespace_labels: defaults::dns_namespace_labels(),
+            pod_labels: defaults::dns_pod_labels(),
+            cidrs: Vec::new(),
+            ports: defaults::dns_ports(),
+        }
+    }
+}
+
 /// One extra destination the pool may reach.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -486,7 +539,22 @@ pub struct PoolStatus {
 
 /// Defaults, shared by serde (so the API server defaults them too) and code.
 pub mod defaults {
+    use std::collections::BTreeMap;
+
     use super::Duration;
+
+    pub fn dns_namespace_labels() -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            "kube-system".to_owned(),
+        )])
+    }
+    pub fn dns_pod_labels() -> BTreeMap<String, String> {
+        BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])
+    }
+    pub fn dns_ports() -> Vec<i32> {
+        vec![53]
+    }
 
     const fn duration(secs: u64) -> Duration {
         Duration::from_secs(secs)

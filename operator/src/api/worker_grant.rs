@@ -20,6 +20,7 @@ use super::common::{CommonStatus, Duration, LocalObjectRef, duration_rule};
     status = "WorkerGrantStatus",
     shortname = "wg",
     category = "cellule",
+    validation = Rule::new(format!("size(self.metadata.name) <= {}", crate::names::GRANT_NAME_MAX)).message(kube::core::Message::Message(format!("metadata.name: a WorkerGrant name must be at most {} characters (its token Secret is named <grant>-token)", crate::names::GRANT_NAME_MAX))),
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.poolRef.name"),
     printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),

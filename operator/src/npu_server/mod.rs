@@ -2,7 +2,9 @@
 //! NetworkPolicy; its health (ready replicas against `minHealthyReplicas`)
 //! is what the Pool's routing reads.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, future::Future, sync::Arc};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -10,12 +12,18 @@ use k8s_openapi::{
 };
 use kube::{
     ResourceExt,
-    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::EventType,
+        reflector::ObjectRef,
+    },
 };
 
 use crate::{
-    api::NpuServer,
+    api::{NpuServer, Pool, pool::DnsSpec},
     conditions::{self, Desired, Summary},
+    controller::{Caches, spec_changes},
     images,
     netpol::{dns_egress, ingress, policy, tcp},
     pool::netpol::from_pool_pods,
@@ -27,7 +35,7 @@ use crate::{
 pub const HEALTHY: &str = "Healthy";
 
 pub fn component_name(npu_server: &str) -> String {
-    format!("{npu_server}-npu")
+    crate::names::npu_server(npu_server)
 }
 
 fn component(npu: &NpuServer) -> Component {
@@ -55,8 +63,8 @@ pub struct DesiredNpu {
     pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
 }
 
-/// The objects an NpuServer wants (pure).
-pub fn desired(npu: &NpuServer) -> DesiredNpu {
+/// The objects an NpuServer wants (pure); `dns` is its pool's.
+pub fn desired(npu: &NpuServer, dns: &DnsSpec) -> DesiredNpu {
     let spec = &npu.spec;
     let component = component(npu);
     let mut pod = workload::restricted_pod(
@@ -89,13 +97,48 @@ pub fn desired(npu: &NpuServer) -> DesiredNpu {
             &component.name,
             &component.pool,
             component.selector(),
-            vec![ingress(
+            [ingress(
                 vec![from_pool_pods(&component.pool)],
                 vec![tcp(spec.port)],
             )],
-            vec![dns_egress()],
+            [dns_egress(dns)],
         ),
     }
+}
+
+/// The NpuServer controller: reconciled when it or an object it made
+/// changes, and when its Pool's spec changes (its DNS, its existence).
+pub fn controller(
+    caches: &Caches,
+    ctx: Arc<Context>,
+    config: controller::Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> BoxFuture<'static, ()> {
+    let npus = caches.npu_servers.store();
+    let npus_of_pool = npus.clone();
+    Controller::for_shared_stream(caches.npu_servers.subscribe(), npus)
+        .with_config(config)
+        .owns_shared_stream(caches.deployments.subscribe())
+        .owns_shared_stream(caches.services.subscribe())
+        .owns_shared_stream(caches.network_policies.subscribe())
+        .watches_shared_stream(
+            spec_changes(caches.pools.subscribe()),
+            move |pool: Arc<Pool>| {
+                let ns = pool.namespace();
+                npus_of_pool
+                    .state()
+                    .into_iter()
+                    .filter(|npu| {
+                        npu.namespace() == ns && npu.spec.pool_ref.name == pool.name_any()
+                    })
+                    .map(|npu| ObjectRef::from_obj(npu.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, reconcile::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .boxed()
 }
 
 pub async fn reconcile(npu: Arc<NpuServer>, ctx: Arc<Context>) -> Result<Action> {
@@ -109,19 +152,10 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
     let ns = npu.namespace().unwrap_or_default();
     let mut next = npu.status.clone().unwrap_or_default();
     next.common.observed_generation = generation;
-    let pool = &npu.spec.pool_ref.name;
-    if ctx.pools.get(&ObjectRef::new(pool).within(&ns)).is_none() {
+    let pool_name = &npu.spec.pool_ref.name;
+    let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
         let message = format!(
-            "Pool {pool:?} does not exist in this namespace; the server starts once it does"
-        );
-        conditions::set_summary(
-            &mut next.common.conditions,
-            Summary::Stalled {
-                reason: "PoolNotFound",
-                message: message.clone(),
-            },
-            generation,
-            now,
+            "Pool {pool_name:?} does not exist in this namespace; the server starts once it does"
         );
         conditions::set(
             &mut next.common.conditions,
@@ -129,23 +163,26 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
             generation,
             now,
         );
-        if status::write(&ctx.client, npu, npu.status.as_ref(), &next).await? {
-            ctx.event(npu, EventType::Warning, "PoolNotFound", "Validate", message)
-                .await;
-        }
+        status::stall(ctx, npu, npu.status.as_ref(), next, "PoolNotFound", message).await?;
         return Ok(Action::await_change());
-    }
+    };
 
-    let desired = desired(npu);
+    let desired = desired(npu, &pool.spec.dns);
     let uid = npu.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let owned = &ctx.owned;
     let mut sync = OwnerSync::new(&ctx.client, &ns, uid);
-    sync.kind(&owned.network_policies, vec![desired.network_policy])
-        .await?;
-    sync.kind(&owned.services, vec![desired.service]).await?;
-    sync.kind(&owned.deployments, vec![desired.deployment])
-        .await?;
+    let synced = async {
+        sync.kind(&owned.network_policies, vec![desired.network_policy])
+            .await?;
+        sync.kind(&owned.services, vec![desired.service]).await?;
+        sync.kind(&owned.deployments, vec![desired.deployment])
+            .await
+    }
+    .await;
     reconcile::report_changes(ctx, npu, &sync.changes).await;
+    if let Err(error) = synced {
+        return status::stall_on(ctx, npu, next, error).await;
+    }
 
     let name = component_name(&npu.name_any());
     let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));

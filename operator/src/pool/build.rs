@@ -17,11 +17,11 @@ use k8s_openapi::{
 
 use crate::{
     api::pool::TierStatus,
-    images,
+    images, names,
     workload::{self, Component, ContainerSpec, Mount},
 };
 
-use super::{config, netpol, signing, validate::ValidPool};
+use super::{config, netpol, validate::ValidPool};
 
 pub const CONFIG_DIR: &str = "/etc/cellule/config";
 pub const ROUTING_DIR: &str = "/etc/cellule/routing";
@@ -46,7 +46,7 @@ pub struct Desired {
 
 pub fn pool_component(valid: &ValidPool) -> Component {
     Component {
-        name: format!("{}-pool", valid.name),
+        name: names::pool(&valid.name),
         pool: valid.name.clone(),
         role: "pool",
     }
@@ -54,7 +54,7 @@ pub fn pool_component(valid: &ValidPool) -> Component {
 
 pub fn cpu_worker_component(valid: &ValidPool, set: &str) -> Component {
     Component {
-        name: format!("{}-{set}", valid.name),
+        name: names::cpu_workers(&valid.name, set),
         pool: valid.name.clone(),
         role: "cpu-worker",
     }
@@ -65,8 +65,8 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
     let spec = &pool.spec;
     let component = pool_component(valid);
     let config_text = config::render_config(valid);
-    let config_name = format!("{}-config", valid.name);
-    let routing_name = format!("{}-routing", valid.name);
+    let config_name = names::config(&valid.name);
+    let routing_name = names::routing(&valid.name);
     let config_map = |name: &str, key: &str, text: String| ConfigMap {
         metadata: workload::owned_meta(pool, name, component.selector()),
         data: Some(BTreeMap::from([(key.to_owned(), text)])),
@@ -87,11 +87,11 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
             path: TLS_DIR.into(),
         },
         Mount {
-            volume: config_map_volume("jwks", &signing::jwks_name(&valid.name)),
+            volume: config_map_volume("jwks", &names::jwks(&valid.name)),
             path: JWKS_DIR.into(),
         },
         Mount {
-            volume: config_map_volume("revocations", &signing::revocations_name(&valid.name)),
+            volume: config_map_volume("revocations", &names::revocations(&valid.name)),
             path: REVOCATIONS_DIR.into(),
         },
         // Only the DSN key is mounted from the database Secret.

@@ -12,28 +12,103 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
 
 use jiff::Timestamp;
 use kube::{
     ResourceExt,
-    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        reflector::{ObjectRef, Store},
+    },
 };
 
 use crate::{
     api::{
-        Pool,
+        NpuServer, Pool,
         pool::{ImageStatus, TierServing},
     },
     conditions::{self, Desired, Summary},
-    reconcile::{self, Context, Result, apply::OwnerSync, status},
+    controller::Caches,
+    reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
 };
 
 pub const DEGRADED: &str = "Degraded";
 
+/// The Pool controller: a Pool is reconciled when it changes, when an
+/// object it made changes, when a Secret it references appears or goes,
+/// and when one of its NpuServers changes (its health drives routing).
+pub fn controller(
+    caches: &Caches,
+    ctx: Arc<Context>,
+    config: controller::Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> BoxFuture<'static, ()> {
+    let pools = caches.pools.store();
+    let pools_for_npus = pools.clone();
+    Controller::for_shared_stream(caches.pools.subscribe(), pools.clone())
+        .with_config(config)
+        .owns_shared_stream(caches.deployments.subscribe())
+        .owns_shared_stream(caches.services.subscribe())
+        .owns_shared_stream(caches.config_maps.subscribe())
+        .owns_shared_stream(caches.service_accounts.subscribe())
+        .owns_shared_stream(caches.pod_disruption_budgets.subscribe())
+        .owns_shared_stream(caches.network_policies.subscribe())
+        .owns_shared_stream(caches.secrets.subscribe())
+        .watches_shared_stream(caches.secret_metadata.subscribe(), move |secret| {
+            pools_referencing_secret(&pools, &secret)
+        })
+        .watches_shared_stream(caches.npu_servers.subscribe(), move |npu| {
+            let pool = ObjectRef::new(&npu.spec.pool_ref.name)
+                .within(&npu.namespace().unwrap_or_default());
+            pools_for_npus.get(&pool).map(|_| pool)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, reconcile::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .boxed()
+}
+
+/// Pools in the Secret's namespace that reference it (database or TLS).
+fn pools_referencing_secret(
+    pools: &Store<Pool>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<Pool>> {
+    let (name, ns) = (secret.name_any(), secret.namespace());
+    pools
+        .state()
+        .into_iter()
+        .filter(|pool| pool.namespace() == ns)
+        .filter(|pool| pool.spec.database.dsn_secret_ref.name == name || pool.spec.tls.name == name)
+        .map(|pool| ObjectRef::from_obj(pool.as_ref()))
+        .collect()
+}
+
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
     let result = apply_pool(&pool, &ctx).await;
     reconcile::finish(&ctx, pool.as_ref(), result).await
+}
+
+/// The caches, as what a Pool in `namespace` references.
+struct Cached<'a> {
+    ctx: &'a Context,
+    namespace: String,
+}
+
+impl validate::References for Cached<'_> {
+    fn secret_exists(&self, name: &str) -> bool {
+        secret_exists(self.ctx, &self.namespace, name)
+    }
+    fn npu_server(&self, name: &str) -> Option<Arc<NpuServer>> {
+        self.ctx
+            .npu_servers
+            .get(&ObjectRef::new(name).within(&self.namespace))
+    }
 }
 
 async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
@@ -42,24 +117,15 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let mut next = pool.status.clone().unwrap_or_default();
     next.common.observed_generation = generation;
 
-    let valid = match validate::validate(pool, ctx) {
+    let refs = Cached {
+        ctx,
+        namespace: pool.namespace().unwrap_or_default(),
+    };
+    let valid = match validate::validate(pool, &refs) {
         Ok(valid) => valid,
         Err(blocked) => {
-            let summary = Summary::Stalled {
-                reason: blocked.reason(),
-                message: blocked.message(),
-            };
-            conditions::set_summary(&mut next.common.conditions, summary, generation, now);
-            if status::write(&ctx.client, pool, pool.status.as_ref(), &next).await? {
-                ctx.event(
-                    pool,
-                    EventType::Warning,
-                    blocked.reason(),
-                    "Validate",
-                    blocked.message(),
-                )
-                .await;
-            }
+            let (current, reason) = (pool.status.as_ref(), blocked.reason());
+            status::stall(ctx, pool, current, next, reason, blocked.message()).await?;
             // The watch on Secrets brings the pool back when it appears.
             return Ok(Action::await_change());
         }
@@ -68,28 +134,37 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let tiers = routing::tier_status(&valid.tiers);
     let mut desired = build::desired(&valid, &tiers);
     // Token signing keys first: the JWKS published below comes from them.
-    let (ring, next_key_change) = signing::sync_ring(ctx, pool, now.as_second()).await?;
+    let (ring, next_key_change) = match signing::sync_ring(ctx, pool, now.as_second()).await {
+        Ok(ring) => ring,
+        Err(error) => return status::stall_on(ctx, pool, next, error).await,
+    };
     let component = build::pool_component(&valid);
     desired
         .config_maps
-        .extend(signing::config_maps(pool, &ring, component.selector()));
+        .extend(signing::config_maps(pool, &ring, component.selector())?);
     let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let ns = &valid.namespace;
     let owned = &ctx.owned;
     let mut sync = OwnerSync::new(&ctx.client, ns, uid);
-    sync.kind(&owned.service_accounts, desired.service_accounts)
-        .await?;
-    sync.kind(&owned.config_maps, desired.config_maps).await?;
-    sync.kind(&owned.network_policies, desired.network_policies)
-        .await?;
-    sync.kind(&owned.services, desired.services).await?;
-    sync.kind(&owned.deployments, desired.deployments).await?;
-    sync.kind(
-        &owned.pod_disruption_budgets,
-        desired.pod_disruption_budgets,
-    )
-    .await?;
+    let synced = async {
+        sync.kind(&owned.service_accounts, desired.service_accounts)
+            .await?;
+        sync.kind(&owned.config_maps, desired.config_maps).await?;
+        sync.kind(&owned.network_policies, desired.network_policies)
+            .await?;
+        sync.kind(&owned.services, desired.services).await?;
+        sync.kind(&owned.deployments, desired.deployments).await?;
+        sync.kind(
+            &owned.pod_disruption_budgets,
+            desired.pod_disruption_budgets,
+        )
+        .await
+    }
+    .await;
     reconcile::report_changes(ctx, pool, &sync.changes).await;
+    if let Err(error) = synced {
+        return status::stall_on(ctx, pool, next, error).await;
+    }
 
     let next_revocation_expiry = signing::prune_revocations(ctx, pool, now.as_second()).await?;
 
@@ -117,22 +192,24 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         .iter()
         .zip(&valid.tiers)
         .filter(|(status, _)| status.serving == TierServing::Unavailable)
-        .map(|(status, tier)| {
-            let npu = tier
-                .npu
-                .as_ref()
-                .expect("only NPU tiers can be unavailable");
-            format!(
+        .filter_map(|(status, tier)| {
+            let npu = tier.npu.as_ref()?;
+            Some(format!(
                 "tier {} has no healthy NpuServer {:?} ({:?})",
                 status.name, npu.name, npu.state
-            )
+            ))
         })
         .collect();
     next.tiers = tiers;
     let degraded_condition = if degraded.is_empty() {
         Desired::new(DEGRADED, false, "AllTiersServed", "every tier is served")
     } else {
-        Desired::new(DEGRADED, true, "TierUnavailable", degraded.join("; "))
+        Desired::new(
+            DEGRADED,
+            true,
+            "TierUnavailable",
+            reconcile::bounded(&degraded.join("; ")),
+        )
     };
     conditions::set(
         &mut next.common.conditions,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    names,
     netpol::{self, cidr, dns_egress, egress, ingress, pods, policy, pool_pods, tcp},
     reconcile::labels,
 };
@@ -24,29 +25,22 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
     let pool = &valid.pool;
     let spec = &pool.spec;
     let name = &valid.name;
+    let dns = || dns_egress(&spec.dns);
     let mut policies = vec![policy(
         pool,
-        &format!("{name}-default-deny"),
+        &names::default_deny(name),
         name,
         pool_pods(name),
-        vec![],
-        vec![],
+        [],
+        [],
     )];
 
-    let database = &spec.database.endpoint;
-    let database_peer = match (&database.pod_selector, &database.cidr) {
-        (Some(pod_selector), _) => NetworkPolicyPeer {
-            pod_selector: Some(pod_selector.clone()),
-            namespace_selector: database.namespace_selector.clone(),
-            ip_block: None,
-        },
-        (None, Some(range)) => cidr(range),
-        // Admission requires exactly one of the two.
-        (None, None) => unreachable!("database endpoint without destination passed admission"),
-    };
     let mut pool_egress = vec![
-        dns_egress(),
-        egress(vec![database_peer], vec![tcp(database.port)]),
+        dns(),
+        egress(
+            vec![valid.database.clone()],
+            vec![tcp(spec.database.endpoint.port)],
+        ),
     ];
     let mut npu_ports: Vec<i32> = valid
         .tiers
@@ -55,12 +49,10 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
         .collect();
     npu_ports.sort_unstable();
     npu_ports.dedup();
-    if !npu_ports.is_empty() {
-        pool_egress.push(egress(
-            vec![pods(role_pods(name, "npu-server"))],
-            npu_ports.into_iter().map(tcp).collect(),
-        ));
-    }
+    pool_egress.push(egress(
+        vec![pods(role_pods(name, "npu-server"))],
+        npu_ports.into_iter().map(tcp).collect(),
+    ));
     if !spec.cpu_workers.is_empty() {
         pool_egress.push(egress(
             vec![pods(role_pods(name, "cpu-worker"))],
@@ -71,19 +63,16 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
     for extra in &spec.extra_egress {
         pool_egress.push(egress(vec![cidr(&extra.cidr)], vec![tcp(extra.port)]));
     }
-    let mut pool_ingress = vec![];
-    if !spec.workers.allowed_cidrs.is_empty() {
-        pool_ingress.push(ingress(
-            spec.workers.allowed_cidrs.iter().map(|c| cidr(c)).collect(),
-            vec![tcp(spec.workers.port)],
-        ));
-    }
+    let pool_ingress = ingress(
+        spec.workers.allowed_cidrs.iter().map(|c| cidr(c)).collect(),
+        vec![tcp(spec.workers.port)],
+    );
     policies.push(policy(
         pool,
         &pool_component(valid).name,
         name,
         role_pods(name, "pool"),
-        pool_ingress,
+        [pool_ingress],
         pool_egress,
     ));
 
@@ -94,11 +83,11 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
             &worker.name,
             name,
             worker.selector(),
-            vec![ingress(
+            [ingress(
                 vec![pods(role_pods(name, "pool"))],
                 vec![tcp(CPU_WORKER_PORT)],
             )],
-            vec![dns_egress()],
+            [dns()],
         ));
     }
     policies

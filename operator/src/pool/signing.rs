@@ -15,7 +15,7 @@ use kube::{
 
 use crate::{
     api::Pool,
-    reconcile::{Context, Error, Result},
+    reconcile::{Context, Error, Result, apply::ensure_ours},
     worker_grant::{
         keys::{self, KeyRing},
         tokens::{LEEWAY_SECS, PoolKey},
@@ -28,15 +28,9 @@ pub const JWKS_KEY: &str = "jwks.json";
 /// data, added and removed with merge patches, never read-modify-written.
 pub const REVOCATION_MANAGER: &str = "cellule-operator-revocations";
 
-pub fn ring_secret_name(pool: &str) -> String {
-    format!("{pool}-signing-keys")
-}
-pub fn jwks_name(pool: &str) -> String {
-    format!("{pool}-jwks")
-}
-pub fn revocations_name(pool: &str) -> String {
-    format!("{pool}-revocations")
-}
+pub use crate::names::{
+    jwks as jwks_name, revocations as revocations_name, signing_keys as ring_secret_name,
+};
 
 /// The key ring of `pool` as the cache holds it.
 pub fn ring(ctx: &Context, namespace: &str, pool: &str) -> Option<KeyRing> {
@@ -69,6 +63,9 @@ pub async fn sync_ring(ctx: &Context, pool: &Pool, now: i64) -> Result<(KeyRing,
         PoolKey::generate,
     );
     if next != current {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let uid = pool.uid().ok_or(Error::MissingMetadata("uid"))?;
+        ensure_ours(&api, live.as_deref(), &name, &uid).await?;
         let mut secret = Secret {
             metadata: workload::owned_meta(pool, &name, BTreeMap::new()),
             type_: Some("Opaque".into()),
@@ -83,7 +80,6 @@ pub async fn sync_ring(ctx: &Context, pool: &Pool, now: i64) -> Result<(KeyRing,
             )])),
             ..Default::default()
         };
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
         match live {
             None => {
                 api.create(&PostParams::default(), &secret).await?;
@@ -103,10 +99,13 @@ pub fn config_maps(
     pool: &Pool,
     ring: &KeyRing,
     labels: BTreeMap<String, String>,
-) -> Vec<ConfigMap> {
+) -> Result<Vec<ConfigMap>> {
     let name = pool.name_any();
-    let jwks = serde_json::to_string_pretty(&ring.jwks()).expect("a JWKS serializes");
-    vec![
+    let jwks = serde_json::to_string_pretty(&ring.jwks()).map_err(|source| Error::Serialize {
+        what: "the JWKS",
+        source,
+    })?;
+    Ok(vec![
         ConfigMap {
             metadata: workload::owned_meta(pool, &jwks_name(&name), labels.clone()),
             data: Some(BTreeMap::from([(JWKS_KEY.to_owned(), jwks)])),
@@ -118,7 +117,7 @@ pub fn config_maps(
             metadata: workload::owned_meta(pool, &revocations_name(&name), labels),
             ..Default::default()
         },
-    ]
+    ])
 }
 
 /// Removes revocation entries whose token has expired anyway; returns the

@@ -3,11 +3,16 @@
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ObjectMeta;
 
+use std::sync::Arc;
+
 use super::{
     build,
-    validate::{NpuBackend, NpuState, Tier, ValidPool},
+    validate::{self, NpuState, References, ValidPool},
 };
-use crate::{api::Pool, images, pool::routing};
+use crate::{
+    api::{NpuServer, Pool},
+    pool::routing,
+};
 
 fn sample_pool() -> Pool {
     let text = std::fs::read_to_string(concat!(
@@ -25,27 +30,37 @@ fn sample_pool() -> Pool {
     pool
 }
 
-fn valid(pool: &Pool, npu: NpuState) -> ValidPool {
-    ValidPool {
-        pool: pool.clone(),
-        name: "paris".into(),
-        namespace: "site".into(),
-        image: images::resolve(&pool.spec.image),
-        tiers: pool
-            .spec
-            .tiers
-            .iter()
-            .map(|t| Tier {
-                spec: t.clone(),
-                npu: t.npu_server_ref.as_ref().map(|r| NpuBackend {
-                    name: r.name.clone(),
-                    service: format!("{}-npu", r.name),
-                    port: 8000,
-                    state: npu,
-                }),
-            })
-            .collect(),
+/// The caches as a test wants them: every Secret exists, and every
+/// NpuServer the pool names is its own, with the given health.
+pub(super) struct Fake(pub NpuState);
+
+impl References for Fake {
+    fn secret_exists(&self, _: &str) -> bool {
+        true
     }
+    fn npu_server(&self, name: &str) -> Option<Arc<NpuServer>> {
+        let healthy = match self.0 {
+            NpuState::Missing => return None,
+            NpuState::Healthy => "True",
+            NpuState::Unhealthy => "False",
+        };
+        let mut npu: NpuServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cellule.ai/v1alpha1",
+            "kind": "NpuServer",
+            "metadata": {"name": name, "namespace": "site"},
+            "spec": {"poolRef": {"name": "paris"}, "image": {"reference": "registry.local/npu:1", "verification": {"keys": [{"name": "k", "publicKey": "x"}]}}, "model": "m", "port": 8000},
+        }))
+        .unwrap();
+        npu.status = serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Healthy", "status": healthy, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+        }))
+        .unwrap();
+        Some(Arc::new(npu))
+    }
+}
+
+fn valid(pool: &Pool, npu: NpuState) -> ValidPool {
+    validate::validate(pool, &Fake(npu)).unwrap()
 }
 
 fn desired(pool: &Pool) -> build::Desired {

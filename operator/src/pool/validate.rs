@@ -1,7 +1,10 @@
 //! Dereference and validate a Pool: look up what it points to and turn it
 //! into a [`ValidPool`], or say what is missing.
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use kube::ResourceExt;
 
 use crate::{
     api::{
@@ -10,7 +13,7 @@ use crate::{
     },
     conditions,
     images::{self, ResolvedImage},
-    reconcile::{Context, context::secret_exists},
+    names, netpol,
 };
 
 /// Why the pool cannot be rendered until something changes.
@@ -21,12 +24,18 @@ pub enum Blocked {
         what: &'static str,
         name: String,
     },
+    /// A spec that admission should have refused (an object stored before
+    /// a validation rule existed keeps its old value under CEL ratcheting).
+    Invalid {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl Blocked {
     pub fn reason(&self) -> &'static str {
         match self {
-            Blocked::SecretMissing { reason, .. } => reason,
+            Blocked::SecretMissing { reason, .. } | Blocked::Invalid { reason, .. } => reason,
         }
     }
 
@@ -37,8 +46,15 @@ impl Blocked {
                     "{what} Secret {name:?} does not exist in this namespace; the pool starts once it is created"
                 )
             }
+            Blocked::Invalid { message, .. } => message.clone(),
         }
     }
+}
+
+/// What the Pool points to, as the caches see it now.
+pub trait References {
+    fn secret_exists(&self, name: &str) -> bool;
+    fn npu_server(&self, name: &str) -> Option<Arc<NpuServer>>;
 }
 
 /// The NpuServer behind an NPU tier, as seen now.
@@ -74,12 +90,32 @@ pub struct ValidPool {
     pub namespace: String,
     pub image: ResolvedImage,
     pub tiers: Vec<Tier>,
+    /// The one database destination the pool's egress allows.
+    pub database: NetworkPolicyPeer,
 }
 
-pub fn validate(pool: &Pool, ctx: &Context) -> Result<ValidPool, Blocked> {
+/// Validates `pool` against what it references (pure given `refs`).
+pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocked> {
     let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
     let spec = &pool.spec;
-    for (reason, what, name) in [
+    check_names(&name, spec.cpu_workers.iter().map(|w| w.name.as_str()))?;
+    let endpoint = &spec.database.endpoint;
+    let database = match (&endpoint.pod_selector, &endpoint.cidr) {
+        (Some(pod_selector), _) => NetworkPolicyPeer {
+            pod_selector: Some(pod_selector.clone()),
+            namespace_selector: endpoint.namespace_selector.clone(),
+            ip_block: None,
+        },
+        (None, Some(range)) => netpol::cidr(range),
+        (None, None) => {
+            return Err(Blocked::Invalid {
+                reason: "DatabaseEndpointMissing",
+                message: "spec.database.endpoint needs podSelector or cidr: without one no egress to the database can be allowed".into(),
+            });
+        }
+    };
+    for (reason, what, secret) in [
         (
             "DatabaseSecretMissing",
             "database",
@@ -87,11 +123,11 @@ pub fn validate(pool: &Pool, ctx: &Context) -> Result<ValidPool, Blocked> {
         ),
         ("TlsSecretMissing", "TLS", &spec.tls.name),
     ] {
-        if !secret_exists(ctx, &namespace, name) {
+        if !refs.secret_exists(secret) {
             return Err(Blocked::SecretMissing {
                 reason,
                 what,
-                name: name.clone(),
+                name: secret.clone(),
             });
         }
     }
@@ -101,27 +137,65 @@ pub fn validate(pool: &Pool, ctx: &Context) -> Result<ValidPool, Blocked> {
         .map(|tier| Tier {
             spec: tier.clone(),
             npu: match (tier.backend, &tier.npu_server_ref) {
-                (TierBackend::Npu, Some(reference)) => {
-                    let server = ctx
-                        .npu_servers
-                        .get(&ObjectRef::new(&reference.name).within(&namespace));
-                    Some(npu_backend(
-                        &reference.name,
-                        server.as_deref(),
-                        &pool.name_any(),
-                    ))
-                }
+                (TierBackend::Npu, Some(reference)) => Some(npu_backend(
+                    &reference.name,
+                    refs.npu_server(&reference.name).as_deref(),
+                    &name,
+                )),
                 _ => None,
             },
         })
         .collect();
     Ok(ValidPool {
-        name: pool.name_any(),
+        name,
         namespace,
         image: images::resolve(&spec.image),
         tiers,
+        database,
         pool: pool.clone(),
     })
+}
+
+/// The checks of admission that derived names rely on, again: a Pool
+/// stored before they existed must not make names that collide or that
+/// the API server refuses.
+fn check_names<'a>(pool: &str, sets: impl Iterator<Item = &'a str>) -> Result<(), Blocked> {
+    let label = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && !s.contains("--")
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !label(pool, names::POOL_NAME_MAX) {
+        return Err(Blocked::Invalid {
+            reason: "InvalidName",
+            message: format!(
+                "metadata.name: a Pool name must be at most {} characters of lowercase letters, digits and '-' (no '.', no '--'); recreate the Pool under such a name",
+                names::POOL_NAME_MAX
+            ),
+        });
+    }
+    for set in sets {
+        // A set name may contain `--`: the pool part before it cannot.
+        if set.is_empty()
+            || set.len() > names::CPU_WORKER_SET_MAX
+            || !set
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Blocked::Invalid {
+                reason: "InvalidName",
+                message: format!(
+                    "spec.cpuWorkers[].name {set:?} must be at most {} characters of lowercase letters, digits and '-'",
+                    names::CPU_WORKER_SET_MAX
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn npu_backend(name: &str, server: Option<&NpuServer>, pool: &str) -> NpuBackend {

@@ -1,5 +1,6 @@
 //! Server-side apply of the desired objects, skipping what is already as
 //! desired, then deletion of what this owner made before and no longer wants.
+//! Only objects labelled with the owner's UID are ever written or deleted.
 
 use std::{collections::BTreeSet, fmt::Debug};
 
@@ -12,7 +13,10 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{Error, MANAGER, Result, labels};
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use super::{Error, MANAGER, Result, labels, quantity};
 
 /// The sync of everything one owner wants in its namespace, kind by kind,
 /// collecting what changed.
@@ -76,10 +80,19 @@ impl Change {
     }
 }
 
+/// Annotation holding the SHA-256 of the object as last applied: a
+/// desired object whose hash differs was changed by us (including a field
+/// we stopped setting, which server-side apply then removes).
+pub const APPLIED_HASH: &str = "cellule.ai/applied-sha256";
+
 /// Applies `desired` (all objects of kind `K` that `owner_uid` wants in
 /// `namespace`) and deletes the ones it owned before and no longer wants.
-/// An object whose live copy already holds every desired field is not
-/// written: a no-op reconcile makes no request at all.
+///
+/// An object is written when its hash differs from the one recorded at
+/// the last apply (a field was added, changed or removed) or when the live
+/// copy lost a desired value (drift); otherwise not at all, so a no-op
+/// reconcile makes no request. An object of that name that this owner did
+/// not make is never written: [`Error::NameConflict`].
 async fn sync<K>(
     client: &kube::Client,
     store: &Store<K>,
@@ -98,35 +111,40 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let kind = K::kind(&()).into_owned();
     let mut wanted = BTreeSet::new();
-    for object in desired {
+    for mut object in desired {
         let name = object
             .meta()
             .name
             .clone()
             .ok_or(Error::MissingMetadata("name"))?;
+        let hash = hash(&object)?;
+        object
+            .meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(APPLIED_HASH.into(), hash.clone());
         let live = store.get(&ObjectRef::new(&name).within(namespace));
-        let desired_value = to_value(&object)?;
-        match &live {
-            Some(live) if contains(&to_value(live.as_ref())?, &desired_value) => {}
-            _ => {
-                api.patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&object),
-                )
-                .await?;
-                let verb = if live.is_some() {
-                    Verb::Updated
-                } else {
-                    Verb::Created
-                };
-                changes.push(Change {
-                    verb,
-                    kind: kind.clone(),
-                    name: name.clone(),
-                });
-            }
+        if let Some(live) = &live
+            && live.annotations().get(APPLIED_HASH) == Some(&hash)
+            && owner_uid_of(live.meta()) == Some(owner_uid)
+            && contains(&to_value(live.as_ref())?, &to_value(&object)?)
+        {
+            wanted.insert(name);
+            continue;
         }
+        let exists = ensure_ours(&api, live.as_deref(), &name, owner_uid).await?;
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(|error| Error::apply(&kind, &name, error))?;
+        changes.push(Change {
+            verb: if exists { Verb::Updated } else { Verb::Created },
+            kind: kind.clone(),
+            name: name.clone(),
+        });
         wanted.insert(name);
     }
     let orphans = store.state_filter(|o| {
@@ -149,6 +167,69 @@ where
     Ok(())
 }
 
+fn owner_uid_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels
+        .as_ref()?
+        .get(labels::OWNER_UID)
+        .map(String::as_str)
+}
+
+/// Before a write of `name`: whether it exists, and an error if it is not
+/// this owner's. `cached` is the copy from the cache of labelled objects;
+/// when that has none, the API server is asked (a person's object of that
+/// name is not in the cache, and the cache may lag a create).
+pub async fn ensure_ours<K>(
+    api: &Api<K>,
+    cached: Option<&K>,
+    name: &str,
+    owner_uid: &str,
+) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let kind = K::kind(&());
+    match cached {
+        Some(live) => check_owner(&kind, name, live.meta(), owner_uid).map(|()| true),
+        None => match api.get_metadata_opt(name).await? {
+            Some(live) => check_owner(&kind, name, &live.metadata, owner_uid).map(|()| true),
+            None => Ok(false),
+        },
+    }
+}
+
+/// Refuses to write over an object this owner did not make: a person's
+/// object of the same name, or another owner's.
+fn check_owner(kind: &str, name: &str, live: &ObjectMeta, owner_uid: &str) -> Result<()> {
+    if owner_uid_of(live) == Some(owner_uid) {
+        return Ok(());
+    }
+    let by = match live
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+    {
+        Some(owner) => format!("{} {:?}", owner.kind, owner.name),
+        None => "someone else (it has no owner of ours)".into(),
+    };
+    Err(Error::NameConflict {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        by,
+    })
+}
+
+/// SHA-256 (hex) of the object's JSON, as it is before the hash annotation
+/// is added. serde_json writes struct fields in declaration order and maps
+/// (BTreeMap) sorted, so the same object always gives the same hash.
+fn hash<T: Serialize>(object: &T) -> Result<String> {
+    let bytes = serde_json::to_vec(object).map_err(|source| Error::Serialize {
+        what: "an owned object",
+        source,
+    })?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
 fn to_value<T: Serialize>(object: &T) -> Result<Value> {
     serde_json::to_value(object).map_err(|source| Error::Serialize {
         what: "an owned object",
@@ -158,7 +239,7 @@ fn to_value<T: Serialize>(object: &T) -> Result<Value> {
 
 /// Whether `live` holds every field of `desired` with the same value (the
 /// API server adds defaults and status, which do not count). Lists must
-/// match element by element.
+/// match element by element; quantities compare by value (`0.5` = `500m`).
 pub fn contains(live: &Value, desired: &Value) -> bool {
     match (live, desired) {
         (Value::Object(live), Value::Object(desired)) => {
@@ -175,6 +256,7 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
                     .all(|(have, want)| contains(have, want))
         }
         (Value::Number(have), Value::Number(want)) => have.as_f64() == want.as_f64(),
+        (Value::String(have), Value::String(want)) => have == want || quantity::same(have, want),
         (have, want) => have == want,
     }
 }
@@ -211,6 +293,38 @@ mod tests {
             &json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}})
         ));
         assert!(!contains(&live, &json!({"spec": {"paused": true}})));
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        let live = json!({"limits": {"cpu": "500m", "memory": "1Gi"}});
+        assert!(contains(
+            &live,
+            &json!({"limits": {"cpu": "0.5", "memory": "1024Mi"}})
+        ));
+        assert!(!contains(&live, &json!({"limits": {"cpu": "0.6"}})));
+    }
+
+    #[test]
+    fn the_hash_sees_a_removed_field() {
+        let with = json!({"spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}});
+        let without = json!({"spec": {}});
+        assert_ne!(hash(&with).unwrap(), hash(&without).unwrap());
+        // What `contains` alone could not see:
+        assert!(contains(&with, &without));
+    }
+
+    #[test]
+    fn an_object_without_our_owner_label_is_a_conflict() {
+        let mut meta = ObjectMeta::default();
+        assert!(matches!(
+            check_owner("Service", "x", &meta, "uid-1"),
+            Err(Error::NameConflict { .. })
+        ));
+        meta.labels = Some([(labels::OWNER_UID.to_owned(), "uid-2".to_owned())].into());
+        assert!(check_owner("Service", "x", &meta, "uid-1").is_err());
+        meta.labels = Some([(labels::OWNER_UID.to_owned(), "uid-1".to_owned())].into());
+        assert!(check_owner("Service", "x", &meta, "uid-1").is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use k8s_openapi::api::{
@@ -36,6 +36,14 @@ pub struct OwnedStores {
     pub secrets: Store<Secret>,
 }
 
+/// Every cache a reconcile reads.
+pub struct Stores {
+    pub owned: OwnedStores,
+    pub secret_metadata: Store<PartialObjectMeta<Secret>>,
+    pub npu_servers: Store<crate::api::NpuServer>,
+    pub pools: Store<crate::api::Pool>,
+}
+
 pub struct Context {
     pub client: Client,
     recorder: Recorder,
@@ -49,13 +57,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        owned: OwnedStores,
-        secret_metadata: Store<PartialObjectMeta<Secret>>,
-        npu_servers: Store<crate::api::NpuServer>,
-        pools: Store<crate::api::Pool>,
-    ) -> Arc<Self> {
+    pub fn new(client: Client, stores: Stores) -> Arc<Self> {
+        let Stores {
+            owned,
+            secret_metadata,
+            npu_servers,
+            pools,
+        } = stores;
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -83,7 +91,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(super::bounded(&note)),
             action: action.into(),
             secondary: None,
         };
@@ -94,7 +102,7 @@ impl Context {
 
     /// Counts a failed reconcile of `obj`; returns how many in a row.
     pub fn failed<K: Resource>(&self, obj: &K) -> u32 {
-        let mut failures = self.failures.lock().expect("failures lock");
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let count = failures.entry(obj.uid().unwrap_or_default()).or_default();
         *count += 1;
         *count
@@ -104,7 +112,7 @@ impl Context {
     pub fn succeeded<K: Resource>(&self, obj: &K) {
         self.failures
             .lock()
-            .expect("failures lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&obj.uid().unwrap_or_default());
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod quantity;
 pub mod status;
 
 use std::time::Duration;
@@ -34,10 +35,11 @@ pub mod labels {
 
 /// What went wrong in a reconcile. Problems with the user's spec or its
 /// references are not errors: they become a `Stalled` condition and the
-/// reconcile waits for a change. These are the failures worth a retry.
+/// reconcile waits for a change. These are the failures worth a retry;
+/// [`Error::stall`] tells the ones only a person can resolve.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API call failed: {0}")]
+    #[error("Kubernetes API call failed: {}", api_message(.0))]
     Kube(#[from] kube::Error),
     #[error("serializing {what}: {source}")]
     Serialize {
@@ -46,20 +48,121 @@ pub enum Error {
     },
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
-    #[error("finalizer: {0}")]
+    #[error("finalizer: {}", finalizer_message(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The name of an object the owner wants is taken by an object it did
+    /// not make (a person's, or another owner's): it is left untouched.
+    #[error(
+        "{kind} {name:?} already exists and belongs to {by}: it is left untouched; rename or delete one of them"
+    )]
+    NameConflict {
+        kind: String,
+        name: String,
+        by: String,
+    },
+    /// The API server refused an object built from the spec (a value it
+    /// does not accept): only a change of the spec helps.
+    #[error("the API server refused {kind} {name:?}: {message}")]
+    ApplyRefused {
+        kind: String,
+        name: String,
+        message: String,
+    },
 }
 
 impl Error {
-    /// A stable PascalCase reason for Events and logs.
+    /// A stable PascalCase reason for conditions, Events and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "ApiError",
             Error::Serialize { .. } => "SerializationError",
             Error::MissingMetadata(_) => "MissingMetadata",
             Error::Finalizer(_) => "FinalizerError",
+            Error::NameConflict { .. } => "NameConflict",
+            Error::ApplyRefused { .. } => "ApplyFailed",
         }
     }
+
+    /// Classifies a failed apply: what the server refuses as invalid or
+    /// forbidden by policy is the spec's problem; the rest is transient.
+    pub fn apply(kind: &str, name: &str, error: kube::Error) -> Error {
+        match &error {
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 413 | 422) => {
+                Error::ApplyRefused {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                    message: status.message.clone(),
+                }
+            }
+            _ => Error::Kube(error),
+        }
+    }
+
+    /// An error that only a change by a person resolves: the object gets
+    /// `Stalled` with this reason and message instead of a bare retry.
+    pub fn stall(&self) -> Option<(&'static str, String)> {
+        matches!(
+            self,
+            Error::NameConflict { .. } | Error::ApplyRefused { .. }
+        )
+        .then(|| (self.reason(), bounded(&self.to_string())))
+    }
+
+    /// A write from a stale copy (409 Conflict, or the 422 a stale
+    /// finalizer patch gets): the next reconcile, from a fresher copy,
+    /// resolves it, so it is retried without a Warning.
+    pub fn is_conflict(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        let api_conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
+        match self {
+            Error::Kube(e) => api_conflict(e),
+            Error::Finalizer(f) => match f.as_ref() {
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => {
+                    api_conflict(e) || matches!(e, kube::Error::Api(s) if s.code == 422)
+                }
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The server's own words for an API error, not a `Debug` dump.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
+}
+
+fn finalizer_message(error: &kube::runtime::finalizer::Error<Error>) -> String {
+    use kube::runtime::finalizer::Error as F;
+    match error {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e.to_string(),
+        F::AddFinalizer(e) | F::RemoveFinalizer(e) => {
+            format!("updating the finalizer: {}", api_message(e))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Longest condition message or Event note the operator writes: the API
+/// refuses Event notes over 1,024 bytes.
+pub const MESSAGE_MAX: usize = 1000;
+
+/// `message` cut to [`MESSAGE_MAX`] bytes at a character boundary.
+pub fn bounded(message: &str) -> String {
+    if message.len() <= MESSAGE_MAX {
+        return message.to_owned();
+    }
+    let mut end = MESSAGE_MAX - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -80,6 +183,10 @@ pub async fn finish<K: kube::Resource<DynamicType = ()>>(
                 meta.namespace.as_deref().unwrap_or_default(),
             );
             tracing::debug!(kind = %K::kind(&()), %name, %namespace, "reconciled");
+        }
+        // A conflict is a stale copy: retried, not worth a Warning.
+        Err(error) if error.is_conflict() => {
+            tracing::debug!(%error, "conflict, retrying");
         }
         Err(error) => {
             ctx.event(
@@ -116,6 +223,11 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()> + kube::ResourceExt>(
     ctx: std::sync::Arc<Context>,
 ) -> Action {
     let failures = ctx.failed(obj.as_ref());
+    if error.is_conflict() {
+        // Soon: the cache is about to catch up (still bounded, in case not).
+        let millis = 200u64 << failures.min(10);
+        return Action::requeue(Duration::from_millis(millis.min(300_000)));
+    }
     tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %error, failures, "reconcile failed");
     backoff(failures)
 }

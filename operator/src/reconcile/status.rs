@@ -52,3 +52,97 @@ where
     .await?;
     Ok(true)
 }
+
+/// A status that carries the conditions every kind shares.
+pub trait Conditions: Serialize + PartialEq {
+    fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus;
+}
+
+macro_rules! conditions_in_common {
+    ($($status:ty),*) => {$(
+        impl Conditions for $status {
+            fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
+                &mut self.common
+            }
+        }
+    )*};
+}
+conditions_in_common!(
+    crate::api::PoolStatus,
+    crate::api::NpuServerStatus,
+    crate::api::WorkerGrantStatus
+);
+
+/// Records that `obj` cannot progress until something changes: `Stalled`
+/// (and `Ready=False`) with `reason` and `message` in `next`, written if
+/// it changed, with a Warning Event then (so a retry does not repeat it).
+pub async fn stall<K, S>(
+    ctx: &super::Context,
+    obj: &K,
+    current: Option<&S>,
+    mut next: S,
+    reason: &'static str,
+    message: String,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Conditions,
+{
+    let message = super::bounded(&message);
+    let generation = obj.meta().generation;
+    let common = next.common_mut();
+    common.observed_generation = generation;
+    crate::conditions::set_summary(
+        &mut common.conditions,
+        crate::conditions::Summary::Stalled {
+            reason,
+            message: message.clone(),
+        },
+        generation,
+        jiff::Timestamp::now(),
+    );
+    if write(&ctx.client, obj, current, &next).await? {
+        ctx.event(
+            obj,
+            kube::runtime::events::EventType::Warning,
+            reason,
+            "Reconcile",
+            message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// How often a stalled write is tried again.
+pub const STALL_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ends a reconcile whose writes failed: what only a person can resolve
+/// (a name taken, a value the API server refuses) becomes `Stalled` and is
+/// tried again every [`STALL_RETRY`]; the rest is an error to retry.
+pub async fn stall_on<K, S>(
+    ctx: &super::Context,
+    obj: &K,
+    next: S,
+    error: super::Error,
+) -> Result<kube::runtime::controller::Action>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + kube::core::object::HasStatus<Status = S>,
+    S: Conditions + Clone,
+{
+    let Some((reason, message)) = error.stall() else {
+        return Err(error);
+    };
+    tracing::warn!(name = %obj.name_any(), %error, "stalled");
+    stall(ctx, obj, obj.status(), next, reason, message).await?;
+    // Looked at again at a steady pace: the fix may come from outside our
+    // watches (a person deletes their object, an admission policy is lifted).
+    Ok(kube::runtime::controller::Action::requeue(STALL_RETRY))
+}

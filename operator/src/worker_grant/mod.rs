@@ -11,14 +11,26 @@ pub mod tokens;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 
 use jiff::Timestamp;
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
-    runtime::{controller::Action, events::EventType, finalizer, reflector::ObjectRef},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::EventType,
+        finalizer,
+        reflector::{ObjectRef, Store},
+    },
 };
 
 use crate::{
@@ -27,6 +39,7 @@ use crate::{
         worker_grant::{RetiringToken, TokenStatus, WorkerGrantPhase},
     },
     conditions::{self, Summary},
+    controller::{Caches, spec_changes},
     pool::signing,
     reconcile::{self, Context, Error, MANAGER, Result, labels},
     workload,
@@ -39,7 +52,7 @@ pub const RENEWAL_GRACE_SECS: i64 = 300;
 pub const TOKEN_KEY: &str = "token";
 
 pub fn token_secret_name(grant: &str) -> String {
-    format!("{grant}-token")
+    crate::names::token(grant)
 }
 
 /// The pool a grant's tokens are for: `<namespace>/<pool>` (`iss` and `aud`).
@@ -146,6 +159,65 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
     }
 }
 
+/// The WorkerGrant controller: reconciled when the grant or its token
+/// Secret changes, and when its pool's key ring, revocation list or spec
+/// changes (a status write of the Pool wakes no grant).
+pub fn controller(
+    caches: &Caches,
+    ctx: Arc<Context>,
+    config: controller::Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> BoxFuture<'static, ()> {
+    let grants = caches.grants.store();
+    let (for_rings, for_lists, for_pools) = (grants.clone(), grants.clone(), grants.clone());
+    Controller::for_shared_stream(caches.grants.subscribe(), grants)
+        .with_config(config)
+        .owns_shared_stream(caches.secrets.subscribe())
+        // A pool's signing key ring appearing or rotating: its grants may
+        // be waiting for it.
+        .watches_shared_stream(caches.secrets.subscribe(), move |secret: Arc<Secret>| {
+            let pool = secret
+                .name_any()
+                .strip_suffix("-signing-keys")
+                .map(str::to_owned);
+            grants_of(&for_rings, secret.namespace(), pool)
+        })
+        .watches_shared_stream(
+            caches.config_maps.subscribe(),
+            move |list: Arc<ConfigMap>| {
+                let pool = list
+                    .name_any()
+                    .strip_suffix("-revocations")
+                    .map(str::to_owned);
+                grants_of(&for_lists, list.namespace(), pool)
+            },
+        )
+        // A pool's tiers or token policy changing concerns each of its grants.
+        .watches_shared_stream(
+            spec_changes(caches.pools.subscribe()),
+            move |pool: Arc<Pool>| grants_of(&for_pools, pool.namespace(), Some(pool.name_any())),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, reconcile::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .boxed()
+}
+
+/// The WorkerGrants of `pool` in `namespace`.
+fn grants_of(
+    grants: &Store<WorkerGrant>,
+    namespace: Option<String>,
+    pool: Option<String>,
+) -> Vec<ObjectRef<WorkerGrant>> {
+    let Some(pool) = pool else { return Vec::new() };
+    grants
+        .state()
+        .into_iter()
+        .filter(|g| g.namespace() == namespace && g.spec.pool_ref.name == pool)
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
 pub async fn reconcile(grant: Arc<WorkerGrant>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<WorkerGrant> =
         Api::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default());
@@ -238,7 +310,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
     }
     let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
         let message = format!("Pool {pool_name:?} does not exist in this namespace");
-        return stall(grant, ctx, next, "PoolNotFound", message, now).await;
+        return stall(grant, ctx, next, "PoolNotFound", message).await;
     };
     // A token whose Secret is gone (deleted by hand) is replaced; the old
     // jti is revoked first, since nobody can tell where the token went.
@@ -251,7 +323,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
     let decision = decide(grant, &pool, next.token.as_ref(), now.as_second());
     let (phase, summary, wake) = match &decision {
         Decision::Invalid { reason, message } => {
-            return stall(grant, ctx, next, reason, message.clone(), now).await;
+            return stall(grant, ctx, next, reason, message.clone()).await;
         }
         Decision::PendingApproval => {
             // Only reachable with a token when the pool started requiring
@@ -340,6 +412,10 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
                 return Ok(Action::await_change());
             };
+            if let Err(error) = check_token_secret(grant, ctx).await {
+                next.phase = Some(WorkerGrantPhase::Invalid);
+                return reconcile::status::stall_on(ctx, grant, next, error).await;
+            }
             let aud = audience(&ns, pool_name);
             let claims = tokens::Claims {
                 iss: aud.clone(),
@@ -467,23 +543,9 @@ async fn stall(
     mut next: WorkerGrantStatus,
     reason: &'static str,
     message: String,
-    now: Timestamp,
 ) -> Result<Action> {
     next.phase = Some(WorkerGrantPhase::Invalid);
-    let summary = Summary::Stalled {
-        reason,
-        message: message.clone(),
-    };
-    conditions::set_summary(
-        &mut next.common.conditions,
-        summary,
-        grant.metadata.generation,
-        now,
-    );
-    if reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await? {
-        ctx.event(grant, EventType::Warning, reason, "Validate", message)
-            .await;
-    }
+    reconcile::status::stall(ctx, grant, grant.status.as_ref(), next, reason, message).await?;
     Ok(Action::await_change())
 }
 
@@ -505,6 +567,18 @@ async fn write_status_at_version(
             &Patch::Apply(&patch),
         )
         .await?;
+    Ok(())
+}
+
+/// The token Secret's name is free or ours: a Secret of that name that
+/// someone else made is never written over (nor handed a token).
+async fn check_token_secret(grant: &WorkerGrant, ctx: &Context) -> Result<()> {
+    let ns = grant.namespace().unwrap_or_default();
+    let name = token_secret_name(&grant.name_any());
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let cached = ctx.owned.secrets.get(&ObjectRef::new(&name).within(&ns));
+    let uid = grant.uid().ok_or(Error::MissingMetadata("uid"))?;
+    reconcile::apply::ensure_ours(&api, cached.as_deref(), &name, &uid).await?;
     Ok(())
 }
 

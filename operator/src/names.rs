@@ -1,0 +1,146 @@
+//! The names of every object the operator makes, in one place, so that no
+//! two owners can ever want the same name.
+//!
+//! Each name is `<owner>-<tag>` with a fixed tag per kind of object, or,
+//! for a CPU worker set (the only name built from two user strings),
+//! `<pool>--<set>`. The scheme is collision-free because admission refuses
+//! Pool and NpuServer names that contain `--` (see
+//! `api::common::derived_name_rule`):
+//! - `<pool>--<set>` contains `--` and no other name does, and splitting at
+//!   the first `--` gives back the pool (which has none) and the set;
+//! - the fixed tags differ per kind (`npu` is only an NpuServer's, `token`
+//!   only a WorkerGrant's) and none is a `-`-suffix of another, so
+//!   `<a>-<tag1>` = `<b>-<tag2>` forces `a = b` and `tag1 = tag2`.
+//!
+//! The length limits keep every derived name a DNS label (at most 63
+//! characters, as Service names and label values need).
+//!
+//! Names are not the only guard: [`crate::reconcile::apply`] never writes
+//! over an object that another owner, or a person, made.
+
+/// Longest Pool name: `<pool>--<set>` with a 21-character set fits in 63.
+pub const POOL_NAME_MAX: usize = 40;
+/// Longest CPU worker set name (see [`POOL_NAME_MAX`]).
+pub const CPU_WORKER_SET_MAX: usize = 21;
+/// Longest NpuServer name: `<npu>-npu` fits in 63.
+pub const NPU_SERVER_NAME_MAX: usize = 59;
+/// Longest WorkerGrant name: `<grant>-token` fits in a Secret name (253).
+pub const GRANT_NAME_MAX: usize = 247;
+
+/// The pool orchestrator's Deployment, Service, ServiceAccount, PDB and
+/// NetworkPolicy.
+pub fn pool(pool: &str) -> String {
+    format!("{pool}-pool")
+}
+
+/// A CPU worker set's Deployment, Service and NetworkPolicy.
+pub fn cpu_workers(pool: &str, set: &str) -> String {
+    format!("{pool}--{set}")
+}
+
+/// The default-deny NetworkPolicy of every pod of the pool.
+pub fn default_deny(pool: &str) -> String {
+    format!("{pool}-default-deny")
+}
+
+pub fn config(pool: &str) -> String {
+    format!("{pool}-config")
+}
+
+pub fn routing(pool: &str) -> String {
+    format!("{pool}-routing")
+}
+
+pub fn jwks(pool: &str) -> String {
+    format!("{pool}-jwks")
+}
+
+pub fn revocations(pool: &str) -> String {
+    format!("{pool}-revocations")
+}
+
+pub fn signing_keys(pool: &str) -> String {
+    format!("{pool}-signing-keys")
+}
+
+/// An NpuServer's Deployment, Service and NetworkPolicy.
+pub fn npu_server(npu: &str) -> String {
+    format!("{npu}-npu")
+}
+
+/// A WorkerGrant's token Secret.
+pub fn token(grant: &str) -> String {
+    format!("{grant}-token")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Every name each owner derives, labelled with who wants it.
+    fn all_names(
+        pools: &[(&str, &[&str])],
+        npus: &[&str],
+        grants: &[&str],
+    ) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for (p, sets) in pools {
+            for f in [
+                pool,
+                default_deny,
+                config,
+                routing,
+                jwks,
+                revocations,
+                signing_keys,
+            ] {
+                out.push((f(p), format!("Pool {p}")));
+            }
+            for s in *sets {
+                out.push((cpu_workers(p, s), format!("Pool {p} set {s}")));
+            }
+        }
+        for n in npus {
+            out.push((npu_server(n), format!("NpuServer {n}")));
+        }
+        for g in grants {
+            out.push((token(g), format!("WorkerGrant {g}")));
+        }
+        out
+    }
+
+    #[test]
+    fn the_pairs_that_collided_before_do_not() {
+        // A set named `pool`; Pool `a` set `b-pool` vs Pool `a-b`; Pool
+        // `heavy` set `npu` vs NpuServer `heavy`; sets across pools.
+        let names = all_names(
+            &[
+                ("a", &["pool", "b-pool", "npu", "x-y"]),
+                ("a-b", &["c"]),
+                ("heavy", &["npu", "token", "config"]),
+                ("a-x", &["y"]),
+            ],
+            &["heavy", "a", "a-b-pool"],
+            &["a", "heavy", "a-config"],
+        );
+        let mut seen = BTreeMap::new();
+        for (name, owner) in names {
+            if let Some(other) = seen.insert(name.clone(), owner.clone()) {
+                panic!("{name} wanted by {other} and {owner}");
+            }
+        }
+    }
+
+    #[test]
+    fn longest_names_fit_a_dns_label() {
+        let p = "p".repeat(POOL_NAME_MAX);
+        let s = "s".repeat(CPU_WORKER_SET_MAX);
+        for name in [cpu_workers(&p, &s), signing_keys(&p), revocations(&p)] {
+            assert!(name.len() <= 63, "{name}");
+        }
+        assert!(npu_server(&"n".repeat(NPU_SERVER_NAME_MAX)).len() <= 63);
+        assert!(token(&"g".repeat(GRANT_NAME_MAX)).len() <= 253);
+    }
+}
