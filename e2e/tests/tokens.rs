@@ -545,6 +545,77 @@ async fn a_renewed_token_stays_valid_for_a_grace_then_a_revocation_takes_both() 
     .await;
 }
 
+#[tokio::test]
+async fn a_token_shorter_than_the_renewal_window_is_issued_once() {
+    in_namespace("oneissue", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        // renewBefore 2h: longer than alice's 1h token, and longer than
+        // what is left of the contractor's grant (100 s).
+        cellule_api(&client, &ns, "Pool")
+            .patch(
+                "paris",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"spec": {"tokens": {"defaultTtl": "3h", "renewBefore": "2h"}}}),
+                ),
+            )
+            .await?;
+        let grants = cellule_api(&client, &ns, "WorkerGrant");
+        let ends = jiff::Timestamp::from_second(now() + 100)?.to_string();
+        for (grant, patch) in [
+            ("laptop-alice", json!({"spec": {"ttl": "1h"}})),
+            (
+                "laptop-contractor",
+                json!({"spec": {"expiresAt": ends, "approvedBy": "bob.durand@example.com"}}),
+            ),
+        ] {
+            grants
+                .patch(grant, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        let mut first = BTreeMap::new();
+        for grant in ["laptop-alice", "laptop-contractor"] {
+            let status = phase(&client, &ns, grant, "Active").await?;
+            first.insert(
+                grant,
+                status["token"]["jti"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        // Before the fix: a new token every second. Watch for 15 s.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        for grant in ["laptop-alice", "laptop-contractor"] {
+            let status = grants.get(grant).await?.data["status"].clone();
+            ensure!(
+                status["token"]["jti"] == first[grant].as_str(),
+                "{grant} re-issued: {status}"
+            );
+            ensure!(
+                status.get("retiringToken").is_none(),
+                "{grant} renewed: {status}"
+            );
+        }
+        let list = revocations(&client, &ns).await?;
+        ensure!(
+            list.is_empty(),
+            "nothing revoked, nothing renewed: {list:?}"
+        );
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
+        let renewed = events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("TokenRenewed"))
+            .count();
+        ensure!(renewed == 0, "{renewed} TokenRenewed Events");
+        Ok(())
+    })
+    .await;
+}
+
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -102,8 +102,8 @@ async fn samples_become_running_workloads_with_owner_references() {
             names::<NetworkPolicy>(&client, &ns).await?,
             [
                 "heavy-npu",
-                "paris-default-deny",
                 "paris--light-workers",
+                "paris-default-deny",
                 "paris-pool"
             ]
         );

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::common::{
     CommonStatus, Duration, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_check,
-    cidr_rule, derived_name_rule, duration_rule, resources_rule,
+    cidr_rule, derived_name_rule, duration_rule,
 };
 use crate::names;
 
@@ -186,9 +186,10 @@ pub struct CpuWorkerSet {
     #[serde(default = "defaults::replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
-    /// CPU and memory for each worker pod.
+    /// CPU and memory for each worker pod. (Up to 8 sets would exceed the
+    /// CEL cost budget for checking quantities here: the operator checks
+    /// them and reports `InvalidQuantity`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = resources_rule("resources"))]
     pub resources: Option<ResourceRequirements>,
 }
 
@@ -426,7 +427,7 @@ impl Default for FailoverSpec {
 /// UDP and TCP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("size(self.podLabels) > 0 || size(self.namespaceLabels) > 0 || size(self.cidrs) > 0").message("give podLabels, namespaceLabels or cidrs: with none of them DNS would be allowed to every pod of the cluster").field_path(".podLabels"))]
+#[x_kube(validation = Rule::new("(has(self.podLabels) && size(self.podLabels) > 0) || (has(self.namespaceLabels) && size(self.namespaceLabels) > 0) || (has(self.cidrs) && size(self.cidrs) > 0)").message("give podLabels, namespaceLabels or cidrs: with none of them DNS would be allowed to every pod of the cluster").field_path(".podLabels"))]
 pub struct DnsSpec {
     /// Labels of the namespace the DNS pods run in (empty: every namespace).
     #[serde(default = "defaults::dns_namespace_labels")]

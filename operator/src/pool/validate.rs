@@ -14,6 +14,7 @@ use crate::{
     conditions,
     images::{self, ResolvedImage},
     names, netpol,
+    reconcile::{self, quantity},
 };
 
 /// Why the pool cannot be rendered until something changes.
@@ -100,6 +101,7 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
     let name = pool.name_any();
     let spec = &pool.spec;
     check_names(&name, spec.cpu_workers.iter().map(|w| w.name.as_str()))?;
+    check_quantities(spec)?;
     let endpoint = &spec.database.endpoint;
     let database = match (&endpoint.pod_selector, &endpoint.cidr) {
         (Some(pod_selector), _) => NetworkPolicyPeer {
@@ -154,6 +156,33 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
         database,
         pool: pool.clone(),
     })
+}
+
+/// Every worker resource is a quantity the API server accepts (`4GB` is
+/// not): said here with the field's path rather than as a refused apply.
+fn check_quantities(spec: &crate::api::PoolSpec) -> Result<(), Blocked> {
+    for (i, set) in spec.cpu_workers.iter().enumerate() {
+        let Some(resources) = &set.resources else {
+            continue;
+        };
+        for (what, map) in [
+            ("limits", &resources.limits),
+            ("requests", &resources.requests),
+        ] {
+            for (key, value) in map.iter().flatten() {
+                if !quantity::is_valid(&value.0) {
+                    return Err(Blocked::Invalid {
+                        reason: "InvalidQuantity",
+                        message: format!(
+                            "spec.cpuWorkers[{i}].resources.{what}.{key}: {:?} is not a quantity (write it like 500m, 2 or 4Gi)",
+                            reconcile::bounded(&value.0)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The checks of admission that derived names rely on, again: a Pool

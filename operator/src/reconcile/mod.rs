@@ -48,6 +48,8 @@ pub enum Error {
     },
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
+    #[error("{0} seconds since the epoch is outside the range of a timestamp")]
+    TimeOutOfRange(i64),
     #[error("finalizer: {}", finalizer_message(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The name of an object the owner wants is taken by an object it did
@@ -77,6 +79,7 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Serialize { .. } => "SerializationError",
             Error::MissingMetadata(_) => "MissingMetadata",
+            Error::TimeOutOfRange(_) => "TimeOutOfRange",
             Error::Finalizer(_) => "FinalizerError",
             Error::NameConflict { .. } => "NameConflict",
             Error::ApplyRefused { .. } => "ApplyFailed",
@@ -147,6 +150,11 @@ fn finalizer_message(error: &kube::runtime::finalizer::Error<Error>) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// The instant `secs` seconds after the epoch.
+pub fn at(secs: i64) -> Result<jiff::Timestamp> {
+    jiff::Timestamp::from_second(secs).map_err(|_| Error::TimeOutOfRange(secs))
 }
 
 /// Longest condition message or Event note the operator writes: the API

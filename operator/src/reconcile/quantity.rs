@@ -12,6 +12,11 @@ pub fn same(a: &str, b: &str) -> bool {
     matches!((parse(a), parse(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Whether `s` is a quantity (as the API server parses them).
+pub fn is_valid(s: &str) -> bool {
+    parse(s).is_some()
+}
+
 /// `mantissa × 10^exp10`, normalized (no trailing zero in the mantissa).
 #[derive(Debug, PartialEq, Eq)]
 struct Value {

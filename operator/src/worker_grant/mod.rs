@@ -135,7 +135,14 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
     let renew_before = policy
         .renew_before
         .map_or((expires - issued) / 3, |d| d.0.as_secs() as i64);
-    let renew_at = expires - renew_before;
+    // A renewal window as long as the token's whole life would renew at
+    // once, forever: such a token (ttl not longer than renewBefore) is
+    // replaced only when it expires, one token at a time.
+    let renew_at = if renew_before >= expires - issued {
+        expires
+    } else {
+        expires - renew_before
+    };
     if grant
         .status
         .as_ref()
@@ -147,14 +154,17 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
             exp,
             why: "TokenRotated",
         }
-    } else if now >= renew_at {
+    } else if now >= renew_at && exp > expires {
         Decision::Issue {
             exp,
             why: "TokenRenewed",
         }
     } else {
+        // Not due, or a successor would not outlive it (the grant ends
+        // first): kept until then; at `expiresAt` the grant is Expired.
+        let wake = if now >= renew_at { expires } else { renew_at };
         Decision::Keep {
-            renew_at: end.map_or(renew_at, |end| end.min(renew_at)),
+            renew_at: end.map_or(wake, |end| end.min(wake)),
         }
     }
 }
@@ -428,13 +438,14 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 tiers: grant.spec.tiers.clone(),
             };
             let token = tokens::sign(&key, &claims);
+            let expires_at = reconcile::at(*exp)?;
             let previous = next.token.replace(TokenStatus {
                 secret_name: token_secret_name(&grant.name_any()),
                 jti: claims.jti.clone(),
                 key_id: key.kid.clone(),
                 sha256: tokens::fingerprint(&token),
                 issued_at: Time(now),
-                expires_at: Time(Timestamp::from_second(*exp).expect("a valid expiry")),
+                expires_at: Time(expires_at),
             });
             next.observed_rotation = Some(grant.spec.rotation);
             if next.audit.approved_at.is_none() && grant.spec.approved_by.is_some() {
@@ -462,8 +473,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 .collect();
             let rotated_out = match previous {
                 Some(previous) if *why == "TokenRenewed" => {
-                    let revoke_at = Timestamp::from_second(now.as_second() + RENEWAL_GRACE_SECS)
-                        .expect("a valid time");
+                    let revoke_at = reconcile::at(now.as_second() + RENEWAL_GRACE_SECS)?;
                     next.retiring_token = Some(RetiringToken {
                         jti: previous.jti,
                         expires_at: previous.expires_at,
@@ -487,11 +497,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 EventType::Normal,
                 why,
                 "Issue",
-                format!(
-                    "token {} valid until {}",
-                    claims.jti,
-                    next.token.as_ref().unwrap().expires_at.0
-                ),
+                format!("token {} valid until {expires_at}", claims.jti),
             )
             .await;
             let renew_at = match decide(grant, &pool, next.token.as_ref(), now.as_second()) {

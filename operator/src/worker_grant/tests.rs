@@ -157,3 +157,50 @@ fn what_the_pool_cannot_honour_is_invalid() {
         }
     ));
 }
+
+#[test]
+fn a_ttl_not_longer_than_renew_before_is_replaced_only_at_expiry() {
+    // renewBefore 2h, ttl 1h: renewing "when 2h are left" would be at once.
+    let mut p = pool();
+    p.spec.tokens.renew_before = Some(Duration::from_secs(2 * HOUR as u64));
+    let mut g = grant();
+    g.spec.ttl = Some(Duration::from_secs(HOUR as u64));
+    let t = token(NOW, NOW + HOUR);
+    for now in [NOW, NOW + 1, NOW + HOUR / 2, NOW + HOUR - 1] {
+        assert_eq!(
+            decide(&g, &p, Some(&t), now),
+            Decision::Keep {
+                renew_at: NOW + HOUR
+            },
+            "at {now}"
+        );
+    }
+    assert!(matches!(
+        decide(&g, &p, Some(&t), NOW + HOUR),
+        Decision::Issue {
+            why: "TokenRenewed",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_grant_ending_within_renew_before_keeps_its_one_token() {
+    // expiresAt 100 s away, the pool renews 2h before expiry: the token
+    // already runs to expiresAt, no successor could outlive it.
+    let mut p = pool();
+    p.spec.tokens.renew_before = Some(Duration::from_secs(2 * HOUR as u64));
+    let mut g = grant();
+    g.spec.ttl = None;
+    g.spec.expires_at = Some(at(NOW + 100));
+    let t = token(NOW, NOW + 100);
+    for now in [NOW, NOW + 50, NOW + 99] {
+        assert_eq!(
+            decide(&g, &p, Some(&t), now),
+            Decision::Keep {
+                renew_at: NOW + 100
+            }
+        );
+    }
+    assert_eq!(decide(&g, &p, Some(&t), NOW + 100), Decision::Expired);
+}
