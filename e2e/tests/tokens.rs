@@ -55,6 +55,15 @@ async fn jwks(client: &Client, ns: &str) -> anyhow::Result<(String, jsonwebtoken
     Ok((text.clone(), serde_json::from_str(&text)?))
 }
 
+/// The verifier policy published beside the JWKS, as text and parsed.
+async fn policy(client: &Client, ns: &str) -> anyhow::Result<(String, tokens::VerifierPolicy)> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get("paris-jwks")
+        .await?;
+    let text = cm.data.context("jwks data")?["policy.json"].clone();
+    Ok((text.clone(), serde_json::from_str(&text)?))
+}
+
 async fn revocations(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, i64>> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get("paris-revocations")
@@ -114,7 +123,12 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
         let token = token_of(&client, &ns, "laptop-alice").await?;
         let (jwks_text, jwks) = jwks(&client, &ns).await?;
         let audience = format!("{ns}/paris");
-        let claims = tokens::verify(&token, &jwks, &BTreeMap::new(), &audience, now())
+        let (policy_text, policy) = policy(&client, &ns).await?;
+        ensure!(
+            policy.audience == audience,
+            "published audience: {policy:?}"
+        );
+        let claims = tokens::verify(&token, &jwks, &BTreeMap::new(), &policy, now())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         ensure!(
             claims.sub == "pc-0042" && claims.tiers == ["light"],
@@ -169,12 +183,13 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
             "PyJWT accepted HS256 keyed with the public key"
         );
         ensure!(
-            tokens::verify(&confused, &jwks, &BTreeMap::new(), &audience, now()).is_err(),
+            tokens::verify(&confused, &jwks, &BTreeMap::new(), &policy, now()).is_err(),
             "we accepted it"
         );
 
         // The operator's own command verifies it the same way.
-        let verdict = verify_token_command(&jwks_text, &BTreeMap::new(), &token, &audience).await?;
+        let verdict =
+            verify_token_command(&jwks_text, &BTreeMap::new(), &token, &policy_text).await?;
         ensure!(
             verdict.as_ref().is_ok_and(|c| c.contains(&claims.jti)),
             "verify-token: {verdict:?}"
@@ -192,12 +207,16 @@ async fn an_issued_token_verifies_here_and_in_pyjwt_and_revocation_is_immediate(
         println!("revocation reached the list in {:?}", started.elapsed());
         let list = revocations(&client, &ns).await?;
         ensure!(list[&claims.jti] == claims.exp, "entry carries exp");
-        let refused = tokens::verify(&token, &jwks, &list, &audience, now());
+        let refused = tokens::verify(&token, &jwks, &list, &policy, now());
         ensure!(
             matches!(refused, Err(tokens::VerifyError::Revoked { .. })),
             "{refused:?}"
         );
-        let verdict = verify_token_command(&jwks_text, &list, &token, &audience).await?;
+        let as_text = list
+            .iter()
+            .map(|(j, e)| (j.clone(), e.to_string()))
+            .collect();
+        let verdict = verify_token_command(&jwks_text, &as_text, &token, &policy_text).await?;
         ensure!(
             verdict.as_ref().is_err_and(|e| e.contains("revoked")),
             "verify-token after revocation: {verdict:?}"
@@ -273,7 +292,7 @@ async fn suspend_resume_rotate_and_delete() {
             &token,
             &jwks,
             &revocations(&client, &ns).await?,
-            &format!("{ns}/paris"),
+            &policy(&client, &ns).await?.1,
             now(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -438,8 +457,14 @@ async fn a_signing_key_rotation_refuses_no_valid_token() {
         })
         .await?;
         // The token signed by the retired key is still accepted, here and by PyJWT.
-        tokens::verify(&old_token, &jwks, &BTreeMap::new(), &audience, now())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokens::verify(
+            &old_token,
+            &jwks,
+            &BTreeMap::new(),
+            &policy(&client, &ns).await?.1,
+            now(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         pyjwt(&jwks_text, &old_token, &audience)
             .await?
             .map_err(|e| anyhow::anyhow!("PyJWT: {e}"))?;
@@ -616,6 +641,126 @@ async fn a_token_shorter_than_the_renewal_window_is_issued_once() {
     .await;
 }
 
+#[tokio::test]
+async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
+    in_namespace("forged", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
+        let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
+        let token = token_of(&client, &ns, "laptop-alice").await?;
+        let (jwks_text, _) = jwks(&client, &ns).await?;
+        let (policy_text, policy) = policy(&client, &ns).await?;
+        ensure!(
+            policy.max_ttl_seconds == 2160 * 3600,
+            "published maxTtl: {policy:?}"
+        );
+
+        // Someone who can read the pool's signing key forges a token that
+        // lives ten years, and one issued in the future.
+        let ring = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("paris-signing-keys")
+            .await?;
+        let ring: cellule_operator::worker_grant::keys::KeyRing = serde_json::from_slice(
+            &ring.data.context("ring data")?[cellule_operator::worker_grant::keys::RING_KEY].0,
+        )?;
+        let key = ring.active().context("an active key")?;
+        let forged = |iat: i64, exp: i64| {
+            tokens::sign(
+                &key,
+                &tokens::Claims {
+                    iss: policy.audience.clone(),
+                    sub: "pc-evil".into(),
+                    aud: policy.audience.clone(),
+                    iat,
+                    nbf: now(),
+                    exp,
+                    jti: tokens::new_jti(),
+                    tiers: vec!["light".into()],
+                },
+            )
+        };
+        let none = BTreeMap::new();
+        for (what, forged, why) in [
+            (
+                "ten years",
+                forged(now(), now() + 10 * 365 * 86400),
+                "exceeds the pool's maxTtl",
+            ),
+            (
+                "issued in an hour",
+                forged(now() + 3600, now() + 7200),
+                "issued in the future",
+            ),
+        ] {
+            let verdict = verify_token_command(&jwks_text, &none, &forged, &policy_text).await?;
+            ensure!(
+                matches!(&verdict, Err(e) if e.contains(why)),
+                "forged token ({what}): {verdict:?}"
+            );
+        }
+        ensure!(
+            verify_token_command(&jwks_text, &none, &token, &policy_text)
+                .await?
+                .is_ok(),
+            "the real token verifies"
+        );
+
+        // Revoke it, then garble its entry by hand: verifiers refuse every
+        // token while the list cannot be read, and the operator repairs it.
+        cellule_api(&client, &ns, "WorkerGrant")
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revoked": true}})),
+            )
+            .await?;
+        revoked_eventually(&client, &ns, &jti).await?;
+        let lists = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        lists
+            .patch(
+                "paris-revocations",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {&jti: "revoked"}})),
+            )
+            .await?;
+        let garbled = BTreeMap::from([(jti.clone(), "revoked".to_owned())]);
+        let verdict = verify_token_command(&jwks_text, &garbled, &token, &policy_text).await?;
+        ensure!(
+            matches!(&verdict, Err(e) if e.contains("revocation list unreadable")),
+            "a garbled list fails closed: {verdict:?}"
+        );
+        let started = std::time::Instant::now();
+        let repaired = eventually("the garbled entry repaired", WAIT, || async {
+            let data = lists
+                .get("paris-revocations")
+                .await
+                .map_err(|e| e.to_string())?
+                .data
+                .unwrap_or_default();
+            match data.get(&jti).map(|v| v.parse::<i64>()) {
+                Some(Ok(exp)) => Ok((data, exp)),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+        println!(
+            "garbled revocation entry repaired in {:?}",
+            started.elapsed()
+        );
+        ensure!(
+            repaired.1 >= now() + policy.max_ttl_seconds - 60,
+            "repaired to cover any token of the pool: {repaired:?}"
+        );
+        let verdict = verify_token_command(&jwks_text, &repaired.0, &token, &policy_text).await?;
+        ensure!(
+            matches!(&verdict, Err(e) if e.contains("revoked")),
+            "still revoked after the repair: {verdict:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -624,24 +769,28 @@ fn base64_url(bytes: &[u8]) -> String {
 /// `cellule-operator verify-token`'s verdict: the claims it prints, or why it refused.
 async fn verify_token_command(
     jwks: &str,
-    revoked: &BTreeMap<String, i64>,
+    revoked: &BTreeMap<String, String>,
     token: &str,
-    audience: &str,
+    policy: &str,
 ) -> anyhow::Result<Result<String, String>> {
     let dir = std::env::temp_dir().join(format!("cellule-verify-{}", tokens::new_jti()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("jwks.json"), jwks)?;
-    let list: BTreeMap<&String, String> = revoked.iter().map(|(j, e)| (j, e.to_string())).collect();
-    std::fs::write(dir.join("revoked.json"), serde_json::to_string(&list)?)?;
-    let (jwks_file, list_file) = (dir.join("jwks.json"), dir.join("revoked.json"));
+    std::fs::write(dir.join("policy.json"), policy)?;
+    std::fs::write(dir.join("revoked.json"), serde_json::to_string(revoked)?)?;
+    let (jwks_file, list_file, policy_file) = (
+        dir.join("jwks.json"),
+        dir.join("revoked.json"),
+        dir.join("policy.json"),
+    );
     let args = [
         "verify-token",
         "--jwks",
         jwks_file.to_str().unwrap(),
         "--revocations",
         list_file.to_str().unwrap(),
-        "--audience",
-        audience,
+        "--policy",
+        policy_file.to_str().unwrap(),
     ];
     let binary = std::path::PathBuf::from(Env::var("CELLULE_E2E_OPERATOR_BIN"));
     let out = cellule_e2e::run_with_stdin(&binary, &args, token).await?;

@@ -36,12 +36,18 @@ struct VerifyTokenArgs {
     #[arg(long)]
     jwks: PathBuf,
     /// The pool's revocation list as JSON `{"<jti>": "<exp>", …}` (the
-    /// `data` of the `<pool>-revocations` ConfigMap).
+    /// `data` of the `<pool>-revocations` ConfigMap). An entry that is not
+    /// a Unix time refuses every token (fail closed).
     #[arg(long)]
     revocations: Option<PathBuf>,
-    /// The pool, as `<namespace>/<pool>`.
+    /// The pool's verifier policy (`policy.json` of the `<pool>-jwks`
+    /// ConfigMap): audience, maxTtl, leeway.
     #[arg(long)]
-    audience: String,
+    policy: PathBuf,
+    /// The pool the token must be for, as `<namespace>/<pool>`: checked
+    /// against the policy's audience.
+    #[arg(long)]
+    audience: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,24 +180,32 @@ fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
     use cellule_operator::worker_grant::tokens;
     let jwks =
         serde_json::from_str(&std::fs::read_to_string(&args.jwks)?).context("parsing the JWKS")?;
+    let policy: tokens::VerifierPolicy =
+        serde_json::from_str(&std::fs::read_to_string(&args.policy)?)
+            .context("parsing the verifier policy")?;
+    if let Some(audience) = &args.audience
+        && *audience != policy.audience
+    {
+        anyhow::bail!("the policy is for {:?}, not {audience:?}", policy.audience);
+    }
     let revoked: std::collections::BTreeMap<String, String> = match &args.revocations {
         Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
             .context("parsing the revocation list")?,
         None => Default::default(),
     };
-    let revoked = revoked
-        .into_iter()
-        .filter_map(|(jti, exp)| Some((jti, exp.parse().ok()?)))
-        .collect();
+    let revoked = tokens::parse_revocations(&revoked);
     let mut token = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
-    match tokens::verify(
-        token.trim(),
-        &jwks,
-        &revoked,
-        &args.audience,
-        jiff::Timestamp::now().as_second(),
-    ) {
+    let verdict = revoked.and_then(|revoked| {
+        tokens::verify(
+            token.trim(),
+            &jwks,
+            &revoked,
+            &policy,
+            jiff::Timestamp::now().as_second(),
+        )
+    });
+    match verdict {
         Ok(claims) => {
             println!("{}", serde_json::to_string_pretty(&claims)?);
             Ok(())

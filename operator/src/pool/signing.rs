@@ -18,12 +18,14 @@ use crate::{
     reconcile::{Context, Error, Result, apply::ensure_ours},
     worker_grant::{
         keys::{self, KeyRing},
-        tokens::{LEEWAY_SECS, PoolKey},
+        tokens::{LEEWAY_SECS, PoolKey, VerifierPolicy},
     },
     workload,
 };
 
 pub const JWKS_KEY: &str = "jwks.json";
+/// Key of the [`VerifierPolicy`] beside the JWKS.
+pub const POLICY_KEY: &str = "policy.json";
 /// Field manager of revocation entries: each is a key of the ConfigMap's
 /// data, added and removed with merge patches, never read-modify-written.
 pub const REVOCATION_MANAGER: &str = "cellule-operator-revocations";
@@ -105,10 +107,22 @@ pub fn config_maps(
         what: "the JWKS",
         source,
     })?;
+    let policy = VerifierPolicy {
+        audience: crate::worker_grant::audience(&pool.namespace().unwrap_or_default(), &name),
+        max_ttl_seconds: pool.spec.tokens.max_ttl.0.as_secs() as i64,
+        leeway_seconds: LEEWAY_SECS as i64,
+    };
+    let policy = serde_json::to_string_pretty(&policy).map_err(|source| Error::Serialize {
+        what: "the verifier policy",
+        source,
+    })?;
     Ok(vec![
         ConfigMap {
             metadata: workload::owned_meta(pool, &jwks_name(&name), labels.clone()),
-            data: Some(BTreeMap::from([(JWKS_KEY.to_owned(), jwks)])),
+            data: Some(BTreeMap::from([
+                (JWKS_KEY.to_owned(), jwks),
+                (POLICY_KEY.to_owned(), policy),
+            ])),
             ..Default::default()
         },
         // Entries (`jti` → `exp`, Unix seconds) are added by the WorkerGrant
@@ -120,8 +134,40 @@ pub fn config_maps(
     ])
 }
 
-/// Removes revocation entries whose token has expired anyway; returns the
-/// next expiry still on the list.
+/// What to change on a revocation list at `now` (pure): entries whose
+/// token has expired anyway are dropped (`None`), and an entry that is not
+/// a Unix time (hand-edited: verifiers refuse every token while it is
+/// there) is rewritten to the latest instant a token of the pool issued
+/// before now can live, `now + maxTtl`, so its token stays refused.
+/// Returns the changes and the next instant an entry expires.
+pub fn revocation_changes(
+    entries: &BTreeMap<String, String>,
+    max_ttl: i64,
+    now: i64,
+) -> (BTreeMap<String, Option<String>>, Option<i64>) {
+    let leeway = LEEWAY_SECS as i64;
+    let mut changes = BTreeMap::new();
+    let mut next = None::<i64>;
+    for (jti, value) in entries {
+        let exp = match value.parse::<i64>() {
+            Ok(exp) if exp + leeway < now => {
+                changes.insert(jti.clone(), None);
+                continue;
+            }
+            Ok(exp) => exp,
+            Err(_) => {
+                let repaired = now + max_ttl;
+                changes.insert(jti.clone(), Some(repaired.to_string()));
+                repaired
+            }
+        };
+        next = Some(next.map_or(exp + leeway + 1, |n| n.min(exp + leeway + 1)));
+    }
+    (changes, next)
+}
+
+/// Prunes and repairs the revocation list (see [`revocation_changes`]);
+/// returns the next expiry still on the list.
 pub async fn prune_revocations(ctx: &Context, pool: &Pool, now: i64) -> Result<Option<i64>> {
     let namespace = pool.namespace().unwrap_or_default();
     let name = revocations_name(&pool.name_any());
@@ -132,18 +178,13 @@ pub async fn prune_revocations(ctx: &Context, pool: &Pool, now: i64) -> Result<O
     else {
         return Ok(None);
     };
-    let entries = revocation_entries(&list);
-    let leeway = LEEWAY_SECS as i64;
-    let expired: BTreeMap<&String, ()> = entries
-        .iter()
-        .filter(|(_, exp)| **exp + leeway < now)
-        .map(|(j, _)| (j, ()))
-        .collect();
-    if !expired.is_empty() {
-        let nulls: serde_json::Map<String, serde_json::Value> = expired
-            .keys()
-            .map(|jti| ((*jti).clone(), serde_json::Value::Null))
-            .collect();
+    let max_ttl = pool.spec.tokens.max_ttl.0.as_secs() as i64;
+    let (changes, next) = revocation_changes(&list.data.clone().unwrap_or_default(), max_ttl, now);
+    if !changes.is_empty() {
+        let repaired = changes.values().filter(|v| v.is_some()).count();
+        if repaired > 0 {
+            tracing::warn!(pool = %pool.name_any(), repaired, "revocation entries that were not Unix times rewritten");
+        }
         Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
             .patch(
                 &name,
@@ -151,24 +192,11 @@ pub async fn prune_revocations(ctx: &Context, pool: &Pool, now: i64) -> Result<O
                     field_manager: Some(REVOCATION_MANAGER.into()),
                     ..Default::default()
                 },
-                &Patch::Merge(serde_json::json!({"data": nulls})),
+                &Patch::Merge(serde_json::json!({ "data": changes })),
             )
             .await?;
     }
-    Ok(entries
-        .values()
-        .filter(|exp| **exp + leeway >= now)
-        .map(|exp| exp + leeway + 1)
-        .min())
-}
-
-/// `jti` → `exp` of a revocation list.
-pub fn revocation_entries(list: &ConfigMap) -> BTreeMap<String, i64> {
-    list.data
-        .iter()
-        .flatten()
-        .filter_map(|(jti, exp)| Some((jti.clone(), exp.parse().ok()?)))
-        .collect()
+    Ok(next)
 }
 
 /// Puts `jti` (valid until `exp`) on `pool`'s revocation list at once.

@@ -154,6 +154,13 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
             exp,
             why: "TokenRotated",
         }
+    } else if expires - issued > policy.max_ttl.0.as_secs() as i64 {
+        // maxTtl was lowered below this token's lifetime: verifiers now
+        // refuse it, so the worker gets one within the new limit.
+        Decision::Issue {
+            exp,
+            why: "MaxTtlLowered",
+        }
     } else if now >= renew_at && exp > expires {
         Decision::Issue {
             exp,

@@ -21,6 +21,21 @@ use sha2::{Digest, Sha256};
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// What a verifier needs besides the JWKS: published next to it (key
+/// `policy.json` of the `<pool>-jwks` ConfigMap), so that a pool, or anyone
+/// holding a token, applies the same limits as the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifierPolicy {
+    /// `iss` and `aud` of every token of the pool: `<namespace>/<pool>`.
+    pub audience: String,
+    /// Longest lifetime (`exp - iat`) a token of the pool may have: a
+    /// token forged with a leaked key and a far `exp` is refused.
+    pub max_ttl_seconds: i64,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_seconds: i64,
+}
+
 /// The claims of a worker token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -139,19 +154,45 @@ pub enum VerifyError {
     Invalid(String),
     #[error("token {jti} is revoked")]
     Revoked { jti: String },
+    #[error("token lifetime {lifetime}s exceeds the pool's maxTtl of {max}s")]
+    LifetimeAboveMaxTtl { lifetime: i64, max: i64 },
+    #[error("token issued in the future")]
+    IssuedInTheFuture,
+    #[error("revocation list unreadable ({0}): refusing every token until it is repaired")]
+    RevocationsUnreadable(String),
 }
 
-/// Verifies a worker token for the pool `audience` (`<namespace>/<pool>`):
-/// EdDSA only, a `kid` from `jwks`, a valid signature, `iss` = `aud` =
-/// `audience`, `exp` and `nbf` with [`LEEWAY_SECS`], and a `jti` that is
-/// not in `revoked`. `now` is seconds since the epoch.
+/// The revocation list (`jti` → `exp`, Unix seconds, as text) read
+/// strictly: one entry that is not a Unix time makes the whole list
+/// unreadable, and a verifier then refuses every token (fail closed)
+/// rather than skip the entry and accept the token it revokes.
+pub fn parse_revocations<'a>(
+    entries: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<BTreeMap<String, i64>, VerifyError> {
+    entries
+        .into_iter()
+        .map(|(jti, exp)| match exp.parse::<i64>() {
+            Ok(exp) => Ok((jti.clone(), exp)),
+            Err(_) => Err(VerifyError::RevocationsUnreadable(format!(
+                "the entry for {jti:?} is not a Unix time"
+            ))),
+        })
+        .collect()
+}
+
+/// Verifies a worker token under `policy`: EdDSA only, a `kid` from
+/// `jwks`, a valid signature, `iss` = `aud` = the policy's audience, `exp`,
+/// `nbf` and `iat` (not in the future) within the leeway, `exp - iat` at
+/// most the pool's maxTtl, and a `jti` that is not in `revoked`. `now` is
+/// seconds since the epoch.
 pub fn verify(
     token: &str,
     jwks: &JwkSet,
     revoked: &BTreeMap<String, i64>,
-    audience: &str,
+    policy: &VerifierPolicy,
     now: i64,
 ) -> Result<Claims, VerifyError> {
+    let audience = policy.audience.as_str();
     let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
     if header.alg != Algorithm::EdDSA {
         return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
@@ -166,10 +207,10 @@ pub fn verify(
     }
     let key = DecodingKey::from_jwk(jwk).map_err(|e| VerifyError::Invalid(e.to_string()))?;
     let mut validation = Validation::new(Algorithm::EdDSA);
-    validation.leeway = LEEWAY_SECS;
+    validation.leeway = policy.leeway_seconds.max(0) as u64;
     validation.set_audience(&[audience]);
     validation.set_issuer(&[audience]);
-    validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub", "jti"]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub", "jti"]);
     // jsonwebtoken checks exp and nbf against the system clock; they are
     // checked below against `now` instead, so that a caller (and the tests)
     // can verify as of a given instant. The signature, algorithm, aud, iss
@@ -179,7 +220,17 @@ pub fn verify(
     let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
         .map_err(|e| VerifyError::Invalid(e.to_string()))?;
     let claims = data.claims;
-    let leeway = LEEWAY_SECS as i64;
+    let leeway = policy.leeway_seconds;
+    if now + leeway < claims.iat {
+        return Err(VerifyError::IssuedInTheFuture);
+    }
+    let lifetime = claims.exp.saturating_sub(claims.iat);
+    if lifetime > policy.max_ttl_seconds {
+        return Err(VerifyError::LifetimeAboveMaxTtl {
+            lifetime,
+            max: policy.max_ttl_seconds,
+        });
+    }
     if now > claims.exp + leeway {
         return Err(VerifyError::Invalid("ExpiredSignature".into()));
     }
@@ -221,6 +272,62 @@ mod tests {
         (key, jwks)
     }
 
+    fn policy(audience: &str) -> VerifierPolicy {
+        VerifierPolicy {
+            audience: audience.into(),
+            max_ttl_seconds: 2 * 3600,
+            leeway_seconds: LEEWAY_SECS as i64,
+        }
+    }
+
+    #[test]
+    fn a_forged_long_lived_or_future_token_is_refused() {
+        let (key, jwks) = setup();
+        let ten_years = Claims {
+            exp: NOW + 10 * 365 * 86400,
+            ..claims()
+        };
+        assert!(matches!(
+            verify(&sign(&key, &ten_years), &jwks, &none(), &policy(AUD), NOW),
+            Err(VerifyError::LifetimeAboveMaxTtl { .. })
+        ));
+        let future = Claims {
+            iat: NOW + 3600,
+            nbf: NOW,
+            exp: NOW + 5400,
+            ..claims()
+        };
+        assert_eq!(
+            verify(&sign(&key, &future), &jwks, &none(), &policy(AUD), NOW),
+            Err(VerifyError::IssuedInTheFuture)
+        );
+        // Exactly maxTtl is fine.
+        let longest = Claims {
+            exp: NOW + 2 * 3600,
+            ..claims()
+        };
+        assert!(verify(&sign(&key, &longest), &jwks, &none(), &policy(AUD), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_malformed_revocation_entry_makes_the_list_unreadable() {
+        for bad in ["revoked", "", " 1795642470", "1795642470 ", "1.5", "0x10"] {
+            let entries = BTreeMap::from([
+                ("a".to_owned(), "1795642470".to_owned()),
+                ("b".to_owned(), bad.to_owned()),
+            ]);
+            assert!(
+                matches!(
+                    parse_revocations(&entries),
+                    Err(VerifyError::RevocationsUnreadable(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let good = BTreeMap::from([("a".to_owned(), "1795642470".to_owned())]);
+        assert_eq!(parse_revocations(&good).unwrap()["a"], 1_795_642_470);
+    }
+
     fn none() -> BTreeMap<String, i64> {
         BTreeMap::new()
     }
@@ -234,7 +341,7 @@ mod tests {
             (header.alg, header.kid.as_deref(), header.typ.as_deref()),
             (Algorithm::EdDSA, Some(key.kid.as_str()), Some("JWT"))
         );
-        let verified = verify(&token, &jwks, &none(), AUD, NOW + 10).unwrap();
+        let verified = verify(&token, &jwks, &none(), &policy(AUD), NOW + 10).unwrap();
         assert_eq!(verified.sub, "pc-0042");
         assert_eq!(verified.jti.len(), 32);
     }
@@ -245,7 +352,7 @@ mod tests {
         let header = B64.encode(r#"{"alg":"none","typ":"JWT","kid":"x"}"#);
         let payload = B64.encode(serde_json::to_vec(&claims()).unwrap());
         let token = format!("{header}.{payload}.");
-        assert!(verify(&token, &jwks, &none(), AUD, NOW).is_err());
+        assert!(verify(&token, &jwks, &none(), &policy(AUD), NOW).is_err());
     }
 
     #[test]
@@ -261,7 +368,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            verify(&token, &jwks, &none(), AUD, NOW),
+            verify(&token, &jwks, &none(), &policy(AUD), NOW),
             Err(VerifyError::Algorithm("HS256".into()))
         );
     }
@@ -275,7 +382,7 @@ mod tests {
         forged.tiers = vec!["heavy".into()];
         parts[1] = B64.encode(serde_json::to_vec(&forged).unwrap());
         assert!(matches!(
-            verify(&parts.join("."), &jwks, &none(), AUD, NOW),
+            verify(&parts.join("."), &jwks, &none(), &policy(AUD), NOW),
             Err(VerifyError::Invalid(_))
         ));
     }
@@ -289,31 +396,31 @@ mod tests {
                 &token,
                 &jwks,
                 &none(),
-                AUD,
+                &policy(AUD),
                 NOW + 3600 + LEEWAY_SECS as i64 + 1
             )
             .is_err()
         );
         let mut later = claims();
         later.nbf = NOW + 600;
-        assert!(verify(&sign(&key, &later), &jwks, &none(), AUD, NOW).is_err());
+        assert!(verify(&sign(&key, &later), &jwks, &none(), &policy(AUD), NOW).is_err());
     }
 
     #[test]
     fn wrong_audience_unknown_key_and_other_pools_are_refused() {
         let (key, jwks) = setup();
         let token = sign(&key, &claims());
-        assert!(verify(&token, &jwks, &none(), "site/lyon", NOW).is_err());
+        assert!(verify(&token, &jwks, &none(), &policy("site/lyon"), NOW).is_err());
         let (other_key, other_jwks) = setup();
         assert!(matches!(
-            verify(&token, &other_jwks, &none(), AUD, NOW),
+            verify(&token, &other_jwks, &none(), &policy(AUD), NOW),
             Err(VerifyError::UnknownKey(_))
         ));
         // A token of another pool, verified against this pool's keys.
         let mut lyon = claims();
         lyon.iss = "site/lyon".into();
         lyon.aud = "site/lyon".into();
-        assert!(verify(&sign(&other_key, &lyon), &jwks, &none(), AUD, NOW).is_err());
+        assert!(verify(&sign(&other_key, &lyon), &jwks, &none(), &policy(AUD), NOW).is_err());
     }
 
     #[test]
@@ -323,7 +430,7 @@ mod tests {
         let token = sign(&key, &c);
         let revoked = BTreeMap::from([(c.jti.clone(), c.exp)]);
         assert_eq!(
-            verify(&token, &jwks, &revoked, AUD, NOW),
+            verify(&token, &jwks, &revoked, &policy(AUD), NOW),
             Err(VerifyError::Revoked { jti: c.jti })
         );
     }
