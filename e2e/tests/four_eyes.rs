@@ -1,6 +1,7 @@
 //! Four-eyes approval of WorkerGrants by the ValidatingAdmissionPolicy of
 //! config/admission, with two real users (static tokens of the e2e API
-//! server): self-approval is refused, a second person's approval works.
+//! server): self-approval is refused, a second person's approval works, and
+//! an approved grant can only be narrowed until it is approved again.
 
 use std::time::Duration;
 
@@ -94,6 +95,25 @@ async fn self_approval_is_refused_and_a_second_person_approves() {
 
         let approved = bob.patch("laptop", &PatchParams::default(), &Patch::Merge(approve("bob"))).await?;
         ensure!(approved.data["spec"]["approvedBy"] == "bob", "{:?}", approved.data);
+
+        // The approval binds the grant: widening it is refused...
+        let patch = |spec: serde_json::Value| Patch::Merge(json!({ "spec": spec }));
+        for widen in [json!({"tiers": ["light", "heavy"]}), json!({"ttl": "48h"}), json!({"ttl": null, "expiresAt": "2099-01-01T00:00:00Z"})] {
+            let m = message(alice.patch("laptop", &PatchParams::default(), &patch(widen.clone())).await);
+            ensure!(m.contains("an approved grant can only be narrowed"), "widening {widen}: {m}");
+        }
+        // ...narrowing is not...
+        alice.patch("laptop", &PatchParams::default(), &patch(json!({"ttl": "12h"}))).await?;
+        // ...and widening takes a withdrawn approval and a second person again.
+        alice
+            .patch("laptop", &PatchParams::default(), &patch(json!({"approvedBy": null, "tiers": ["light", "heavy"]})))
+            .await?;
+        let m = message(alice.patch("laptop", &PatchParams::default(), &Patch::Merge(approve("alice"))).await);
+        ensure!(m.contains("requester") || m.contains("four-eyes"), "self re-approval: {m}");
+        let m = message(bob.patch("laptop", &PatchParams::default(), &Patch::Merge(approve("carol"))).await);
+        ensure!(m.contains("spec.approvedBy must be bob"), "re-approval in carol's name: {m}");
+        let approved = bob.patch("laptop", &PatchParams::default(), &Patch::Merge(approve("bob"))).await?;
+        ensure!(approved.data["spec"]["tiers"] == json!(["light", "heavy"]), "{:?}", approved.data);
         Ok(())
     })
     .await;

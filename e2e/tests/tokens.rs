@@ -761,6 +761,93 @@ async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
     .await;
 }
 
+#[tokio::test]
+async fn approval_binds_the_token_and_one_grant_holds_a_worker_id() {
+    in_namespace("approval", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        let grants = cellule_api(&client, &ns, "WorkerGrant");
+        let merge = |spec: Value| Patch::Merge(json!({ "spec": spec }));
+        let jti_of = |status: &Value| status["token"]["jti"].as_str().unwrap_or_default().to_owned();
+        let first = jti_of(&phase(&client, &ns, "laptop-alice", "Active").await?);
+
+        // Widening an approved grant is refused at admission.
+        let refused = grants
+            .patch("laptop-alice", &PatchParams::default(), &merge(json!({"tiers": ["light", "heavy"]})))
+            .await;
+        ensure!(
+            matches!(&refused, Err(kube::Error::Api(s)) if s.message.contains("can only be narrowed")),
+            "widening while approved: {refused:?}"
+        );
+        // Withdrawing the approval (to widen) revokes the token at once.
+        grants
+            .patch("laptop-alice", &PatchParams::default(), &merge(json!({"approvedBy": null, "tiers": ["light", "heavy"]})))
+            .await?;
+        let pending = phase(&client, &ns, "laptop-alice", "PendingApproval").await?;
+        ensure!(pending.get("token").is_none(), "{pending}");
+        revoked_eventually(&client, &ns, &first).await?;
+        // Approved again: a token with the new tiers.
+        grants
+            .patch("laptop-alice", &PatchParams::default(), &merge(json!({"approvedBy": "bob.durand@example.com"})))
+            .await?;
+        let second = eventually("a token for both tiers", WAIT, || async {
+            let g = grants.get("laptop-alice").await.map_err(|e| e.to_string())?;
+            let status = g.data["status"].clone();
+            if status["phase"] == "Active" && status["token"]["tiers"] == json!(["light", "heavy"]) {
+                Ok(jti_of(&status))
+            } else {
+                Err(status.to_string())
+            }
+        })
+        .await?;
+        let claims = tokens::verify(
+            &token_of(&client, &ns, "laptop-alice").await?,
+            &jwks(&client, &ns).await?.1,
+            &BTreeMap::new(),
+            &policy(&client, &ns).await?.1,
+            now(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(claims.jti == second && claims.tiers == ["light", "heavy"], "{claims:?}");
+        // Narrowing needs no new approval, and re-issues: the old token goes.
+        grants
+            .patch("laptop-alice", &PatchParams::default(), &merge(json!({"tiers": ["heavy"]})))
+            .await?;
+        eventually("a token for the one tier left", WAIT, || async {
+            let g = grants.get("laptop-alice").await.map_err(|e| e.to_string())?;
+            let status = g.data["status"].clone();
+            if status["token"]["tiers"] == json!(["heavy"]) && jti_of(&status) != second {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        })
+        .await?;
+        revoked_eventually(&client, &ns, &second).await?;
+
+        // A second grant for the same worker gets no token.
+        let twin = json!({
+            "apiVersion": "cellule.ai/v1alpha1", "kind": "WorkerGrant", "metadata": {"name": "laptop-alice-twin"},
+            "spec": {"poolRef": {"name": "paris"}, "workerId": "pc-0042", "owner": "mallory@example.com", "tiers": ["light"],
+                     "ttl": "24h", "requestedBy": "mallory@example.com", "approvedBy": "bob.durand@example.com"}
+        });
+        grants
+            .patch("laptop-alice-twin", &PatchParams::apply("e2e"), &Patch::Apply(&twin))
+            .await?;
+        let stalled = cellule_e2e::wait_condition(&client, &ns, "WorkerGrant", "laptop-alice-twin", "Stalled", "True", WAIT).await?;
+        let condition = stalled.data["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Stalled"))
+            .cloned()
+            .unwrap_or_default();
+        ensure!(condition["reason"] == "WorkerIdInUse" && condition["message"].as_str().unwrap_or_default().contains("laptop-alice"), "{condition}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("laptop-alice-twin-token").await?;
+        ensure!(secret.is_none(), "the twin got a token Secret");
+        Ok(())
+    })
+    .await;
+}
+
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -183,6 +183,7 @@ impl Caches {
             secret_metadata: self.secret_metadata.store(),
             npu_servers: self.npu_servers.store(),
             pools: self.pools.store(),
+            grants: self.grants.store(),
         }
     }
 

@@ -44,7 +44,8 @@ use super::common::{CommonStatus, Duration, LocalObjectRef, duration_rule};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.ttl) != has(self.expiresAt)").message("give exactly one of ttl (e.g. 720h) and expiresAt (an RFC 3339 time)"))]
 #[x_kube(validation = Rule::new("!has(self.approvedBy) || self.approvedBy != self.requestedBy").message("approvedBy must be a different person than requestedBy (four-eyes)").field_path(".approvedBy"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.approvedBy) || (has(self.approvedBy) && self.approvedBy == oldSelf.approvedBy)").message("approvedBy cannot be changed or removed once set: create a new WorkerGrant").field_path(".approvedBy"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.approvedBy) || !has(self.approvedBy) || self.approvedBy == oldSelf.approvedBy").message("approvedBy cannot be changed once set: remove it (the token is revoked) and have a second person approve again").field_path(".approvedBy"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.approvedBy) || !has(self.approvedBy) || (self.tiers.all(t, t in oldSelf.tiers) && (has(oldSelf.expiresAt) ? (has(self.expiresAt) && timestamp(self.expiresAt) <= timestamp(oldSelf.expiresAt)) : (has(self.ttl) && duration(self.ttl) <= duration(oldSelf.ttl))))").message("an approved grant can only be narrowed (fewer tiers, an earlier expiresAt, a shorter ttl; not from ttl to expiresAt or back): to widen it, remove approvedBy in the same change and have a second person approve again").field_path(".approvedBy"))]
 pub struct WorkerGrantSpec {
     /// The Pool this worker joins. Cannot be changed.
     #[x_kube(validation = Rule::new("self == oldSelf").message("poolRef is immutable: create a new WorkerGrant for another pool"))]
@@ -79,7 +80,9 @@ pub struct WorkerGrantSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("requestedBy is immutable"))]
     pub requested_by: String,
     /// User who approved the grant: set by a second person, checked at
-    /// admission against the user who sets it; cannot be changed once set.
+    /// admission against the user who sets it. While it is set, the grant
+    /// can only be narrowed; removing it withdraws the approval (the token
+    /// is revoked) until a second person sets it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub approved_by: Option<String>,
@@ -132,6 +135,10 @@ pub struct TokenStatus {
     pub issued_at: Time,
     /// When it expires (JWT `exp`).
     pub expires_at: Time,
+    /// The tiers it allows (JWT `tiers`); a change of `spec.tiers`
+    /// re-issues the token. Absent on tokens issued before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<String>>,
 }
 
 /// Audit trail of the grant.

@@ -42,6 +42,7 @@ pub struct Stores {
     pub secret_metadata: Store<PartialObjectMeta<Secret>>,
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
+    pub grants: Store<crate::api::WorkerGrant>,
 }
 
 pub struct Context {
@@ -53,6 +54,7 @@ pub struct Context {
     pub secret_metadata: Store<PartialObjectMeta<Secret>>,
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
+    pub grants: Store<crate::api::WorkerGrant>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -63,6 +65,7 @@ impl Context {
             secret_metadata,
             npu_servers,
             pools,
+            grants,
         } = stores;
         let reporter = Reporter {
             controller: MANAGER.into(),
@@ -75,6 +78,7 @@ impl Context {
             secret_metadata,
             npu_servers,
             pools,
+            grants,
             failures: Mutex::default(),
         })
     }

@@ -154,6 +154,16 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
             exp,
             why: "TokenRotated",
         }
+    } else if token
+        .tiers
+        .as_ref()
+        .is_some_and(|tiers| !same_set(tiers, &spec.tiers))
+    {
+        // The token must carry exactly the tiers the grant allows now.
+        Decision::Issue {
+            exp,
+            why: "TokenTiersChanged",
+        }
     } else if expires - issued > policy.max_ttl.0.as_secs() as i64 {
         // maxTtl was lowered below this token's lifetime: verifiers now
         // refuse it, so the worker gets one within the new limit.
@@ -233,6 +243,44 @@ fn grants_of(
         .filter(|g| g.namespace() == namespace && g.spec.pool_ref.name == pool)
         .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
+}
+
+/// The grant that holds `grant`'s worker id in its pool, if not `grant`:
+/// the oldest live one (created first, then by name). Revoked, expired and
+/// deleted grants hold nothing.
+pub fn older_claimant<'a>(
+    grant: &WorkerGrant,
+    grants: impl Iterator<Item = &'a WorkerGrant>,
+    now: i64,
+) -> Option<&'a WorkerGrant> {
+    let live = |g: &WorkerGrant| {
+        !g.spec.revoked
+            && g.metadata.deletion_timestamp.is_none()
+            && g.spec
+                .expires_at
+                .as_ref()
+                .is_none_or(|t| t.0.as_second() > now)
+    };
+    let key = |g: &WorkerGrant| {
+        (
+            g.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            g.name_any(),
+        )
+    };
+    grants
+        .filter(|g| {
+            g.namespace() == grant.namespace()
+                && g.spec.pool_ref.name == grant.spec.pool_ref.name
+                && g.spec.worker_id == grant.spec.worker_id
+                && live(g)
+        })
+        .min_by_key(|g| key(g))
+        .filter(|holder| holder.uid() != grant.uid())
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    use std::collections::BTreeSet;
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
 }
 
 pub async fn reconcile(grant: Arc<WorkerGrant>, ctx: Arc<Context>) -> Result<Action> {
@@ -337,6 +385,26 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
         revoke_current(grant, ctx, "secret deleted").await?;
         next.token = None;
     }
+    // One worker id, one live grant per pool: a second grant gets no token.
+    if !grant.spec.revoked {
+        let grants = ctx.grants.state();
+        if let Some(holder) =
+            older_claimant(grant, grants.iter().map(|g| g.as_ref()), now.as_second())
+        {
+            revoke_current(grant, ctx, "WorkerIdInUse").await?;
+            next.token = None;
+            next.retiring_token = None;
+            next.phase = Some(WorkerGrantPhase::Invalid);
+            let message = format!(
+                "workerId {:?} is already granted by WorkerGrant {:?} of this pool: one grant per worker",
+                grant.spec.worker_id,
+                holder.name_any()
+            );
+            let current = grant.status.as_ref();
+            reconcile::status::stall(ctx, grant, current, next, "WorkerIdInUse", message).await?;
+            return Ok(Action::requeue(reconcile::status::STALL_RETRY));
+        }
+    }
     let decision = decide(grant, &pool, next.token.as_ref(), now.as_second());
     let (phase, summary, wake) = match &decision {
         Decision::Invalid { reason, message } => {
@@ -348,6 +416,8 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             revoke_current(grant, ctx, "PendingApproval").await?;
             next.token = None;
             next.retiring_token = None;
+            // An approval withdrawn: the next one is a new approval.
+            next.audit.approved_at = None;
             (
                 WorkerGrantPhase::PendingApproval,
                 Summary::Progressing {
@@ -453,6 +523,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 sha256: tokens::fingerprint(&token),
                 issued_at: Time(now),
                 expires_at: Time(expires_at),
+                tiers: Some(grant.spec.tiers.clone()),
             });
             next.observed_rotation = Some(grant.spec.rotation);
             if next.audit.approved_at.is_none() && grant.spec.approved_by.is_some() {

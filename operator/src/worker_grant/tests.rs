@@ -42,6 +42,7 @@ fn token(issued: i64, expires: i64) -> TokenStatus {
         sha256: "s".into(),
         issued_at: at(issued),
         expires_at: at(expires),
+        tiers: Some(vec!["light".into()]),
     }
 }
 
@@ -203,4 +204,83 @@ fn a_grant_ending_within_renew_before_keeps_its_one_token() {
         );
     }
     assert_eq!(decide(&g, &p, Some(&t), NOW + 100), Decision::Expired);
+}
+
+#[test]
+fn a_tier_change_re_issues_and_a_legacy_token_is_kept() {
+    let mut p = pool();
+    p.spec.tokens.renew_before = None;
+    let mut g = grant();
+    g.spec.tiers = vec!["light".into(), "heavy".into()];
+    let t = token(NOW, NOW + 30 * HOUR);
+    assert!(matches!(
+        decide(&g, &p, Some(&t), NOW + HOUR),
+        Decision::Issue {
+            why: "TokenTiersChanged",
+            ..
+        }
+    ));
+    // Same tiers in another order: nothing to do.
+    let mut same = t.clone();
+    same.tiers = Some(vec!["heavy".into(), "light".into()]);
+    assert!(matches!(
+        decide(&g, &p, Some(&same), NOW + HOUR),
+        Decision::Keep { .. }
+    ));
+    // A token from before tiers were recorded is not re-issued for that.
+    let mut legacy = t;
+    legacy.tiers = None;
+    assert!(matches!(
+        decide(&g, &p, Some(&legacy), NOW + HOUR),
+        Decision::Keep { .. }
+    ));
+}
+
+#[test]
+fn a_lowered_max_ttl_re_issues_longer_tokens() {
+    let mut p = pool();
+    p.spec.tokens.max_ttl = Duration::from_secs(24 * HOUR as u64);
+    p.spec.tokens.default_ttl = Duration::from_secs(24 * HOUR as u64);
+    let mut g = grant();
+    g.spec.ttl = Some(Duration::from_secs(24 * HOUR as u64));
+    let t = token(NOW, NOW + 720 * HOUR);
+    assert_eq!(
+        decide(&g, &p, Some(&t), NOW + HOUR),
+        Decision::Issue {
+            exp: NOW + 25 * HOUR,
+            why: "MaxTtlLowered"
+        }
+    );
+}
+
+#[test]
+fn the_oldest_live_grant_holds_a_worker_id() {
+    use super::older_claimant;
+    let named = |name: &str, created: i64| {
+        let mut g = grant();
+        g.metadata.name = Some(name.into());
+        g.metadata.namespace = Some("site".into());
+        g.metadata.uid = Some(format!("uid-{name}"));
+        g.metadata.creation_timestamp = Some(at(created));
+        g
+    };
+    let (first, second) = (named("a", NOW), named("b", NOW + 10));
+    let all = [first.clone(), second.clone()];
+    assert!(older_claimant(&first, all.iter(), NOW).is_none());
+    assert_eq!(
+        older_claimant(&second, all.iter(), NOW).map(|g| g.metadata.name.clone().unwrap()),
+        Some("a".into())
+    );
+    // A revoked or expired older grant holds nothing.
+    let mut revoked = first.clone();
+    revoked.spec.revoked = true;
+    assert!(older_claimant(&second, [revoked, second.clone()].iter(), NOW).is_none());
+    let mut expired = first.clone();
+    expired.spec.ttl = None;
+    expired.spec.expires_at = Some(at(NOW - 1));
+    assert!(older_claimant(&second, [expired, second.clone()].iter(), NOW).is_none());
+    // Another pool's grant with the same worker id does not count.
+    let mut elsewhere = first;
+    elsewhere.spec.pool_ref.name = "lyon".into();
+    assert!(older_claimant(&second, [elsewhere, second.clone()].iter(), NOW).is_none());
 }
