@@ -747,9 +747,14 @@ async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
             "garbled revocation entry repaired in {:?}",
             started.elapsed()
         );
+        // Restored from the Pool's record: the token's own expiry.
+        let exp: jiff::Timestamp = status["token"]["expiresAt"]
+            .as_str()
+            .context("exp")?
+            .parse()?;
         ensure!(
-            repaired.1 >= now() + policy.max_ttl_seconds - 60,
-            "repaired to cover any token of the pool: {repaired:?}"
+            repaired.1 == exp.as_second(),
+            "repaired to the token's expiry: {repaired:?}"
         );
         let verdict = verify_token_command(&jwks_text, &repaired.0, &token, &policy_text).await?;
         ensure!(
@@ -843,6 +848,80 @@ async fn approval_binds_the_token_and_one_grant_holds_a_worker_id() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("laptop-alice-twin-token").await?;
         ensure!(secret.is_none(), "the twin got a token Secret");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_or_edited_revocation_list_is_restored() {
+    in_namespace("durable", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
+        let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
+        let exp: jiff::Timestamp = status["token"]["expiresAt"]
+            .as_str()
+            .context("exp")?
+            .parse()?;
+        cellule_api(&client, &ns, "WorkerGrant")
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revoked": true}})),
+            )
+            .await?;
+        revoked_eventually(&client, &ns, &jti).await?;
+        let pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
+        ensure!(
+            pool.data["status"]["revokedTokens"][&jti] == exp.as_second(),
+            "the Pool's record holds the revocation: {}",
+            pool.data["status"]
+        );
+        let lists = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let restored = |what: &'static str| {
+            let (lists, jti) = (lists.clone(), jti.clone());
+            async move {
+                let started = std::time::Instant::now();
+                eventually(what, WAIT, || async {
+                    let list = lists
+                        .get_opt("paris-revocations")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let value = list.and_then(|l| l.data).and_then(|d| d.get(&jti).cloned());
+                    if value == Some(exp.as_second().to_string()) {
+                        Ok(())
+                    } else {
+                        Err(format!("{value:?}"))
+                    }
+                })
+                .await?;
+                println!("{what} in {:?}", started.elapsed());
+                anyhow::Ok(())
+            }
+        };
+        // Someone deletes the whole list...
+        lists
+            .delete("paris-revocations", &DeleteParams::default())
+            .await?;
+        restored("deleted list restored").await?;
+        // ...removes the entry...
+        lists
+            .patch(
+                "paris-revocations",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {&jti: null}})),
+            )
+            .await?;
+        restored("removed entry restored").await?;
+        // ...or moves its expiry into the past.
+        lists
+            .patch(
+                "paris-revocations",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {&jti: "1"}})),
+            )
+            .await?;
+        restored("lowered entry restored").await?;
         Ok(())
     })
     .await;

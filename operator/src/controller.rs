@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, fmt::Debug, future::Future, hash::Hash, sync::Arc};
 
-use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
+use futures::{FutureExt, Stream, StreamExt, future::BoxFuture, stream::BoxStream};
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
@@ -64,8 +64,8 @@ impl Options {
 pub struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
     writer: Writer<K>,
     store: Store<K>,
-    api: Api<K>,
-    config: watcher::Config,
+    /// The watch, not started until [`Shared::run`].
+    events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
 }
 
 impl<K> Shared<K>
@@ -80,15 +80,10 @@ where
 {
     fn new(client: &Client, namespace: Option<&str>, config: watcher::Config) -> Self {
         let (store, writer) = reflector::store_shared(BUFFER);
-        let api = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
         Self {
             writer,
             store,
-            api,
-            config,
+            events: watcher(api(client, namespace), config).boxed(),
         }
     }
 
@@ -105,9 +100,7 @@ where
 
     /// Drives the watch into the store (and the subscriptions).
     fn run(self) -> BoxFuture<'static, ()> {
-        let events = watcher(self.api, self.config)
-            .modify(strip)
-            .default_backoff();
+        let events = self.events.modify(strip).default_backoff();
         reflector::reflector(self.writer, events)
             .applied_objects()
             .for_each(|_| futures::future::ready(()))
@@ -117,6 +110,16 @@ where
     fn synced(&self) -> BoxFuture<'static, bool> {
         let store = self.store.clone();
         async move { store.wait_until_ready().await.is_ok() }.boxed()
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 
@@ -165,6 +168,8 @@ impl Caches {
             pod_disruption_budgets: Shared::new(client, namespace, owned()),
             network_policies: Shared::new(client, namespace, owned()),
             secrets: Shared::new(client, namespace, owned()),
+            // An Api of PartialObjectMeta lists and watches metadata only
+            // (the API server never sends the data).
             secret_metadata: Shared::new(client, namespace, all()),
         }
     }

@@ -166,7 +166,8 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         return status::stall_on(ctx, pool, next, error).await;
     }
 
-    let next_revocation_expiry = signing::prune_revocations(ctx, pool, now.as_second()).await?;
+    let next_revocation_expiry =
+        signing::sync_revocations(ctx, pool, &mut next.revoked_tokens, now.as_second()).await?;
 
     // Status, from what the caches say now.
     let deployment = owned

@@ -134,73 +134,144 @@ pub fn config_maps(
     ])
 }
 
-/// What to change on a revocation list at `now` (pure): entries whose
-/// token has expired anyway are dropped (`None`), and an entry that is not
-/// a Unix time (hand-edited: verifiers refuse every token while it is
-/// there) is rewritten to the latest instant a token of the pool issued
-/// before now can live, `now + maxTtl`, so its token stays refused.
-/// Returns the changes and the next instant an entry expires.
-pub fn revocation_changes(
-    entries: &BTreeMap<String, String>,
-    max_ttl: i64,
-    now: i64,
-) -> (BTreeMap<String, Option<String>>, Option<i64>) {
-    let leeway = LEEWAY_SECS as i64;
-    let mut changes = BTreeMap::new();
-    let mut next = None::<i64>;
-    for (jti, value) in entries {
-        let exp = match value.parse::<i64>() {
-            Ok(exp) if exp + leeway < now => {
-                changes.insert(jti.clone(), None);
-                continue;
-            }
-            Ok(exp) => exp,
-            Err(_) => {
-                let repaired = now + max_ttl;
-                changes.insert(jti.clone(), Some(repaired.to_string()));
-                repaired
-            }
-        };
-        next = Some(next.map_or(exp + leeway + 1, |n| n.min(exp + leeway + 1)));
-    }
-    (changes, next)
+/// What the revocation list and its record must change at `now` (pure).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RevocationChanges {
+    /// List entries to set (`Some`) or drop (`None`).
+    pub list: BTreeMap<String, Option<String>>,
+    /// Record entries to set or drop.
+    pub record: BTreeMap<String, Option<i64>>,
+    /// When the next entry expires.
+    pub next_expiry: Option<i64>,
 }
 
-/// Prunes and repairs the revocation list (see [`revocation_changes`]);
-/// returns the next expiry still on the list.
-pub async fn prune_revocations(ctx: &Context, pool: &Pool, now: i64) -> Result<Option<i64>> {
+/// Brings the list (`jti` → `exp` as text, as the ConfigMap holds it) and
+/// the record (the Pool's `status.revokedTokens`) together: each revoked
+/// jti is kept with the later of its two expiries until that has passed;
+/// an entry deleted, lowered or garbled by hand is restored from the
+/// record; a garbled entry the record lacks (verifiers refuse every token
+/// while it is there) is rewritten to `now + maxTtl`, the latest a token of
+/// the pool issued before now can live; entries only on the list enter the
+/// record.
+pub fn revocation_changes(
+    record: &BTreeMap<String, i64>,
+    list: &BTreeMap<String, String>,
+    max_ttl: i64,
+    now: i64,
+) -> RevocationChanges {
+    let leeway = LEEWAY_SECS as i64;
+    let mut changes = RevocationChanges::default();
+    let jtis: std::collections::BTreeSet<&String> = record.keys().chain(list.keys()).collect();
+    for jti in jtis {
+        // A garbled list entry says nothing: the record's expiry if it has
+        // one, else the latest any token of the pool can live.
+        let listed = list.get(jti).map(|v| v.parse::<i64>().ok());
+        let exp = match (record.get(jti).copied(), listed) {
+            (Some(a), Some(Some(b))) => a.max(b),
+            (Some(e), _) | (None, Some(Some(e))) => e,
+            (None, Some(None)) => now + max_ttl,
+            (None, None) => continue,
+        };
+        if exp + leeway < now {
+            if list.contains_key(jti) {
+                changes.list.insert(jti.clone(), None);
+            }
+            if record.contains_key(jti) {
+                changes.record.insert(jti.clone(), None);
+            }
+            continue;
+        }
+        if list.get(jti) != Some(&exp.to_string()) {
+            changes.list.insert(jti.clone(), Some(exp.to_string()));
+        }
+        if record.get(jti) != Some(&exp) {
+            changes.record.insert(jti.clone(), Some(exp));
+        }
+        let expiry = exp + leeway + 1;
+        changes.next_expiry = Some(changes.next_expiry.map_or(expiry, |n| n.min(expiry)));
+    }
+    changes
+}
+
+/// Prunes, repairs and restores the revocation list from the record (see
+/// [`revocation_changes`]), and updates `record` (the status about to be
+/// written) to match; returns the next expiry still on the list.
+pub async fn sync_revocations(
+    ctx: &Context,
+    pool: &Pool,
+    record: &mut BTreeMap<String, i64>,
+    now: i64,
+) -> Result<Option<i64>> {
     let namespace = pool.namespace().unwrap_or_default();
     let name = revocations_name(&pool.name_any());
-    let Some(list) = ctx
+    let list = ctx
         .owned
         .config_maps
         .get(&ObjectRef::new(&name).within(&namespace))
-    else {
-        return Ok(None);
-    };
+        .and_then(|list| list.data.clone())
+        .unwrap_or_default();
+    // The record as the cache has it now, not as this reconcile started
+    // with: a grant may have added to it since (a reconcile takes seconds).
+    if let Some(fresh) = ctx
+        .pools
+        .get(&ObjectRef::new(&pool.name_any()).within(&namespace))
+        .and_then(|p| p.status.clone())
+    {
+        *record = fresh.revoked_tokens;
+    }
     let max_ttl = pool.spec.tokens.max_ttl.0.as_secs() as i64;
-    let (changes, next) = revocation_changes(&list.data.clone().unwrap_or_default(), max_ttl, now);
-    if !changes.is_empty() {
-        let repaired = changes.values().filter(|v| v.is_some()).count();
-        if repaired > 0 {
-            tracing::warn!(pool = %pool.name_any(), repaired, "revocation entries that were not Unix times rewritten");
+    let changes = revocation_changes(record, &list, max_ttl, now);
+    let params = PatchParams {
+        field_manager: Some(REVOCATION_MANAGER.into()),
+        ..Default::default()
+    };
+    // The record first: it is what the list is restored from.
+    if !changes.record.is_empty() {
+        Api::<Pool>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &pool.name_any(),
+                &params,
+                &Patch::Merge(serde_json::json!({"status": {"revokedTokens": changes.record}})),
+            )
+            .await?;
+        for (jti, exp) in &changes.record {
+            match exp {
+                Some(exp) => record.insert(jti.clone(), *exp),
+                None => record.remove(jti),
+            };
+        }
+    }
+    if !changes.list.is_empty() {
+        let restored = changes.list.values().filter(|v| v.is_some()).count();
+        if restored > 0 {
+            tracing::info!(pool = %pool.name_any(), restored, "revocation list entries restored from the record");
         }
         Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
             .patch(
                 &name,
-                &PatchParams {
-                    field_manager: Some(REVOCATION_MANAGER.into()),
-                    ..Default::default()
-                },
-                &Patch::Merge(serde_json::json!({ "data": changes })),
+                &params,
+                &Patch::Merge(serde_json::json!({ "data": changes.list })),
             )
             .await?;
     }
-    Ok(next)
+    Ok(changes.next_expiry)
 }
 
 /// Puts `jti` (valid until `exp`) on `pool`'s revocation list at once.
 pub async fn revoke(ctx: &Context, namespace: &str, pool: &str, jti: &str, exp: i64) -> Result<()> {
+    // The record first (durable, in the Pool's status), then the list the
+    // pool reads: a failure between the two is completed by the Pool's
+    // reconcile, which restores the list from the record.
+    Api::<Pool>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(
+            pool,
+            &PatchParams {
+                field_manager: Some(REVOCATION_MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(serde_json::json!({"status": {"revokedTokens": {jti: exp}}})),
+        )
+        .await?;
     Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
         .patch(
             &revocations_name(pool),
@@ -212,4 +283,80 @@ pub async fn revoke(ctx: &Context, namespace: &str, pool: &str, jti: &str, exp: 
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const MAX_TTL: i64 = 90 * 86400;
+
+    fn list(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(j, e)| (j.to_string(), e.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_deleted_or_lowered_entry_is_restored_from_the_record() {
+        let record = BTreeMap::from([("a".to_owned(), NOW + 100), ("b".to_owned(), NOW + 200)]);
+        let changes = revocation_changes(&record, &list(&[("b", "5")]), MAX_TTL, NOW);
+        assert_eq!(changes.list["a"], Some((NOW + 100).to_string()));
+        assert_eq!(changes.list["b"], Some((NOW + 200).to_string()));
+        assert!(changes.record.is_empty());
+        assert_eq!(
+            changes.next_expiry,
+            Some(NOW + 100 + LEEWAY_SECS as i64 + 1)
+        );
+    }
+
+    #[test]
+    fn expired_entries_leave_both_and_listed_ones_enter_the_record() {
+        let record = BTreeMap::from([("old".to_owned(), NOW - 3600)]);
+        let entries = list(&[
+            ("old", &(NOW - 3600).to_string()),
+            ("new", &(NOW + 60).to_string()),
+        ]);
+        let changes = revocation_changes(&record, &entries, MAX_TTL, NOW);
+        assert_eq!(changes.list.get("old"), Some(&None));
+        assert_eq!(changes.record.get("old"), Some(&None));
+        assert_eq!(changes.record.get("new"), Some(&Some(NOW + 60)));
+        assert!(!changes.list.contains_key("new"));
+    }
+
+    #[test]
+    fn a_garbled_entry_is_rewritten_to_outlive_any_token() {
+        for garbled in ["revoked", "", " 1795642470"] {
+            let changes =
+                revocation_changes(&BTreeMap::new(), &list(&[("x", garbled)]), MAX_TTL, NOW);
+            assert_eq!(
+                changes.list["x"],
+                Some((NOW + MAX_TTL).to_string()),
+                "{garbled:?}"
+            );
+            assert_eq!(changes.record["x"], Some(NOW + MAX_TTL));
+        }
+    }
+
+    #[test]
+    fn a_garbled_entry_the_record_has_takes_the_record_expiry() {
+        let record = BTreeMap::from([("x".to_owned(), NOW + 100)]);
+        let changes = revocation_changes(&record, &list(&[("x", "revoked")]), MAX_TTL, NOW);
+        assert_eq!(changes.list["x"], Some((NOW + 100).to_string()));
+        assert!(changes.record.is_empty());
+    }
+
+    #[test]
+    fn a_list_in_step_with_its_record_changes_nothing() {
+        let record = BTreeMap::from([("a".to_owned(), NOW + 100)]);
+        let changes = revocation_changes(
+            &record,
+            &list(&[("a", &(NOW + 100).to_string())]),
+            MAX_TTL,
+            NOW,
+        );
+        assert!(changes.list.is_empty() && changes.record.is_empty());
+    }
 }
