@@ -585,33 +585,40 @@ async fn a_token_shorter_than_the_renewal_window_is_issued_once() {
                 ),
             )
             .await?;
+        // Issue only once the operator has seen the pool's new policy.
+        let pools = cellule_api(&client, &ns, "Pool");
+        eventually("the Pool's new generation observed", WAIT, || async {
+            let p = pools.get("paris").await.map_err(|e| e.to_string())?;
+            let (seen, generation) = (p.data["status"]["observedGeneration"].clone(), p.metadata.generation);
+            if seen.as_i64() == generation { Ok(()) } else { Err(format!("{seen} of {generation:?}")) }
+        })
+        .await?;
         let grants = cellule_api(&client, &ns, "WorkerGrant");
         let ends = jiff::Timestamp::from_second(now() + 100)?.to_string();
-        for (grant, patch) in [
-            ("laptop-alice", json!({"spec": {"ttl": "1h"}})),
-            (
+        let short = json!({
+            "apiVersion": "cellule.ai/v1alpha1", "kind": "WorkerGrant", "metadata": {"name": "laptop-short"},
+            "spec": {"poolRef": {"name": "paris"}, "workerId": "pc-short", "owner": "alice.martin@example.com", "tiers": ["light"],
+                     "ttl": "1h", "requestedBy": "alice.martin@example.com", "approvedBy": "bob.durand@example.com"}
+        });
+        grants.patch("laptop-short", &PatchParams::apply("e2e"), &Patch::Apply(&short)).await?;
+        grants
+            .patch(
                 "laptop-contractor",
-                json!({"spec": {"expiresAt": ends, "approvedBy": "bob.durand@example.com"}}),
-            ),
-        ] {
-            grants
-                .patch(grant, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-        }
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"expiresAt": ends, "approvedBy": "bob.durand@example.com"}})),
+            )
+            .await?;
         let mut first = BTreeMap::new();
-        for grant in ["laptop-alice", "laptop-contractor"] {
+        for (grant, lifetime) in [("laptop-short", 3600), ("laptop-contractor", 100)] {
             let status = phase(&client, &ns, grant, "Active").await?;
-            first.insert(
-                grant,
-                status["token"]["jti"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
+            let at = |k: &str| status["token"][k].as_str().unwrap_or_default().parse::<jiff::Timestamp>().map(|t| t.as_second());
+            let issued_for = at("expiresAt")? - at("issuedAt")?;
+            ensure!((lifetime - 5..=lifetime).contains(&issued_for), "{grant}: a token of {issued_for}s: {status}");
+            first.insert(grant, status["token"]["jti"].as_str().unwrap_or_default().to_owned());
         }
         // Before the fix: a new token every second. Watch for 15 s.
         tokio::time::sleep(Duration::from_secs(15)).await;
-        for grant in ["laptop-alice", "laptop-contractor"] {
+        for grant in ["laptop-short", "laptop-contractor"] {
             let status = grants.get(grant).await?.data["status"].clone();
             ensure!(
                 status["token"]["jti"] == first[grant].as_str(),

@@ -64,6 +64,9 @@ impl Options {
 pub struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
     writer: Writer<K>,
     store: Store<K>,
+    /// Deleted objects: a shared subscription carries only applied ones,
+    /// and an owner must hear that its object was deleted to recreate it.
+    deleted: tokio::sync::broadcast::Sender<Arc<K>>,
     /// The watch, not started until [`Shared::run`].
     events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
 }
@@ -83,6 +86,7 @@ where
         Self {
             writer,
             store,
+            deleted: tokio::sync::broadcast::channel(BUFFER).0,
             events: watcher(api(client, namespace), config).boxed(),
         }
     }
@@ -98,12 +102,38 @@ where
             .expect("a store made by store_shared hands out subscriptions")
     }
 
+    /// Every change of the cache, deletions included, for exactly one
+    /// consumer: what an owner watches its objects with. (Deletions are
+    /// buffered per consumer up to [`BUFFER`]; beyond that the oldest are
+    /// dropped rather than stall the watch.)
+    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        use tokio::sync::broadcast::error::RecvError;
+        let deleted = futures::stream::unfold(self.deleted.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(object) => return Some((object, rx)),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "deletions missed by a slow consumer");
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        futures::stream::select(self.subscribe(), deleted)
+    }
+
     /// Drives the watch into the store (and the subscriptions).
     fn run(self) -> BoxFuture<'static, ()> {
         let events = self.events.modify(strip).default_backoff();
+        let deleted = self.deleted;
         reflector::reflector(self.writer, events)
-            .applied_objects()
-            .for_each(|_| futures::future::ready(()))
+            .for_each(move |event| {
+                if let Ok(watcher::Event::Delete(object)) = event {
+                    // No consumer is not an error.
+                    let _ = deleted.send(Arc::new(object));
+                }
+                futures::future::ready(())
+            })
             .boxed()
     }
 

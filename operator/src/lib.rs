@@ -17,3 +17,6 @@ pub mod reconcile;
 pub mod telemetry;
 pub mod worker_grant;
 pub mod workload;
+
+#[cfg(test)]
+mod proptests;

@@ -28,14 +28,65 @@ impl Duration {
 impl std::str::FromStr for Duration {
     type Err = String;
 
+    /// Go's `time.ParseDuration` grammar without a sign (`1h30m`, `1.5s`,
+    /// `0`), in checked integer arithmetic: a value too large is an error,
+    /// never a panic (kube's parser multiplies floats unchecked, and this
+    /// runs inside the watch on whatever a stored object holds).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parsed: kube::core::Duration = s
-            .parse()
-            .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-        if parsed.is_negative() {
-            return Err(format!("invalid duration {s:?}: must not be negative"));
+        let invalid = |why: &str| format!("invalid duration {s:?}: {why}");
+        if s == "0" {
+            return Ok(Self(std::time::Duration::ZERO));
         }
-        Ok(Self(parsed.into()))
+        if s.is_empty() {
+            return Err(invalid("empty"));
+        }
+        let mut nanos: u128 = 0;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .ok_or_else(|| invalid("a number without a unit"))?;
+            let (number, tail) = rest.split_at(digits);
+            let unit_len = tail
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(tail.len());
+            let (unit, next) = tail.split_at(unit_len);
+            let per_unit: u128 = match unit {
+                "ns" => 1,
+                "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                _ => return Err(invalid("units are ns, us, ms, s, m and h")),
+            };
+            let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+            if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+                return Err(invalid("a malformed number"));
+            }
+            let too_big = || invalid("too large");
+            let whole: u128 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().map_err(|_| too_big())?
+            };
+            let mut part = whole.checked_mul(per_unit).ok_or_else(too_big)?;
+            // Fractions below a nanosecond are dropped, as Go does.
+            let mut scale = per_unit;
+            for digit in fraction.bytes().take(30) {
+                scale /= 10;
+                part = part
+                    .checked_add(u128::from(digit - b'0') * scale)
+                    .ok_or_else(too_big)?;
+            }
+            nanos = nanos.checked_add(part).ok_or_else(too_big)?;
+            rest = next;
+        }
+        let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| invalid("too large"))?;
+        Ok(Self(std::time::Duration::new(
+            secs,
+            (nanos % 1_000_000_000) as u32,
+        )))
     }
 }
 

@@ -428,6 +428,7 @@ impl Default for FailoverSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.podLabels) && size(self.podLabels) > 0) || (has(self.namespaceLabels) && size(self.namespaceLabels) > 0) || (has(self.cidrs) && size(self.cidrs) > 0)").message("give podLabels, namespaceLabels or cidrs: with none of them DNS would be allowed to every pod of the cluster").field_path(".podLabels"))]
+#[x_kube(validation = Rule::new("!has(self.podLabels) || size(self.podLabels) == 0 || (has(self.namespaceLabels) && size(self.namespaceLabels) > 0)").message("podLabels need namespaceLabels: without them any namespace's pod with those labels would receive the pool's DNS traffic").field_path(".namespaceLabels"))]
 pub struct DnsSpec {
     /// Labels of the namespace the DNS pods run in (empty: every namespace).
     #[serde(default = "defaults::dns_namespace_labels")]

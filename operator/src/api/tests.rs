@@ -111,3 +111,31 @@ fn durations_parse_like_go_and_print_in_whole_units() {
     assert!("5 minutes".parse::<Duration>().is_err());
     assert_eq!(serde_json::to_value(Duration::from_secs(0)).unwrap(), "0s");
 }
+
+#[test]
+fn durations_parse_like_go_and_never_panic() {
+    use crate::api::common::Duration;
+    let secs = |s: &str| s.parse::<Duration>().map(|d| d.0.as_secs_f64());
+    assert_eq!(secs("1h30m"), Ok(5400.0));
+    assert_eq!(secs("1.5s"), Ok(1.5));
+    assert_eq!(secs("720h"), Ok(2_592_000.0));
+    assert_eq!(secs("0"), Ok(0.0));
+    assert_eq!(secs("250ms"), Ok(0.25));
+    for bad in [
+        "0ns-1ns",
+        "59051853007042695142s",
+        "562959859870450546m",
+        "18446744073709551616s",
+        "-1s",
+        "",
+        "5",
+        "1d",
+        "1..5s",
+        "h",
+    ] {
+        assert!(bad.parse::<Duration>().is_err(), "{bad:?}");
+    }
+    // What the operator writes, it reads back.
+    let largest = Duration(std::time::Duration::from_secs(u64::MAX));
+    assert_eq!(largest.to_string().parse::<Duration>(), Ok(largest));
+}

@@ -87,7 +87,7 @@ pub fn desired(npu: &NpuServer, dns: &DnsSpec) -> DesiredNpu {
         deployment: workload::deployment(
             npu,
             &component,
-            spec.replicas + spec.hot_spares,
+            spec.replicas.saturating_add(spec.hot_spares),
             pod,
             BTreeMap::new(),
         ),
@@ -118,9 +118,9 @@ pub fn controller(
     let npus_of_pool = npus.clone();
     Controller::for_shared_stream(caches.npu_servers.subscribe(), npus)
         .with_config(config)
-        .owns_shared_stream(caches.deployments.subscribe())
-        .owns_shared_stream(caches.services.subscribe())
-        .owns_shared_stream(caches.network_policies.subscribe())
+        .owns_shared_stream(caches.deployments.changes())
+        .owns_shared_stream(caches.services.changes())
+        .owns_shared_stream(caches.network_policies.changes())
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
             move |pool: Arc<Pool>| {
@@ -191,7 +191,7 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         .and_then(|d| d.status.as_ref())
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let want = npu.spec.replicas + npu.spec.hot_spares;
+    let want = npu.spec.replicas.saturating_add(npu.spec.hot_spares);
     next.ready_replicas = Some(ready);
     next.desired_replicas = Some(want);
     next.ready = Some(format!("{ready}/{want}"));

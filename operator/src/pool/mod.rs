@@ -53,17 +53,17 @@ pub fn controller(
     let pools_for_npus = pools.clone();
     Controller::for_shared_stream(caches.pools.subscribe(), pools.clone())
         .with_config(config)
-        .owns_shared_stream(caches.deployments.subscribe())
-        .owns_shared_stream(caches.services.subscribe())
-        .owns_shared_stream(caches.config_maps.subscribe())
-        .owns_shared_stream(caches.service_accounts.subscribe())
-        .owns_shared_stream(caches.pod_disruption_budgets.subscribe())
-        .owns_shared_stream(caches.network_policies.subscribe())
-        .owns_shared_stream(caches.secrets.subscribe())
-        .watches_shared_stream(caches.secret_metadata.subscribe(), move |secret| {
+        .owns_shared_stream(caches.deployments.changes())
+        .owns_shared_stream(caches.services.changes())
+        .owns_shared_stream(caches.config_maps.changes())
+        .owns_shared_stream(caches.service_accounts.changes())
+        .owns_shared_stream(caches.pod_disruption_budgets.changes())
+        .owns_shared_stream(caches.network_policies.changes())
+        .owns_shared_stream(caches.secrets.changes())
+        .watches_shared_stream(caches.secret_metadata.changes(), move |secret| {
             pools_referencing_secret(&pools, &secret)
         })
-        .watches_shared_stream(caches.npu_servers.subscribe(), move |npu| {
+        .watches_shared_stream(caches.npu_servers.changes(), move |npu| {
             let pool = ObjectRef::new(&npu.spec.pool_ref.name)
                 .within(&npu.namespace().unwrap_or_default());
             pools_for_npus.get(&pool).map(|_| pool)
@@ -117,6 +117,11 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let mut next = pool.status.clone().unwrap_or_default();
     next.common.observed_generation = generation;
 
+    // Revocations first, whatever else is wrong with the pool: a list
+    // that lost an entry is restored even while the pool is stalled.
+    let next_revocation_expiry =
+        signing::sync_revocations(ctx, pool, &mut next.revoked_tokens, now.as_second()).await?;
+
     let refs = Cached {
         ctx,
         namespace: pool.namespace().unwrap_or_default(),
@@ -146,28 +151,36 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let ns = &valid.namespace;
     let owned = &ctx.owned;
     let mut sync = OwnerSync::new(&ctx.client, ns, uid);
-    let synced = async {
-        sync.kind(&owned.service_accounts, desired.service_accounts)
-            .await?;
-        sync.kind(&owned.config_maps, desired.config_maps).await?;
+    // NetworkPolicies first, and every kind even after one failed: a
+    // refused Deployment must not keep a removed ingress rule alive.
+    let mut failed = None;
+    let mut keep_first = |result: Result<()>| {
+        if let Err(error) = result {
+            failed.get_or_insert(error);
+        }
+    };
+    keep_first(
         sync.kind(&owned.network_policies, desired.network_policies)
-            .await?;
-        sync.kind(&owned.services, desired.services).await?;
-        sync.kind(&owned.deployments, desired.deployments).await?;
+            .await,
+    );
+    keep_first(
+        sync.kind(&owned.service_accounts, desired.service_accounts)
+            .await,
+    );
+    keep_first(sync.kind(&owned.config_maps, desired.config_maps).await);
+    keep_first(sync.kind(&owned.services, desired.services).await);
+    keep_first(sync.kind(&owned.deployments, desired.deployments).await);
+    keep_first(
         sync.kind(
             &owned.pod_disruption_budgets,
             desired.pod_disruption_budgets,
         )
-        .await
-    }
-    .await;
+        .await,
+    );
     reconcile::report_changes(ctx, pool, &sync.changes).await;
-    if let Err(error) = synced {
+    if let Some(error) = failed {
         return status::stall_on(ctx, pool, next, error).await;
     }
-
-    let next_revocation_expiry =
-        signing::sync_revocations(ctx, pool, &mut next.revoked_tokens, now.as_second()).await?;
 
     // Status, from what the caches say now.
     let deployment = owned

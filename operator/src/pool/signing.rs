@@ -165,14 +165,18 @@ pub fn revocation_changes(
     for jti in jtis {
         // A garbled list entry says nothing: the record's expiry if it has
         // one, else the latest any token of the pool can live.
-        let listed = list.get(jti).map(|v| v.parse::<i64>().ok());
+        // So is an expiry beyond any token's reach (it would overflow).
+        let latest = now.saturating_add(max_ttl);
+        let listed = list
+            .get(jti)
+            .map(|v| v.parse::<i64>().ok().filter(|e| *e <= latest));
         let exp = match (record.get(jti).copied(), listed) {
             (Some(a), Some(Some(b))) => a.max(b),
             (Some(e), _) | (None, Some(Some(e))) => e,
-            (None, Some(None)) => now + max_ttl,
+            (None, Some(None)) => latest,
             (None, None) => continue,
         };
-        if exp + leeway < now {
+        if exp.saturating_add(leeway) < now {
             if list.contains_key(jti) {
                 changes.list.insert(jti.clone(), None);
             }
@@ -187,7 +191,7 @@ pub fn revocation_changes(
         if record.get(jti) != Some(&exp) {
             changes.record.insert(jti.clone(), Some(exp));
         }
-        let expiry = exp + leeway + 1;
+        let expiry = exp.saturating_add(leeway + 1);
         changes.next_expiry = Some(changes.next_expiry.map_or(expiry, |n| n.min(expiry)));
     }
     changes
@@ -204,10 +208,12 @@ pub async fn sync_revocations(
 ) -> Result<Option<i64>> {
     let namespace = pool.namespace().unwrap_or_default();
     let name = revocations_name(&pool.name_any());
-    let list = ctx
+    let live = ctx
         .owned
         .config_maps
-        .get(&ObjectRef::new(&name).within(&namespace))
+        .get(&ObjectRef::new(&name).within(&namespace));
+    let list = live
+        .as_ref()
         .and_then(|list| list.data.clone())
         .unwrap_or_default();
     // The record as the cache has it now, not as this reconcile started
@@ -241,7 +247,9 @@ pub async fn sync_revocations(
             };
         }
     }
-    if !changes.list.is_empty() {
+    // Not made yet (or not ours): the record waits, and the list is
+    // filled from it once the Pool's apply has made it.
+    if !changes.list.is_empty() && live.is_some() {
         let restored = changes.list.values().filter(|v| v.is_some()).count();
         if restored > 0 {
             tracing::info!(pool = %pool.name_any(), restored, "revocation list entries restored from the record");
@@ -346,6 +354,17 @@ mod tests {
         let changes = revocation_changes(&record, &list(&[("x", "revoked")]), MAX_TTL, NOW);
         assert_eq!(changes.list["x"], Some((NOW + 100).to_string()));
         assert!(changes.record.is_empty());
+    }
+
+    #[test]
+    fn an_absurd_expiry_on_the_list_does_not_expire_the_entry() {
+        let record = BTreeMap::from([("x".to_owned(), NOW + 100)]);
+        let max = i64::MAX.to_string();
+        let changes = revocation_changes(&record, &list(&[("x", &max)]), MAX_TTL, NOW);
+        assert_eq!(changes.list["x"], Some((NOW + 100).to_string()));
+        assert!(changes.record.is_empty());
+        let changes = revocation_changes(&BTreeMap::new(), &list(&[("y", &max)]), MAX_TTL, NOW);
+        assert_eq!(changes.list["y"], Some((NOW + MAX_TTL).to_string()));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use kube::ResourceExt;
 
 use crate::{
     api::{
-        NpuServer, Pool,
-        pool::{ModelTier, TierBackend},
+        NpuServer, Pool, PoolSpec,
+        pool::{ModelTier, TierBackend, VerificationMode},
     },
     conditions,
     images::{self, ResolvedImage},
@@ -101,6 +101,7 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
     let name = pool.name_any();
     let spec = &pool.spec;
     check_names(&name, spec.cpu_workers.iter().map(|w| w.name.as_str()))?;
+    check_spec(spec).map_err(|(reason, message)| Blocked::Invalid { reason, message })?;
     check_quantities(spec)?;
     let endpoint = &spec.database.endpoint;
     let database = match (&endpoint.pod_selector, &endpoint.cidr) {
@@ -158,9 +159,182 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
     })
 }
 
+/// What admission (schema and CEL) refuses, checked again: an object
+/// stored before a rule existed keeps its value (CEL ratcheting), and the
+/// builders must never turn it into a policy that allows too much.
+fn check_spec(spec: &PoolSpec) -> Result<(), (&'static str, String)> {
+    let invalid = |reason, message: String| Err((reason, message));
+    // Every CIDR: well formed, not a default route, no host bits.
+    let cidrs = spec
+        .database
+        .endpoint
+        .cidr
+        .iter()
+        .map(|c| ("spec.database.endpoint.cidr", c))
+        .chain(
+            spec.extra_egress
+                .iter()
+                .map(|r| ("spec.extraEgress[].cidr", &r.cidr)),
+        )
+        .chain(spec.dns.cidrs.iter().map(|c| ("spec.dns.cidrs[]", c)))
+        .chain(
+            spec.workers
+                .allowed_cidrs
+                .iter()
+                .map(|c| ("spec.workers.allowedCidrs[]", c)),
+        );
+    for (field, cidr) in cidrs {
+        if let Some(problem) = cidr_problem(cidr) {
+            return invalid(
+                "InvalidCidr",
+                format!("{field} {:?}: {problem}", reconcile::bounded(cidr)),
+            );
+        }
+    }
+    let endpoint = &spec.database.endpoint;
+    if endpoint.pod_selector.is_some() && endpoint.cidr.is_some() {
+        return invalid(
+            "InvalidDatabaseEndpoint",
+            "spec.database.endpoint: give exactly one of podSelector and cidr".into(),
+        );
+    }
+    if endpoint.namespace_selector.is_some() && endpoint.pod_selector.is_none() {
+        return invalid(
+            "InvalidDatabaseEndpoint",
+            "spec.database.endpoint: namespaceSelector goes with podSelector".into(),
+        );
+    }
+    let dns = &spec.dns;
+    if dns.pod_labels.is_empty() && dns.namespace_labels.is_empty() && dns.cidrs.is_empty() {
+        return invalid(
+            "InvalidDns",
+            "spec.dns: give podLabels, namespaceLabels or cidrs".into(),
+        );
+    }
+    if !dns.pod_labels.is_empty() && dns.namespace_labels.is_empty() {
+        return invalid(
+            "InvalidDns",
+            "spec.dns.namespaceLabels: podLabels need namespaceLabels".into(),
+        );
+    }
+    if dns.ports.is_empty() || dns.ports.iter().any(|p| !(1..=65535).contains(p)) {
+        return invalid(
+            "InvalidDns",
+            "spec.dns.ports: one to four ports between 1 and 65535".into(),
+        );
+    }
+    if spec.tiers.is_empty() {
+        return invalid("InvalidTiers", "spec.tiers: at least one tier".into());
+    }
+    let tier = |name: &str| spec.tiers.iter().find(|t| t.name == name);
+    for (i, t) in spec.tiers.iter().enumerate() {
+        if spec.tiers[..i].iter().any(|o| o.name == t.name) {
+            return invalid(
+                "InvalidTiers",
+                format!("spec.tiers: two tiers named {:?}", t.name),
+            );
+        }
+        if (t.backend == TierBackend::Npu) != t.npu_server_ref.is_some() {
+            return invalid(
+                "InvalidTiers",
+                format!(
+                    "spec.tiers[{i}].npuServerRef is required when backend is Npu, and only then"
+                ),
+            );
+        }
+        if let Some(fallback) = &t.fallback_tier {
+            let ok = t.backend == TierBackend::Npu
+                && *fallback != t.name
+                && tier(fallback).is_some_and(|f| f.backend == TierBackend::Cpu);
+            if !ok {
+                return invalid(
+                    "InvalidTiers",
+                    format!(
+                        "spec.tiers[{i}].fallbackTier: an Npu tier's fallback must name another tier with backend Cpu"
+                    ),
+                );
+            }
+        }
+    }
+    for (i, set) in spec.cpu_workers.iter().enumerate() {
+        if spec.cpu_workers[..i].iter().any(|o| o.name == set.name) {
+            return invalid(
+                "InvalidWorkerSet",
+                format!("spec.cpuWorkers: two sets named {:?}", set.name),
+            );
+        }
+        if !tier(&set.tier).is_some_and(|t| t.backend == TierBackend::Cpu) {
+            return invalid(
+                "InvalidWorkerSet",
+                format!("spec.cpuWorkers[{i}].tier must name a tier of this pool with backend Cpu"),
+            );
+        }
+    }
+    for (i, rule) in spec.extra_egress.iter().enumerate() {
+        if spec.extra_egress[..i].iter().any(|o| o.name == rule.name) {
+            return invalid(
+                "InvalidEgress",
+                format!("spec.extraEgress: two rules named {:?}", rule.name),
+            );
+        }
+    }
+    let hour = crate::api::common::Duration::from_secs(3600);
+    let tokens = &spec.tokens;
+    let settings = [
+        (spec.replicas < 1, "spec.replicas must be at least 1"),
+        (
+            tokens.default_ttl < hour,
+            "spec.tokens.defaultTtl must be at least 1h",
+        ),
+        (
+            tokens.default_ttl > tokens.max_ttl,
+            "spec.tokens.defaultTtl must not exceed maxTtl",
+        ),
+        (
+            tokens.renew_before.is_some_and(|r| r >= tokens.default_ttl),
+            "spec.tokens.renewBefore must be shorter than defaultTtl",
+        ),
+        (
+            !(300..=1800).contains(&spec.workers.heartbeat_interval.0.as_secs()),
+            "spec.workers.heartbeatInterval must be between 5m and 30m",
+        ),
+        (
+            spec.verification.mode == VerificationMode::Required
+                && spec.verification.workers_per_request < 2,
+            "spec.verification: mode Required needs workersPerRequest of 2 or more",
+        ),
+    ];
+    if let Some((_, message)) = settings.iter().find(|(bad, _)| *bad) {
+        return invalid("InvalidSetting", (*message).to_owned());
+    }
+    Ok(())
+}
+
+/// Why `cidr` cannot be a NetworkPolicy peer of ours, if it cannot.
+fn cidr_problem(cidr: &str) -> Option<&'static str> {
+    let Some((ip, prefix)) = cidr.split_once('/') else {
+        return Some("not a CIDR like 10.20.0.0/16");
+    };
+    let (Ok(ip), Ok(prefix)) = (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) else {
+        return Some("not a CIDR like 10.20.0.0/16");
+    };
+    let bits = match ip {
+        std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+        std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+    };
+    if prefix == 0 {
+        return Some("a default route would allow everything");
+    }
+    if prefix > bits.1 {
+        return Some("prefix longer than the address");
+    }
+    let host_bits = bits.0 << u32::from(prefix);
+    (host_bits != 0).then_some("host bits are set (write the network address)")
+}
+
 /// Every worker resource is a quantity the API server accepts (`4GB` is
 /// not): said here with the field's path rather than as a refused apply.
-fn check_quantities(spec: &crate::api::PoolSpec) -> Result<(), Blocked> {
+fn check_quantities(spec: &PoolSpec) -> Result<(), Blocked> {
     for (i, set) in spec.cpu_workers.iter().enumerate() {
         let Some(resources) = &set.resources else {
             continue;

@@ -64,7 +64,7 @@ fn parse(s: &str) -> Option<Value> {
     mantissa = mantissa.checked_mul(1i128.checked_shl(bin)?)? * sign;
     while mantissa != 0 && mantissa % 10 == 0 {
         mantissa /= 10;
-        exp10 += 1;
+        exp10 = exp10.checked_add(1)?;
     }
     if mantissa == 0 {
         exp10 = 0;

@@ -120,8 +120,20 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
     if policy.approval_required && spec.approved_by.is_none() {
         return Decision::PendingApproval;
     }
-    let lifetime = ttl.0.as_secs() as i64;
-    let exp = end.map_or(now + lifetime, |end| end.min(now + lifetime));
+    let lifetime = secs(ttl);
+    if lifetime < MIN_TOKEN_LIFETIME_SECS {
+        // Admission refuses ttl and defaultTtl under 1h; a stored object
+        // from before that rule must not get a token that dies at once
+        // (and a new one every second).
+        return Decision::Invalid {
+            reason: "TtlTooShort",
+            message: format!(
+                "token lifetime {ttl} is too short (at least {MIN_TOKEN_LIFETIME_SECS}s): set ttl or the pool's tokens.defaultTtl"
+            ),
+        };
+    }
+    let exp = now.saturating_add(lifetime);
+    let exp = end.map_or(exp, |end| end.min(exp));
     let Some(token) = token else {
         return Decision::Issue {
             exp,
@@ -134,14 +146,14 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
     );
     let renew_before = policy
         .renew_before
-        .map_or((expires - issued) / 3, |d| d.0.as_secs() as i64);
+        .map_or(expires.saturating_sub(issued) / 3, secs);
     // A renewal window as long as the token's whole life would renew at
     // once, forever: such a token (ttl not longer than renewBefore) is
     // replaced only when it expires, one token at a time.
-    let renew_at = if renew_before >= expires - issued {
+    let renew_at = if renew_before >= expires.saturating_sub(issued) {
         expires
     } else {
-        expires - renew_before
+        expires.saturating_sub(renew_before)
     };
     if grant
         .status
@@ -157,14 +169,15 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
     } else if token
         .tiers
         .as_ref()
-        .is_some_and(|tiers| !same_set(tiers, &spec.tiers))
+        .is_none_or(|tiers| !same_set(tiers, &spec.tiers))
     {
-        // The token must carry exactly the tiers the grant allows now.
+        // The token must carry exactly the tiers the grant allows now (a
+        // token from before they were recorded is replaced once).
         Decision::Issue {
             exp,
             why: "TokenTiersChanged",
         }
-    } else if expires - issued > policy.max_ttl.0.as_secs() as i64 {
+    } else if expires.saturating_sub(issued) > secs(policy.max_ttl) {
         // maxTtl was lowered below this token's lifetime: verifiers now
         // refuse it, so the worker gets one within the new limit.
         Decision::Issue {
@@ -199,7 +212,7 @@ pub fn controller(
     let (for_rings, for_lists, for_pools) = (grants.clone(), grants.clone(), grants.clone());
     Controller::for_shared_stream(caches.grants.subscribe(), grants)
         .with_config(config)
-        .owns_shared_stream(caches.secrets.subscribe())
+        .owns_shared_stream(caches.secrets.changes())
         // A pool's signing key ring appearing or rotating: its grants may
         // be waiting for it.
         .watches_shared_stream(caches.secrets.subscribe(), move |secret: Arc<Secret>| {
@@ -246,15 +259,18 @@ fn grants_of(
 }
 
 /// The grant that holds `grant`'s worker id in its pool, if not `grant`:
-/// the oldest live one (created first, then by name). Revoked, expired and
-/// deleted grants hold nothing.
+/// the oldest approved, live one (created first, then by name). Pending,
+/// revoked, expired and deleted grants hold nothing.
 pub fn older_claimant<'a>(
     grant: &WorkerGrant,
     grants: impl Iterator<Item = &'a WorkerGrant>,
     now: i64,
 ) -> Option<&'a WorkerGrant> {
+    // Only an approved grant holds its worker id: a pending request for
+    // someone else's worker id must not lock the real grant out.
     let live = |g: &WorkerGrant| {
         !g.spec.revoked
+            && g.spec.approved_by.is_some()
             && g.metadata.deletion_timestamp.is_none()
             && g.spec
                 .expires_at
@@ -276,6 +292,14 @@ pub fn older_claimant<'a>(
         })
         .min_by_key(|g| key(g))
         .filter(|holder| holder.uid() != grant.uid())
+}
+
+/// Shortest token lifetime the operator issues (admission's own floor is 1h).
+pub const MIN_TOKEN_LIFETIME_SECS: i64 = 60;
+
+/// Whole seconds of `d`, saturating (a stored duration may be absurd).
+fn secs(d: crate::api::common::Duration) -> i64 {
+    i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn same_set(a: &[String], b: &[String]) -> bool {

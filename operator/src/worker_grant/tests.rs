@@ -207,7 +207,7 @@ fn a_grant_ending_within_renew_before_keeps_its_one_token() {
 }
 
 #[test]
-fn a_tier_change_re_issues_and_a_legacy_token_is_kept() {
+fn a_tier_change_re_issues_and_so_does_a_legacy_token() {
     let mut p = pool();
     p.spec.tokens.renew_before = None;
     let mut g = grant();
@@ -227,12 +227,15 @@ fn a_tier_change_re_issues_and_a_legacy_token_is_kept() {
         decide(&g, &p, Some(&same), NOW + HOUR),
         Decision::Keep { .. }
     ));
-    // A token from before tiers were recorded is not re-issued for that.
+    // A token from before tiers were recorded is replaced once.
     let mut legacy = t;
     legacy.tiers = None;
     assert!(matches!(
-        decide(&g, &p, Some(&legacy), NOW + HOUR),
-        Decision::Keep { .. }
+        decide(&grant(), &p, Some(&legacy), NOW + HOUR),
+        Decision::Issue {
+            why: "TokenTiersChanged",
+            ..
+        }
     ));
 }
 
@@ -271,6 +274,14 @@ fn the_oldest_live_grant_holds_a_worker_id() {
         older_claimant(&second, all.iter(), NOW).map(|g| g.metadata.name.clone().unwrap()),
         Some("a".into())
     );
+    // A pending request holds nothing.
+    let mut pending = first.clone();
+    pending.spec.approved_by = None;
+    assert!(older_claimant(&second, [pending, second.clone()].iter(), NOW).is_none());
+    // A pending request holds nothing.
+    let mut pending = first.clone();
+    pending.spec.approved_by = None;
+    assert!(older_claimant(&second, [pending, second.clone()].iter(), NOW).is_none());
     // A revoked or expired older grant holds nothing.
     let mut revoked = first.clone();
     revoked.spec.revoked = true;
