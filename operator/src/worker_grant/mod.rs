@@ -409,6 +409,19 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
         revoke_current(grant, ctx, "secret deleted").await?;
         next.token = None;
     }
+    // A Secret that holds another token than the status names: an issue
+    // was cut between its two writes (status first, then the Secret). The
+    // token in the Secret may be one that was being rotated out, and the
+    // one in the status never reached the worker: both are revoked, and a
+    // new token is issued below.
+    if let Some(token) = next.token.clone()
+        && let Some(held) = held_token(grant, ctx, &token).await?
+    {
+        tracing::warn!(grant = %grant.name_any(), held = %held.jti, status = %token.jti, "token Secret out of step with status");
+        revoke_jti(ctx, &ns, pool_name, &held.jti, held.exp).await?;
+        revoke_current(grant, ctx, "secret out of step").await?;
+        next.token = None;
+    }
     // One worker id, one live grant per pool: a second grant gets no token.
     if !grant.spec.revoked {
         let grants = ctx.grants.state();
@@ -625,6 +638,40 @@ fn wake_at(at: Option<i64>, status: &WorkerGrantStatus, now: Timestamp) -> Actio
         Some(at) => Action::requeue(Duration::from_secs((at - now.as_second()).max(1) as u64)),
         None => Action::await_change(),
     }
+}
+
+/// The claims of the token the Secret holds, when that is not the token
+/// the status names. A mismatch seen in the cache is confirmed with a read
+/// (the cache may not have seen the Secret written a moment ago).
+async fn held_token(
+    grant: &WorkerGrant,
+    ctx: &Context,
+    token: &TokenStatus,
+) -> Result<Option<tokens::Claims>> {
+    let ns = grant.namespace().unwrap_or_default();
+    let held = |secret: &Secret| {
+        let text = secret.data.as_ref()?.get(TOKEN_KEY)?;
+        tokens::unverified_claims(std::str::from_utf8(&text.0).ok()?)
+    };
+    let cached = ctx
+        .owned
+        .secrets
+        .get(&ObjectRef::new(&token.secret_name).within(&ns));
+    match cached.as_deref().map(held) {
+        None => return Ok(None),
+        Some(Some(claims)) if claims.jti == token.jti => return Ok(None),
+        Some(_) => {}
+    }
+    let Some(secret) = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&token.secret_name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(match held(&secret) {
+        Some(claims) if claims.jti != token.jti => Some(claims),
+        _ => None,
+    })
 }
 
 /// From the cache, confirmed with a read when the cache has not seen it
