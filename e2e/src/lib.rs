@@ -457,3 +457,31 @@ pub async fn allowed_connections(
         .collect();
     Ok((dir, rows))
 }
+
+/// Merge-patches the `cellule.ai` object `kind`/`name` in `ns`.
+pub async fn merge_patch(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    patch: serde_json::Value,
+) -> anyhow::Result<()> {
+    cellule_api(client, ns, kind)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("patching {kind} {name}"))?;
+    Ok(())
+}
+
+/// The sample site in `ns`, once Pool `paris` and NpuServer `heavy` are Ready.
+pub async fn sample_site_ready(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let wait = Duration::from_secs(90);
+    apply_sample_site(client, ns).await?;
+    wait_condition(client, ns, "Pool", "paris", "Ready", "True", wait).await?;
+    wait_condition(client, ns, "NpuServer", "heavy", "Ready", "True", wait).await?;
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{
     allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret, eventually,
-    in_namespace, install_crds, run_tool, wait_condition,
+    in_namespace, install_crds, merge_patch, run_tool, sample_site_ready, wait_condition,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -24,27 +24,6 @@ use kube::{
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn sample_site(client: &Client, ns: &str) -> anyhow::Result<()> {
-    apply_sample_site(client, ns).await?;
-    wait_condition(client, ns, "Pool", "paris", "Ready", "True", WAIT).await?;
-    wait_condition(client, ns, "NpuServer", "heavy", "Ready", "True", WAIT).await?;
-    Ok(())
-}
-
-async fn merge(
-    client: &Client,
-    ns: &str,
-    kind: &str,
-    name: &str,
-    patch: Value,
-) -> anyhow::Result<()> {
-    cellule_api(client, ns, kind)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("patching {kind} {name}"))?;
-    Ok(())
-}
 
 /// Waits until `check` holds for the live object `name` of kind `K`.
 async fn until<K, F>(
@@ -99,13 +78,13 @@ async fn into_pool(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
 #[tokio::test]
 async fn a_field_removed_from_the_spec_leaves_the_live_objects() {
     in_namespace("remove", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
 
         // The last allowed CIDRs go: the ingress rule goes, and the
         // analyzer finds no path into the pool any more.
         let before = into_pool(&client, &ns).await?;
         ensure!(before.iter().any(|r| r.starts_with("10.50.")), "ingress before: {before:?}");
-        merge(&client, &ns, "Pool", "paris", json!({"spec": {"workers": {"allowedCidrs": null}}})).await?;
+        merge_patch(&client, &ns, "Pool", "paris", json!({"spec": {"workers": {"allowedCidrs": null}}})).await?;
         until::<NetworkPolicy, _>(&client, &ns, "paris-pool", "the pool's ingress rule removed", |p| {
             p["spec"]["ingress"].is_null()
         })
@@ -115,7 +94,7 @@ async fn a_field_removed_from_the_spec_leaves_the_live_objects() {
         ensure!(after.is_empty(), "ingress into the pool after removing every CIDR: {after:?}");
 
         // A node selector and a toleration added, then removed.
-        merge(&client, &ns, "NpuServer", "heavy", json!({"spec": {
+        merge_patch(&client, &ns, "NpuServer", "heavy", json!({"spec": {
             "nodeSelector": {"cellule.ai/accelerator": "npu", "e2e.cellule.ai/zone": "a"},
             "tolerations": [
                 {"key": "cellule.ai/npu", "operator": "Exists", "effect": "NoSchedule"},
@@ -128,7 +107,7 @@ async fn a_field_removed_from_the_spec_leaves_the_live_objects() {
             pod(d)["nodeSelector"]["e2e.cellule.ai/zone"] == "a" && pod(d)["tolerations"].as_array().is_some_and(|t| t.len() == 2)
         })
         .await?;
-        merge(&client, &ns, "NpuServer", "heavy", json!({"spec": {
+        merge_patch(&client, &ns, "NpuServer", "heavy", json!({"spec": {
             "nodeSelector": {"e2e.cellule.ai/zone": null},
             "tolerations": [{"key": "cellule.ai/npu", "operator": "Exists", "effect": "NoSchedule"}],
         }}))
@@ -147,7 +126,7 @@ async fn a_field_removed_from_the_spec_leaves_the_live_objects() {
             .context("a worker set")?
             .remove("resources");
         let workers = json!({"spec": {"cpuWorkers": pool.data["spec"]["cpuWorkers"]}});
-        merge(&client, &ns, "Pool", "paris", workers).await?;
+        merge_patch(&client, &ns, "Pool", "paris", workers).await?;
         until::<Deployment, _>(&client, &ns, "paris--light-workers", "worker resources removed", |d| {
             let resources = &pod(d)["containers"][0]["resources"];
             resources.get("limits").is_none() && resources.get("requests").is_none()
@@ -232,7 +211,7 @@ async fn a_name_someone_else_holds_is_left_untouched() {
 #[tokio::test]
 async fn names_of_sets_pools_and_npu_servers_do_not_collide() {
     in_namespace("names", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
         // A worker set named `pool` in Pool paris; a Pool named `heavy`
         // (like the NpuServer) with a worker set named `npu`.
         let mut pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
@@ -244,7 +223,7 @@ async fn names_of_sets_pools_and_npu_servers_do_not_collide() {
             .context("sets")?;
         sets.push(set.clone());
         let sets = json!({"spec": {"cpuWorkers": sets}});
-        merge(&client, &ns, "Pool", "paris", sets).await?;
+        merge_patch(&client, &ns, "Pool", "paris", sets).await?;
         set["name"] = json!("npu");
         let heavy = json!({
             "apiVersion": "cellule.ai/v1alpha1", "kind": "Pool", "metadata": {"name": "heavy"},
@@ -321,11 +300,11 @@ async fn names_of_sets_pools_and_npu_servers_do_not_collide() {
 #[tokio::test]
 async fn a_value_the_api_server_refuses_becomes_a_condition() {
     in_namespace("refused", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
         // A node selector value longer than a label value may be: nothing
         // in the NpuServer schema limits it, the Deployment refuses it.
         let long = "v".repeat(64);
-        merge(
+        merge_patch(
             &client,
             &ns,
             "NpuServer",
@@ -374,7 +353,7 @@ async fn a_value_the_api_server_refuses_becomes_a_condition() {
             "Event notes fit"
         );
 
-        merge(
+        merge_patch(
             &client,
             &ns,
             "NpuServer",
@@ -402,7 +381,7 @@ async fn the_dns_peer_follows_the_pool() {
         .await?;
         apply_samples(&client, &ns).await?;
         // NodeLocal DNSCache on its link-local address, on 53 and 5353.
-        merge(
+        merge_patch(
             &client,
             &ns,
             "Pool",

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use cellule_e2e::{
-    Env, apply_sample_site, apply_samples, audited_writes, cellule_api, create_secret, eventually,
-    in_namespace, install_crds, wait_condition,
+    Env, apply_samples, audited_writes, cellule_api, create_secret, eventually, in_namespace,
+    install_crds, sample_site_ready, wait_condition,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -24,13 +24,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 const OWNED: &str = "app.kubernetes.io/managed-by=cellule-operator";
-
-async fn sample_site(client: &Client, ns: &str) -> anyhow::Result<()> {
-    apply_sample_site(client, ns).await?;
-    wait_condition(client, ns, "Pool", "paris", "Ready", "True", WAIT).await?;
-    wait_condition(client, ns, "NpuServer", "heavy", "Ready", "True", WAIT).await?;
-    Ok(())
-}
 
 async fn names<K>(client: &Client, ns: &str) -> anyhow::Result<Vec<String>>
 where
@@ -75,7 +68,7 @@ async fn owned_objects(client: &Client, ns: &str) -> Result<Vec<String>, String>
 #[tokio::test]
 async fn samples_become_running_workloads_with_owner_references() {
     in_namespace("site", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
         assert_eq!(
             names::<Deployment>(&client, &ns).await?,
             ["heavy-npu", "paris--light-workers", "paris-pool"]
@@ -184,7 +177,7 @@ async fn samples_become_running_workloads_with_owner_references() {
 #[tokio::test]
 async fn a_hand_edit_is_put_back_and_a_removed_worker_set_is_deleted() {
     in_namespace("drift", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         deployments
             .patch(
@@ -268,7 +261,7 @@ async fn a_hand_edit_is_put_back_and_a_removed_worker_set_is_deleted() {
 #[tokio::test]
 async fn deleting_the_pool_removes_everything_it_made() {
     in_namespace("delete", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
         cellule_api(&client, &ns, "NpuServer")
             .delete("heavy", &DeleteParams::foreground())
             .await?;
@@ -358,7 +351,7 @@ async fn a_missing_database_secret_is_reported_then_the_pool_comes_up() {
 #[tokio::test]
 async fn a_no_op_resync_makes_no_write() {
     in_namespace("noop", |client: Client, ns: String| async move {
-        sample_site(&client, &ns).await?;
+        sample_site_ready(&client, &ns).await?;
         // Quantities the API server stores in another form (0.5 → 500m,
         // 1024Mi → 1Gi): they must still compare equal.
         let mut pool = cellule_api(&client, &ns, "Pool").get("paris").await?;

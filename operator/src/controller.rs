@@ -19,7 +19,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        WatchStreamExt, controller,
+        Controller, WatchStreamExt, controller,
         reflector::{self, ReflectHandle, Store, store::Writer},
         watcher,
     },
@@ -93,6 +93,11 @@ where
 
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// A controller of this kind, driven by a subscription of its own.
+    pub fn controller(&self, config: controller::Config) -> Controller<K> {
+        Controller::for_shared_stream(self.subscribe(), self.store()).with_config(config)
     }
 
     /// A new subscription to the cache's changes, for exactly one consumer.
@@ -260,6 +265,27 @@ impl Caches {
         .map(|_| ())
         .boxed()
     }
+}
+
+/// Runs `controller` with `reconcile` and the shared error policy until
+/// `shutdown`.
+pub fn drive<K, Fut>(
+    controller: Controller<K>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+    ctx: Arc<Context>,
+) -> BoxFuture<'static, ()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Fut: futures::TryFuture<Ok = controller::Action, Error = crate::reconcile::Error>
+        + Send
+        + 'static,
+{
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, crate::reconcile::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .boxed()
 }
 
 /// Only the objects whose `metadata.generation` moved (or that are new):

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::future::BoxFuture;
 
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -13,7 +13,6 @@ use k8s_openapi::{
 use kube::{
     ResourceExt,
     runtime::{
-        Controller,
         controller::{self, Action},
         events::EventType,
         reflector::ObjectRef,
@@ -23,7 +22,7 @@ use kube::{
 use crate::{
     api::{NpuServer, Pool, pool::DnsSpec},
     conditions::{self, Desired, Summary},
-    controller::{Caches, spec_changes},
+    controller::{Caches, drive, spec_changes},
     images,
     netpol::{dns_egress, ingress, policy, tcp},
     pool::netpol::from_pool_pods,
@@ -116,8 +115,9 @@ pub fn controller(
 ) -> BoxFuture<'static, ()> {
     let npus = caches.npu_servers.store();
     let npus_of_pool = npus.clone();
-    Controller::for_shared_stream(caches.npu_servers.subscribe(), npus)
-        .with_config(config)
+    let controller = caches
+        .npu_servers
+        .controller(config)
         .owns_shared_stream(caches.deployments.changes())
         .owns_shared_stream(caches.services.changes())
         .owns_shared_stream(caches.network_policies.changes())
@@ -134,11 +134,8 @@ pub fn controller(
                     .map(|npu| ObjectRef::from_obj(npu.as_ref()))
                     .collect::<Vec<_>>()
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, reconcile::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .boxed()
+        );
+    drive(controller, shutdown, reconcile, ctx)
 }
 
 pub async fn reconcile(npu: Arc<NpuServer>, ctx: Arc<Context>) -> Result<Action> {

@@ -14,7 +14,7 @@ mod tests;
 
 use std::{future::Future, sync::Arc};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 
 use jiff::Timestamp;
@@ -22,7 +22,6 @@ use kube::{
     ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
         controller::{self, Action},
         reflector::{ObjectRef, Store},
     },
@@ -34,7 +33,7 @@ use crate::{
         pool::{ImageStatus, TierServing},
     },
     conditions::{self, Desired, Summary},
-    controller::Caches,
+    controller::{Caches, drive},
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
 };
 
@@ -51,8 +50,9 @@ pub fn controller(
 ) -> BoxFuture<'static, ()> {
     let pools = caches.pools.store();
     let pools_for_npus = pools.clone();
-    Controller::for_shared_stream(caches.pools.subscribe(), pools.clone())
-        .with_config(config)
+    let controller = caches
+        .pools
+        .controller(config)
         .owns_shared_stream(caches.deployments.changes())
         .owns_shared_stream(caches.services.changes())
         .owns_shared_stream(caches.config_maps.changes())
@@ -67,11 +67,8 @@ pub fn controller(
             let pool = ObjectRef::new(&npu.spec.pool_ref.name)
                 .within(&npu.namespace().unwrap_or_default());
             pools_for_npus.get(&pool).map(|_| pool)
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, reconcile::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .boxed()
+        });
+    drive(controller, shutdown, reconcile, ctx)
 }
 
 /// Pools in the Secret's namespace that reference it (database or TLS).

@@ -13,7 +13,7 @@ mod tests;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::future::BoxFuture;
 
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -25,7 +25,6 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     runtime::{
-        Controller,
         controller::{self, Action},
         events::EventType,
         finalizer,
@@ -39,7 +38,7 @@ use crate::{
         worker_grant::{RetiringToken, TokenStatus, WorkerGrantPhase},
     },
     conditions::{self, Summary},
-    controller::{Caches, spec_changes},
+    controller::{Caches, drive, spec_changes},
     pool::signing,
     reconcile::{self, Context, Error, MANAGER, Result, labels},
     workload,
@@ -210,8 +209,9 @@ pub fn controller(
 ) -> BoxFuture<'static, ()> {
     let grants = caches.grants.store();
     let (for_rings, for_lists, for_pools) = (grants.clone(), grants.clone(), grants.clone());
-    Controller::for_shared_stream(caches.grants.subscribe(), grants)
-        .with_config(config)
+    let controller = caches
+        .grants
+        .controller(config)
         .owns_shared_stream(caches.secrets.changes())
         // A pool's signing key ring appearing or rotating: its grants may
         // be waiting for it.
@@ -236,11 +236,8 @@ pub fn controller(
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
             move |pool: Arc<Pool>| grants_of(&for_pools, pool.namespace(), Some(pool.name_any())),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, reconcile::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .boxed()
+        );
+    drive(controller, shutdown, reconcile, ctx)
 }
 
 /// The WorkerGrants of `pool` in `namespace`.
