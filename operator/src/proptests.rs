@@ -9,12 +9,11 @@
 //! property also mutates serialized specs with arbitrary JSON.
 //!
 //! Cases: `PROPTEST_CASES` when set (for every property), otherwise each
-//! property's default below: 30,000 for the Pool pipeline, 20,000 for the
-//! cheap properties, 5,000 for the JSON one — about 45 s of CPU in a debug
-//! build, so `cargo test -p cellule-operator --lib proptests` takes under
-//! a minute on 2 cores. The long run of the main property is
-//! `PROPTEST_CASES=100000 cargo test -p cellule-operator --lib
-//! proptests::pool_pipeline` (about 80 s of CPU). Failures are not
+//! property's default below: 100,000 for the Pool pipeline (about 50 s in
+//! a debug build), 20,000 for the cheap properties, 5,000 for the JSON
+//! one, so `cargo test -p cellule-operator --lib proptests` takes about
+//! 70 s on 2 cores. Longer runs: `PROPTEST_CASES=1000000` (for every
+//! property). Failures are not
 //! persisted into the source tree; shrinking stops after 10,000 steps
 //! (`PROPTEST_MAX_SHRINK_ITERS` overrides).
 
@@ -67,7 +66,7 @@ use crate::{
 // ------------------------------------------------------------------ config
 
 /// Default cases of the main property (validate → route → build).
-const POOL_CASES: u32 = 30_000;
+const POOL_CASES: u32 = 100_000;
 /// Default cases of the cheaper properties.
 const CHEAP_CASES: u32 = 20_000;
 /// Default cases of the JSON mutation property (the costliest per case).
