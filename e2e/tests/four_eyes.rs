@@ -102,6 +102,8 @@ async fn self_approval_is_refused_and_a_second_person_approves() {
             let m = message(alice.patch("laptop", &PatchParams::default(), &patch(widen.clone())).await);
             ensure!(m.contains("an approved grant can only be narrowed"), "widening {widen}: {m}");
         }
+        let m = message(alice.patch("laptop", &PatchParams::default(), &patch(json!({"owner": "mallory@example.com"}))).await);
+        ensure!(m.contains("owner cannot change while the grant is approved"), "owner change: {m}");
         // ...narrowing is not...
         alice.patch("laptop", &PatchParams::default(), &patch(json!({"ttl": "12h"}))).await?;
         // ...and widening takes a withdrawn approval and a second person again.

@@ -54,6 +54,29 @@ where
     .await
 }
 
+/// The Events of `ns` with `reason`, once there is one (an Event is
+/// recorded just after the status it goes with).
+async fn events_with(client: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<Event>> {
+    let events = Api::<Event>::namespaced(client.clone(), ns);
+    eventually(&format!("a {reason} Event"), WAIT, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let found: Vec<Event> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+        if found.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(found)
+        }
+    })
+    .await
+}
+
 /// Ingress rows of the analyzer into the pool's pods, as `src conn`.
 async fn into_pool(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
@@ -164,16 +187,7 @@ async fn a_name_someone_else_holds_is_left_untouched() {
                 .contains("Service \"paris-pool\""),
             "the message names the object: {stalled}"
         );
-        let events = Api::<Event>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?;
-        ensure!(
-            events
-                .items
-                .iter()
-                .any(|e| e.reason.as_deref() == Some("NameConflict")),
-            "a NameConflict Event"
-        );
+        events_with(&client, &ns, "NameConflict").await?;
         // Theirs, exactly as they made it, some seconds later.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let live = services.get("paris-pool").await?;
@@ -337,15 +351,7 @@ async fn a_value_the_api_server_refuses_becomes_a_condition() {
             .cloned()
             .unwrap_or_default();
         ensure!(ready["status"] == "False", "Ready while refused: {ready}");
-        let events = Api::<Event>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?;
-        let refused: Vec<_> = events
-            .items
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some("ApplyFailed"))
-            .collect();
-        ensure!(!refused.is_empty(), "an ApplyFailed Event");
+        let refused = events_with(&client, &ns, "ApplyFailed").await?;
         ensure!(
             refused
                 .iter()

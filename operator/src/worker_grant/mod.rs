@@ -183,6 +183,13 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
             exp,
             why: "MaxTtlLowered",
         }
+    } else if end.is_some_and(|end| expires > end) || expires.saturating_sub(issued) > lifetime {
+        // The grant was narrowed (an earlier expiresAt, a shorter ttl):
+        // the token must not outlive what is approved now.
+        Decision::Issue {
+            exp,
+            why: "TokenNarrowed",
+        }
     } else if now >= renew_at && exp > expires {
         Decision::Issue {
             exp,

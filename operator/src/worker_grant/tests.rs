@@ -295,3 +295,37 @@ fn the_oldest_live_grant_holds_a_worker_id() {
     elsewhere.spec.pool_ref.name = "lyon".into();
     assert!(older_claimant(&second, [elsewhere, second.clone()].iter(), NOW).is_none());
 }
+
+#[test]
+fn narrowing_the_grant_re_issues_at_once() {
+    let p = pool();
+    // ttl shortened from 720h to 24h: the 720h token goes.
+    let mut g = grant();
+    g.spec.ttl = Some(Duration::from_secs(24 * HOUR as u64));
+    let t = token(NOW, NOW + 720 * HOUR);
+    assert_eq!(
+        decide(&g, &p, Some(&t), NOW + HOUR),
+        Decision::Issue {
+            exp: NOW + 25 * HOUR,
+            why: "TokenNarrowed"
+        }
+    );
+    // expiresAt moved before the token's exp: re-issued to end there.
+    let mut g = grant();
+    g.spec.ttl = None;
+    g.spec.expires_at = Some(at(NOW + 10 * HOUR));
+    let t = token(NOW, NOW + 20 * HOUR);
+    assert_eq!(
+        decide(&g, &p, Some(&t), NOW + HOUR),
+        Decision::Issue {
+            exp: NOW + 10 * HOUR,
+            why: "TokenNarrowed"
+        }
+    );
+    // A token already within the narrowed terms is kept.
+    let t = token(NOW, NOW + 10 * HOUR);
+    assert!(matches!(
+        decide(&g, &p, Some(&t), NOW + HOUR),
+        Decision::Keep { .. }
+    ));
+}
