@@ -33,13 +33,9 @@ use crate::{
 /// Condition: enough replicas are ready to serve the tier.
 pub const HEALTHY: &str = "Healthy";
 
-pub fn component_name(npu_server: &str) -> String {
-    crate::names::npu_server(npu_server)
-}
-
 fn component(npu: &NpuServer) -> Component {
     Component {
-        name: component_name(&npu.name_any()),
+        name: crate::names::npu_server(&npu.name_any()),
         pool: npu.spec.pool_ref.name.clone(),
         role: "npu-server",
     }
@@ -168,20 +164,18 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
     let uid = npu.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let owned = &ctx.owned;
     let mut sync = OwnerSync::new(&ctx.client, &ns, uid);
-    let synced = async {
-        sync.kind(&owned.network_policies, vec![desired.network_policy])
-            .await?;
-        sync.kind(&owned.services, vec![desired.service]).await?;
-        sync.kind(&owned.deployments, vec![desired.deployment])
-            .await
-    }
-    .await;
-    reconcile::report_changes(ctx, npu, &sync.changes).await;
+    sync.kind(&owned.network_policies, vec![desired.network_policy])
+        .await;
+    sync.kind(&owned.services, vec![desired.service]).await;
+    sync.kind(&owned.deployments, vec![desired.deployment])
+        .await;
+    let (changes, synced) = sync.finish();
+    reconcile::report_changes(ctx, npu, &changes).await;
     if let Err(error) = synced {
         return status::stall_on(ctx, npu, next, error).await;
     }
 
-    let name = component_name(&npu.name_any());
+    let name = crate::names::npu_server(&npu.name_any());
     let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));
     let ready = deployment
         .as_ref()

@@ -56,7 +56,7 @@ pub fn render_config(valid: &ValidPool) -> String {
             // One file per revoked jti, holding its exp; also readable live
             // from the ConfigMap, without the mount's refresh delay.
             "revocationListDir": REVOCATIONS_DIR,
-            "revocationListConfigMap": super::signing::revocations_name(&valid.name),
+            "revocationListConfigMap": crate::names::revocations(&valid.name),
         },
         "failover": spec.failover,
     });

@@ -148,34 +148,22 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let ns = &valid.namespace;
     let owned = &ctx.owned;
     let mut sync = OwnerSync::new(&ctx.client, ns, uid);
-    // NetworkPolicies first, and every kind even after one failed: a
-    // refused Deployment must not keep a removed ingress rule alive.
-    let mut failed = None;
-    let mut keep_first = |result: Result<()>| {
-        if let Err(error) = result {
-            failed.get_or_insert(error);
-        }
-    };
-    keep_first(
-        sync.kind(&owned.network_policies, desired.network_policies)
-            .await,
-    );
-    keep_first(
-        sync.kind(&owned.service_accounts, desired.service_accounts)
-            .await,
-    );
-    keep_first(sync.kind(&owned.config_maps, desired.config_maps).await);
-    keep_first(sync.kind(&owned.services, desired.services).await);
-    keep_first(sync.kind(&owned.deployments, desired.deployments).await);
-    keep_first(
-        sync.kind(
-            &owned.pod_disruption_budgets,
-            desired.pod_disruption_budgets,
-        )
-        .await,
-    );
-    reconcile::report_changes(ctx, pool, &sync.changes).await;
-    if let Some(error) = failed {
+    // NetworkPolicies first: the egress and ingress rules matter most.
+    sync.kind(&owned.network_policies, desired.network_policies)
+        .await;
+    sync.kind(&owned.service_accounts, desired.service_accounts)
+        .await;
+    sync.kind(&owned.config_maps, desired.config_maps).await;
+    sync.kind(&owned.services, desired.services).await;
+    sync.kind(&owned.deployments, desired.deployments).await;
+    sync.kind(
+        &owned.pod_disruption_budgets,
+        desired.pod_disruption_budgets,
+    )
+    .await;
+    let (changes, synced) = sync.finish();
+    reconcile::report_changes(ctx, pool, &changes).await;
+    if let Err(error) = synced {
         return status::stall_on(ctx, pool, next, error).await;
     }
 

@@ -15,6 +15,7 @@ use kube::{
 
 use crate::{
     api::Pool,
+    names,
     reconcile::{Context, Error, Result, apply::ensure_ours},
     worker_grant::{
         keys::{self, KeyRing},
@@ -30,16 +31,12 @@ pub const POLICY_KEY: &str = "policy.json";
 /// data, added and removed with merge patches, never read-modify-written.
 pub const REVOCATION_MANAGER: &str = "cellule-operator-revocations";
 
-pub use crate::names::{
-    jwks as jwks_name, revocations as revocations_name, signing_keys as ring_secret_name,
-};
-
 /// The key ring of `pool` as the cache holds it.
 pub fn ring(ctx: &Context, namespace: &str, pool: &str) -> Option<KeyRing> {
     let secret = ctx
         .owned
         .secrets
-        .get(&ObjectRef::new(&ring_secret_name(pool)).within(namespace))?;
+        .get(&ObjectRef::new(&names::signing_keys(pool)).within(namespace))?;
     serde_json::from_slice(&secret.data.as_ref()?.get(keys::RING_KEY)?.0).ok()
 }
 
@@ -49,7 +46,7 @@ pub fn ring(ctx: &Context, namespace: &str, pool: &str) -> Option<KeyRing> {
 /// the resourceVersion read, so two reconciles never both mint a key.
 pub async fn sync_ring(ctx: &Context, pool: &Pool, now: i64) -> Result<(KeyRing, i64)> {
     let namespace = pool.namespace().unwrap_or_default();
-    let name = ring_secret_name(&pool.name_any());
+    let name = names::signing_keys(&pool.name_any());
     let live = ctx
         .owned
         .secrets
@@ -118,7 +115,7 @@ pub fn config_maps(
     })?;
     Ok(vec![
         ConfigMap {
-            metadata: workload::owned_meta(pool, &jwks_name(&name), labels.clone()),
+            metadata: workload::owned_meta(pool, &names::jwks(&name), labels.clone()),
             data: Some(BTreeMap::from([
                 (JWKS_KEY.to_owned(), jwks),
                 (POLICY_KEY.to_owned(), policy),
@@ -128,7 +125,7 @@ pub fn config_maps(
         // Entries (`jti` → `exp`, Unix seconds) are added by the WorkerGrant
         // reconcile; this apply never names `data`, so it never removes them.
         ConfigMap {
-            metadata: workload::owned_meta(pool, &revocations_name(&name), labels),
+            metadata: workload::owned_meta(pool, &names::revocations(&name), labels),
             ..Default::default()
         },
     ])
@@ -207,7 +204,7 @@ pub async fn sync_revocations(
     now: i64,
 ) -> Result<Option<i64>> {
     let namespace = pool.namespace().unwrap_or_default();
-    let name = revocations_name(&pool.name_any());
+    let name = names::revocations(&pool.name_any());
     let live = ctx
         .owned
         .config_maps
@@ -282,7 +279,7 @@ pub async fn revoke(ctx: &Context, namespace: &str, pool: &str, jti: &str, exp: 
         .await?;
     Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
         .patch(
-            &revocations_name(pool),
+            &names::revocations(pool),
             &PatchParams {
                 field_manager: Some(REVOCATION_MANAGER.into()),
                 ..Default::default()

@@ -420,7 +420,7 @@ fn npu_backend(name: &str, server: Option<&NpuServer>, pool: &str) -> NpuBackend
     };
     NpuBackend {
         name: name.into(),
-        service: crate::npu_server::component_name(name),
+        service: names::npu_server(name),
         port: server.map_or(crate::api::npu_server::defaults::port(), |s| s.spec.port),
         state,
     }

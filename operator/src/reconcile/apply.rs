@@ -19,12 +19,15 @@ use sha2::{Digest, Sha256};
 use super::{Error, MANAGER, Result, labels, quantity};
 
 /// The sync of everything one owner wants in its namespace, kind by kind,
-/// collecting what changed.
+/// collecting what changed. A kind that fails does not stop the next
+/// ones (a refused Deployment must not keep a removed ingress rule
+/// alive): the first error is kept for [`OwnerSync::finish`].
 pub struct OwnerSync<'a> {
     client: &'a kube::Client,
     namespace: &'a str,
     owner_uid: String,
-    pub changes: Vec<Change>,
+    changes: Vec<Change>,
+    failed: Option<Error>,
 }
 
 impl<'a> OwnerSync<'a> {
@@ -34,12 +37,18 @@ impl<'a> OwnerSync<'a> {
             namespace,
             owner_uid,
             changes: Vec::new(),
+            failed: None,
         }
+    }
+
+    /// What changed, and the first failure if any kind failed.
+    pub fn finish(self) -> (Vec<Change>, Result<()>) {
+        (self.changes, self.failed.map_or(Ok(()), Err))
     }
 
     /// Applies `desired` (every object of kind `K` the owner wants) and
     /// deletes the ones of that kind it owned before and no longer wants.
-    pub async fn kind<K>(&mut self, store: &Store<K>, desired: Vec<K>) -> Result<()>
+    pub async fn kind<K>(&mut self, store: &Store<K>, desired: Vec<K>)
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -47,7 +56,7 @@ impl<'a> OwnerSync<'a> {
             + DeserializeOwned
             + Debug,
     {
-        sync(
+        let result = sync(
             self.client,
             store,
             self.namespace,
@@ -55,7 +64,10 @@ impl<'a> OwnerSync<'a> {
             desired,
             &mut self.changes,
         )
-        .await
+        .await;
+        if let Err(error) = result {
+            self.failed.get_or_insert(error);
+        }
     }
 }
 

@@ -50,10 +50,6 @@ pub const RENEWAL_GRACE_SECS: i64 = 300;
 /// Secret key holding the token.
 pub const TOKEN_KEY: &str = "token";
 
-pub fn token_secret_name(grant: &str) -> String {
-    crate::names::token(grant)
-}
-
 /// The pool a grant's tokens are for: `<namespace>/<pool>` (`iss` and `aud`).
 pub fn audience(namespace: &str, pool: &str) -> String {
     format!("{namespace}/{pool}")
@@ -524,7 +520,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             let list_ready = ctx
                 .owned
                 .config_maps
-                .get(&ObjectRef::new(&signing::revocations_name(pool_name)).within(&ns))
+                .get(&ObjectRef::new(&crate::names::revocations(pool_name)).within(&ns))
                 .is_some();
             let key = signing::ring(ctx, &ns, pool_name)
                 .and_then(|ring| ring.active())
@@ -558,7 +554,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             let token = tokens::sign(&key, &claims);
             let expires_at = reconcile::at(*exp)?;
             let previous = next.token.replace(TokenStatus {
-                secret_name: token_secret_name(&grant.name_any()),
+                secret_name: crate::names::token(&grant.name_any()),
                 jti: claims.jti.clone(),
                 key_id: key.kid.clone(),
                 sha256: tokens::fingerprint(&token),
@@ -733,7 +729,7 @@ async fn write_status_at_version(
 /// someone else made is never written over (nor handed a token).
 async fn check_token_secret(grant: &WorkerGrant, ctx: &Context) -> Result<()> {
     let ns = grant.namespace().unwrap_or_default();
-    let name = token_secret_name(&grant.name_any());
+    let name = crate::names::token(&grant.name_any());
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let cached = ctx.owned.secrets.get(&ObjectRef::new(&name).within(&ns));
     let uid = grant.uid().ok_or(Error::MissingMetadata("uid"))?;
@@ -747,7 +743,7 @@ async fn write_token_secret(
     token: &str,
     jti: &str,
 ) -> Result<()> {
-    let name = token_secret_name(&grant.name_any());
+    let name = crate::names::token(&grant.name_any());
     let mut meta_labels =
         BTreeMap::from([(labels::POOL.to_owned(), grant.spec.pool_ref.name.clone())]);
     meta_labels.insert(labels::COMPONENT.into(), "worker-token".into());
