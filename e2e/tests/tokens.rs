@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace};
-use cellule_operator::worker_grant::tokens;
+use cellule_operator::tokens;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client,
@@ -667,8 +667,8 @@ async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
         let ring = Api::<Secret>::namespaced(client.clone(), &ns)
             .get("paris-signing-keys")
             .await?;
-        let ring: cellule_operator::worker_grant::keys::KeyRing = serde_json::from_slice(
-            &ring.data.context("ring data")?[cellule_operator::worker_grant::keys::RING_KEY].0,
+        let ring: cellule_operator::tokens::KeyRing = serde_json::from_slice(
+            &ring.data.context("ring data")?[cellule_operator::tokens::ring::RING_KEY].0,
         )?;
         let key = ring.active().context("an active key")?;
         let forged = |iat: i64, exp: i64| {

@@ -15,6 +15,7 @@ pub mod peer_trust;
 pub mod pool;
 pub mod reconcile;
 pub mod telemetry;
+pub mod tokens;
 pub mod worker_grant;
 pub mod workload;
 

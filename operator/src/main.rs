@@ -177,7 +177,7 @@ fn run_handshake(command: HandshakeCommand) -> anyhow::Result<()> {
 }
 
 fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
-    use cellule_operator::worker_grant::tokens;
+    use cellule_operator::tokens;
     let jwks =
         serde_json::from_str(&std::fs::read_to_string(&args.jwks)?).context("parsing the JWKS")?;
     let policy: tokens::VerifierPolicy =

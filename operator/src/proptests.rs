@@ -11,7 +11,7 @@
 //! Cases: `PROPTEST_CASES` when set (for every property), otherwise each
 //! property's default below: 100,000 for the Pool pipeline (about 50 s in
 //! a debug build), 20,000 for the cheap properties, 5,000 for the JSON
-//! one, so `cargo test -p cellule-operator --lib proptests` takes about
+//! one and for the key ring's sequences, so `cargo test -p cellule-operator --lib proptests` takes about
 //! 70 s on 2 cores. Longer runs: `PROPTEST_CASES=1000000` (for every
 //! property). Failures are not
 //! persisted into the source tree; shrinking stops after 10,000 steps
@@ -71,6 +71,8 @@ const POOL_CASES: u32 = 100_000;
 const CHEAP_CASES: u32 = 20_000;
 /// Default cases of the JSON mutation property (the costliest per case).
 const JSON_CASES: u32 = 5_000;
+/// Sequences of up to 40 ring reconciles (about 2.5 ms each in debug).
+const RING_CASES: u32 = 5_000;
 
 /// `PROPTEST_CASES` if set, else `default_cases`; no regression files are
 /// written into the source tree.
@@ -613,6 +615,8 @@ fn token_policy() -> BoxedStrategy<TokenPolicy> {
                 approval_required,
                 signing_key_rotation,
                 signing_key_generation,
+                signing_key_pre_publication: Duration::from_secs(300),
+                compromised_keys: Vec::new(),
             },
         )
         .boxed()
@@ -1227,9 +1231,10 @@ fn check_decide(
     grant: &WorkerGrant,
     pool: &Pool,
     token: Option<&TokenStatus>,
+    key_published: bool,
     now: i64,
 ) -> Result<(), TestCaseError> {
-    let decision = decide(grant, pool, token, now);
+    let decision = decide(grant, pool, token, key_published, now);
     let end = grant.spec.expires_at.as_ref().map(|t| t.0.as_second());
     match &decision {
         Decision::Invalid { reason, message } => {
@@ -1245,6 +1250,7 @@ fn check_decide(
         }
         Decision::Keep { renew_at } => {
             prop_assert!(token.is_some(), "Keep without a token");
+            prop_assert!(key_published, "Keep a token whose key is unpublished");
             prop_assert!(*renew_at > now, "Keep until {renew_at}, now is {now}");
         }
         Decision::Revoked => prop_assert!(grant.spec.revoked),
@@ -1619,14 +1625,20 @@ proptest! {
 
     /// Property 5: `decide` never panics and keeps its promises.
     #[test]
-    fn grant_decisions_keep_their_promises((grant, pool, token, now) in decide_inputs()) {
-        check_decide(&grant, &pool, token.as_ref(), now)?;
+    fn grant_decisions_keep_their_promises(
+        (grant, pool, token, now) in decide_inputs(),
+        key_published in any::<bool>(),
+    ) {
+        check_decide(&grant, &pool, token.as_ref(), key_published, now)?;
     }
 
     /// Property 5: a token is never issued already expired.
     #[test]
-    fn an_issued_token_expires_after_now((grant, pool, token, now) in decide_inputs()) {
-        if let Decision::Issue { exp, .. } = decide(&grant, &pool, token.as_ref(), now) {
+    fn an_issued_token_expires_after_now(
+        (grant, pool, token, now) in decide_inputs(),
+        key_published in any::<bool>(),
+    ) {
+        if let Decision::Issue { exp, .. } = decide(&grant, &pool, token.as_ref(), key_published, now) {
             prop_assert!(exp > now, "Issue {{ exp: {} }} at now = {}", exp, now);
         }
     }
@@ -1674,7 +1686,109 @@ proptest! {
         }
         let value = mutated(&grant.spec, grant_edits);
         if let Ok(spec) = serde_json::from_value::<WorkerGrantSpec>(value) {
-            check_decide(&WorkerGrant { spec, ..grant }, &decide_pool, token.as_ref(), now)?;
+            check_decide(&WorkerGrant { spec, ..grant }, &decide_pool, token.as_ref(), true, now)?;
+        }
+    }
+}
+
+// ------------------------------------------------------------ key ring
+
+/// One reconcile of the ring: how long after the last, whether the
+/// signingKeyGeneration was bumped, which key (by position) was declared
+/// compromised, whether the cache had seen the last JWKS applied, and the
+/// lifetime of a token the signer then signs.
+#[derive(Clone, Debug)]
+struct RingStep {
+    after: i64,
+    bump: bool,
+    compromise: Option<usize>,
+    cache_saw_jwks: bool,
+    token_life: Option<i64>,
+}
+
+fn ring_steps() -> BoxedStrategy<Vec<RingStep>> {
+    let step = (
+        prop_oneof![0i64..=700, 0i64..=200 * 86_400],
+        prop::bool::weighted(0.2),
+        prop::option::weighted(0.1, 0usize..4),
+        prop::bool::weighted(0.8),
+        prop::option::of(60i64..=90 * 86_400),
+    )
+        .prop_map(
+            |(after, bump, compromise, cache_saw_jwks, token_life)| RingStep {
+                after,
+                bump,
+                compromise,
+                cache_saw_jwks,
+                token_life,
+            },
+        );
+    prop::collection::vec(step, 1..40).boxed()
+}
+
+proptest! {
+    #![proptest_config(config(RING_CASES))]
+
+    /// Property 6: whatever the sequence of rotations, bumps, compromises
+    /// and cache lags, a key signs only once published (for the
+    /// pre-publication time when another key could sign), no retired key
+    /// keeps its private half, no compromised key is published, and every
+    /// token a key signed verifies (its key published) until it expires.
+    #[test]
+    fn the_key_ring_keeps_its_promises(steps in ring_steps()) {
+        use crate::tokens::{LEEWAY_SECS, PoolKey, ring};
+        const PRE: i64 = 300;
+        let mut policy = ring::RingPolicy {
+            rotation: 90 * 86_400,
+            pre_publication: PRE,
+            ..Default::default()
+        };
+        let (mut keys, mut now, mut minted) = (ring::KeyRing::default(), 1_800_000_000i64, 0u8);
+        // Every token signed: (kid, exp), and the JWKS last applied.
+        let mut signed: Vec<(String, i64)> = Vec::new();
+        let mut applied = BTreeSet::new();
+        for step in steps {
+            now += step.after;
+            policy.generation += i64::from(step.bump);
+            if let Some(i) = step.compromise
+                && let Some(key) = keys.keys.get(i)
+            {
+                policy.compromised.insert(key.kid.clone());
+            }
+            let published = if step.cache_saw_jwks { applied.clone() } else { BTreeSet::new() };
+            let outstanding = ring::outstanding_of(signed.iter().filter(|(_, exp)| *exp > now).cloned());
+            let (next, next_look) = ring::next(&keys, &policy, &published, &outstanding, now, || {
+                minted += 1;
+                PoolKey::from_seed([minted; 32])
+            });
+            keys = next;
+            prop_assert!(next_look > now, "next look {} not after now {}", next_look, now);
+            applied = keys.keys.iter().map(|k| k.kid.clone()).collect();
+            for (kid, exp) in &signed {
+                if *exp + LEEWAY_SECS as i64 >= now && !policy.compromised.contains(kid) {
+                    prop_assert!(keys.publishes(kid), "{} unpublished before its token's exp {} (now {})", kid, exp, now);
+                }
+            }
+            for kid in &policy.compromised {
+                prop_assert!(!keys.publishes(kid), "compromised {} still published", kid);
+            }
+            if let Some(signer) = keys.signer(PRE, now) {
+                let i = keys.keys.iter().position(|k| k.kid == signer.kid).unwrap();
+                let key = &keys.keys[i];
+                let published_at = key.published_at;
+                prop_assert!(published_at.is_some(), "an unpublished key signs");
+                let others_could = keys.keys.iter().any(|k| {
+                    k.kid != key.kid && k.seed.is_some() && k.published_at.is_some_and(|p| p + PRE <= now)
+                });
+                prop_assert!(
+                    published_at.is_some_and(|p| p + PRE <= now) || !others_could,
+                    "a key signs before its pre-publication while another could"
+                );
+                prop_assert!(keys.keys[..i].iter().all(|k| k.seed.is_none()), "a retired key keeps its seed");
+                if let Some(life) = step.token_life {
+                    signed.push((signer.kid, now + life));
+                }
+            }
         }
     }
 }

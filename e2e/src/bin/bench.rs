@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use cellule_e2e::{admin_client, apply_sample_site, cellule_api, install_crds};
-use cellule_operator::worker_grant::tokens::{self, Claims, PoolKey};
+use cellule_operator::tokens::{self, Claims, PoolKey};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{

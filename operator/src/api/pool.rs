@@ -1,6 +1,6 @@
 //! `Pool`: one site's pool orchestrator and everything around it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::{api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -374,13 +374,32 @@ pub struct TokenPolicy {
     #[serde(default = "defaults::signing_key_rotation")]
     #[x_kube(validation = duration_rule("24h", "8760h", "signingKeyRotation"))]
     pub signing_key_rotation: Duration,
-    /// Increase to replace the signing key now (e.g. after a suspected
-    /// leak); the old public key stays published as after a scheduled
-    /// rotation.
+    /// Increase to rotate the signing key now, as a scheduled rotation
+    /// does: the new key is published first and signs after
+    /// `signingKeyPrePublication`; the old one stays published until the
+    /// last token it signed has expired. For a key that leaked, use
+    /// `compromisedKeys` instead.
     #[serde(default)]
     #[schemars(range(min = 0))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("signingKeyGeneration can only increase"))]
     pub signing_key_generation: i64,
+    /// How long a new signing key is published in the JWKS before it signs,
+    /// so that every verifier has read it (a ConfigMap volume refreshes
+    /// within about two minutes). The pool's first key, and the key that
+    /// replaces a compromised one, sign as soon as they are published:
+    /// no other key could.
+    #[serde(default = "defaults::signing_key_pre_publication")]
+    #[x_kube(validation = duration_rule("0s", "24h", "signingKeyPrePublication"))]
+    pub signing_key_pre_publication: Duration,
+    /// Key ids (`kid`, as in a token's header and `status.signingKeys`) of
+    /// signing keys to treat as leaked: each is removed from the JWKS and
+    /// the key ring at once (every token it signed is refused from then
+    /// on), a new key signs, and every grant holding a token it signed gets
+    /// a new one. An entry can be removed once the key is gone: a removed
+    /// key never comes back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = "^[A-Za-z0-9_-]{16}$")))]
+    pub compromised_keys: Vec<String>,
 }
 
 impl Default for TokenPolicy {
@@ -392,6 +411,8 @@ impl Default for TokenPolicy {
             approval_required: defaults::approval_required(),
             signing_key_rotation: defaults::signing_key_rotation(),
             signing_key_generation: 0,
+            signing_key_pre_publication: defaults::signing_key_pre_publication(),
+            compromised_keys: Vec::new(),
         }
     }
 }
@@ -543,6 +564,35 @@ pub struct PoolStatus {
     /// un-revokes nothing. Entries leave after `exp`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revoked_tokens: BTreeMap<String, i64>,
+    /// The token signing keys the pool publishes, oldest first: what the
+    /// incident runbook names in `spec.tokens.compromisedKeys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKeyStatus>,
+}
+
+/// One published signing key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeyStatus {
+    /// Its key id, as in the `kid` header of the tokens it signs.
+    pub kid: String,
+    /// `Pending` (published, not signing yet), `Signing`, or `Retired`
+    /// (published until the last token it signed has expired; its private
+    /// half is deleted).
+    pub state: SigningKeyState,
+    /// When the JWKS first published it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<Time>,
+    /// The latest expiry of a token it signed, as far as the grants show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_token_expiry: Option<Time>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SigningKeyState {
+    Pending,
+    Signing,
+    Retired,
 }
 
 /// Defaults, shared by serde (so the API server defaults them too) and code.
@@ -603,6 +653,9 @@ pub mod defaults {
     }
     pub fn signing_key_rotation() -> Duration {
         duration(2160 * 3600)
+    }
+    pub fn signing_key_pre_publication() -> Duration {
+        duration(5 * 60)
     }
     pub fn fail_over_after() -> Duration {
         duration(30)

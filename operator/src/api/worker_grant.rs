@@ -170,6 +170,9 @@ pub struct RetiringToken {
     pub expires_at: Time,
     /// When it goes on the revocation list.
     pub revoke_at: Time,
+    /// The signing key that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// Observed state of a WorkerGrant.

@@ -52,7 +52,7 @@ pub fn render_config(valid: &ValidPool) -> String {
         },
         "tokens": {
             "audience": valid.name,
-            "jwksFile": format!("{JWKS_DIR}/{}", super::signing::JWKS_KEY),
+            "jwksFile": format!("{JWKS_DIR}/{}", crate::tokens::JWKS_KEY),
             // One file per revoked jti, holding its exp; also readable live
             // from the ConfigMap, without the mount's refresh delay.
             "revocationListDir": REVOCATIONS_DIR,

@@ -6,7 +6,6 @@ pub mod build;
 pub mod config;
 pub mod netpol;
 pub mod routing;
-pub mod signing;
 pub mod validate;
 
 #[cfg(test)]
@@ -35,6 +34,10 @@ use crate::{
     conditions::{self, Desired, Summary},
     controller::{Caches, drive},
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
+    tokens::{
+        self,
+        revocations::{self, RevocationStore},
+    },
 };
 
 pub const DEGRADED: &str = "Degraded";
@@ -116,13 +119,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
 
     // Revocations first, whatever else is wrong with the pool: a list
     // that lost an entry is restored even while the pool is stalled.
-    let next_revocation_expiry =
-        signing::sync_revocations(ctx, pool, &mut next.revoked_tokens, now.as_second()).await?;
+    let namespace = pool.namespace().unwrap_or_default();
+    let next_revocation_expiry = revocations::store(ctx, &namespace, &pool.name_any())
+        .sync(pool, &mut next.revoked_tokens, now.as_second())
+        .await?;
 
-    let refs = Cached {
-        ctx,
-        namespace: pool.namespace().unwrap_or_default(),
-    };
+    let refs = Cached { ctx, namespace };
     let valid = match validate::validate(pool, &refs) {
         Ok(valid) => valid,
         Err(blocked) => {
@@ -136,14 +138,18 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let tiers = routing::tier_status(&valid.tiers);
     let mut desired = build::desired(&valid, &tiers);
     // Token signing keys first: the JWKS published below comes from them.
-    let (ring, next_key_change) = match signing::sync_ring(ctx, pool, now.as_second()).await {
+    let (ring, next_key_change) = match tokens::sync_ring(ctx, pool, now.as_second()).await {
         Ok(ring) => ring,
         Err(error) => return status::stall_on(ctx, pool, next, error).await,
     };
     let component = build::pool_component(&valid);
     desired
         .config_maps
-        .extend(signing::config_maps(pool, &ring, component.selector())?);
+        .extend(tokens::published(pool, &ring, component.selector())?);
+    next.signing_keys = ring.status(
+        tokens::ring::RingPolicy::of(pool).pre_publication,
+        now.as_second(),
+    );
     let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let ns = &valid.namespace;
     let owned = &ctx.owned;

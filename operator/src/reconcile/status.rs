@@ -1,5 +1,6 @@
 //! Status writes: a server-side-apply patch of the status subresource under
-//! the operator's field manager, sent only when the status changed.
+//! the operator's field manager, at the resourceVersion read, sent only
+//! when the status changed.
 
 use std::fmt::Debug;
 
@@ -39,9 +40,13 @@ where
         client.clone(),
         &obj.namespace().ok_or(Error::MissingMetadata("namespace"))?,
     );
+    // At the resourceVersion the status was computed from: a reconcile
+    // working from a stale copy fails with a conflict (and runs again)
+    // instead of writing over a newer status, e.g. a just-issued token.
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": {"resourceVersion": obj.resource_version()},
         "status": status,
     });
     api.patch_status(

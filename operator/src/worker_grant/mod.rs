@@ -5,9 +5,6 @@
 //! A finalizer puts the token on the revocation list when the grant is
 //! deleted: the list is state that an owner reference cannot clean.
 
-pub mod keys;
-pub mod tokens;
-
 #[cfg(test)]
 mod tests;
 
@@ -39,8 +36,11 @@ use crate::{
     },
     conditions::{self, Summary},
     controller::{Caches, drive, spec_changes},
-    pool::signing,
     reconcile::{self, Context, Error, MANAGER, Result, labels},
+    tokens::{
+        self,
+        revocations::{self, RevocationStore},
+    },
     workload,
 };
 
@@ -49,11 +49,6 @@ pub const FINALIZER: &str = "cellule.ai/revoke-token";
 pub const RENEWAL_GRACE_SECS: i64 = 300;
 /// Secret key holding the token.
 pub const TOKEN_KEY: &str = "token";
-
-/// The pool a grant's tokens are for: `<namespace>/<pool>` (`iss` and `aud`).
-pub fn audience(namespace: &str, pool: &str) -> String {
-    format!("{namespace}/{pool}")
-}
 
 /// What the grant should be now (pure).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,8 +73,15 @@ pub enum Decision {
     },
 }
 
-/// Decides from the spec, the pool, the current token and the clock.
-pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now: i64) -> Decision {
+/// Decides from the spec, the pool, the current token, whether the key
+/// that signed it is still published, and the clock.
+pub fn decide(
+    grant: &WorkerGrant,
+    pool: &Pool,
+    token: Option<&TokenStatus>,
+    key_published: bool,
+    now: i64,
+) -> Decision {
     let spec = &grant.spec;
     let policy = &pool.spec.tokens;
     if let Some(tier) = spec
@@ -150,7 +152,14 @@ pub fn decide(grant: &WorkerGrant, pool: &Pool, token: Option<&TokenStatus>, now
     } else {
         expires.saturating_sub(renew_before)
     };
-    if grant
+    if !key_published {
+        // Its key was declared compromised, or retired and unpublished
+        // early: verifiers refuse the token, so the worker gets a new one.
+        Decision::Issue {
+            exp,
+            why: "SigningKeyWithdrawn",
+        }
+    } else if grant
         .status
         .as_ref()
         .and_then(|s| s.observed_rotation)
@@ -368,7 +377,7 @@ async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result
 async fn revoke_jti(ctx: &Context, ns: &str, pool: &str, jti: &str, exp: i64) -> Result<()> {
     let pool_exists = ctx.pools.get(&ObjectRef::new(pool).within(ns)).is_some();
     if exp > Timestamp::now().as_second() && pool_exists {
-        signing::revoke(ctx, ns, pool, jti, exp).await?;
+        revocations::store(ctx, ns, pool).revoke(jti, exp).await?;
     }
     Ok(())
 }
@@ -399,7 +408,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
     }
     let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
         let message = format!("Pool {pool_name:?} does not exist in this namespace");
-        return stall(grant, ctx, next, "PoolNotFound", message).await;
+        return stall(grant, ctx, next, "PoolNotFound", message, None, now).await;
     };
     // A token whose Secret is gone (deleted by hand) is replaced; the old
     // jti is revoked first, since nobody can tell where the token went.
@@ -437,15 +446,29 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 grant.spec.worker_id,
                 holder.name_any()
             );
-            let current = grant.status.as_ref();
-            reconcile::status::stall(ctx, grant, current, next, "WorkerIdInUse", message).await?;
-            return Ok(Action::requeue(reconcile::status::STALL_RETRY));
+            // Looked at again at a steady pace: the holder's end wakes no one here.
+            let retry = now.as_second() + reconcile::status::STALL_RETRY.as_secs() as i64;
+            return stall(grant, ctx, next, "WorkerIdInUse", message, Some(retry), now).await;
         }
     }
-    let decision = decide(grant, &pool, next.token.as_ref(), now.as_second());
+    let ring = tokens::ring(ctx, &ns, pool_name);
+    // Without a ring (its Secret being recreated) nothing is known to be
+    // unpublished.
+    let key_published = |token: Option<&TokenStatus>| {
+        token
+            .zip(ring.as_ref())
+            .is_none_or(|(t, ring)| ring.publishes(&t.key_id))
+    };
+    let decision = decide(
+        grant,
+        &pool,
+        next.token.as_ref(),
+        key_published(next.token.as_ref()),
+        now.as_second(),
+    );
     let (phase, summary, wake) = match &decision {
         Decision::Invalid { reason, message } => {
-            return stall(grant, ctx, next, reason, message.clone()).await;
+            return stall(grant, ctx, next, reason, message.clone(), None, now).await;
         }
         Decision::PendingApproval => {
             // Only reachable with a token when the pool started requiring
@@ -515,43 +538,31 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             Some(*renew_at),
         ),
         Decision::Issue { exp, why } => {
-            // No token before the pool can revoke it: its revocation list
-            // must exist as well as its signing key.
-            let list_ready = ctx
-                .owned
-                .config_maps
-                .get(&ObjectRef::new(&crate::names::revocations(pool_name)).within(&ns))
-                .is_some();
-            let key = signing::ring(ctx, &ns, pool_name)
-                .and_then(|ring| ring.active())
-                .filter(|_| list_ready);
-            let Some(key) = key else {
+            // No token before the pool can revoke it (its revocation list
+            // exists) and verify it (its key is published).
+            let Some(key) = tokens::signer(ctx, &ns, &pool, now.as_second()) else {
                 let summary = Summary::Progressing {
                     reason: "SigningKeyPending",
                     message: format!(
-                        "Pool {pool_name:?} has no signing key or revocation list yet"
+                        "Pool {pool_name:?} has no published signing key or revocation list yet"
                     ),
                 };
                 conditions::set_summary(&mut next.common.conditions, summary, generation, now);
                 reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
-                return Ok(Action::await_change());
+                return Ok(wake_at(None, &next, now));
             };
             if let Err(error) = check_token_secret(grant, ctx).await {
                 next.phase = Some(WorkerGrantPhase::Invalid);
-                return reconcile::status::stall_on(ctx, grant, next, error).await;
+                // stall_on retries every STALL_RETRY; a grace may end sooner.
+                let wake = wake_at(
+                    Some(now.as_second() + reconcile::status::STALL_RETRY.as_secs() as i64),
+                    &next,
+                    now,
+                );
+                reconcile::status::stall_on(ctx, grant, next, error).await?;
+                return Ok(wake);
             }
-            let aud = audience(&ns, pool_name);
-            let claims = tokens::Claims {
-                iss: aud.clone(),
-                sub: grant.spec.worker_id.clone(),
-                aud,
-                iat: now.as_second(),
-                nbf: now.as_second(),
-                exp: *exp,
-                jti: tokens::new_jti(),
-                tiers: grant.spec.tiers.clone(),
-            };
-            let token = tokens::sign(&key, &claims);
+            let (token, claims) = tokens::issue(&key, grant, now.as_second(), *exp);
             let expires_at = reconcile::at(*exp)?;
             let previous = next.token.replace(TokenStatus {
                 secret_name: crate::names::token(&grant.name_any()),
@@ -593,6 +604,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                         jti: previous.jti,
                         expires_at: previous.expires_at,
                         revoke_at: Time(revoke_at),
+                        key_id: Some(previous.key_id),
                     });
                     None
                 }
@@ -601,7 +613,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             // The status (with the new jti) is written first, at the
             // resourceVersion read: a reconcile working from a stale copy
             // fails here instead of minting a second token.
-            write_status_at_version(grant, ctx, &next).await?;
+            reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
             write_token_secret(grant, ctx, &token, &claims.jti).await?;
             revoke_now.extend(rotated_out.map(|p| (p.jti, p.expires_at.0.as_second())));
             for (jti, exp) in revoke_now {
@@ -615,7 +627,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                 format!("token {} valid until {expires_at}", claims.jti),
             )
             .await;
-            let renew_at = match decide(grant, &pool, next.token.as_ref(), now.as_second()) {
+            let renew_at = match decide(grant, &pool, next.token.as_ref(), true, now.as_second()) {
                 Decision::Keep { renew_at } => renew_at,
                 _ => now.as_second() + 1,
             };
@@ -692,37 +704,21 @@ async fn token_secret_exists(grant: &WorkerGrant, ctx: &Context, name: &str) -> 
         .is_some())
 }
 
+/// Invalid until the spec or the pool changes; a renewed token still in
+/// its grace is revoked on time all the same.
 async fn stall(
     grant: &WorkerGrant,
     ctx: &Context,
     mut next: WorkerGrantStatus,
     reason: &'static str,
     message: String,
+    retry: Option<i64>,
+    now: Timestamp,
 ) -> Result<Action> {
     next.phase = Some(WorkerGrantPhase::Invalid);
+    let wake = wake_at(retry, &next, now);
     reconcile::status::stall(ctx, grant, grant.status.as_ref(), next, reason, message).await?;
-    Ok(Action::await_change())
-}
-
-async fn write_status_at_version(
-    grant: &WorkerGrant,
-    ctx: &Context,
-    status: &WorkerGrantStatus,
-) -> Result<()> {
-    let patch = serde_json::json!({
-        "apiVersion": "cellule.ai/v1alpha1",
-        "kind": "WorkerGrant",
-        "metadata": {"resourceVersion": grant.resource_version()},
-        "status": status,
-    });
-    Api::<WorkerGrant>::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default())
-        .patch_status(
-            &grant.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    Ok(())
+    Ok(wake)
 }
 
 /// The token Secret's name is free or ours: a Secret of that name that

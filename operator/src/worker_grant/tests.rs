@@ -49,7 +49,7 @@ fn token(issued: i64, expires: i64) -> TokenStatus {
 #[test]
 fn an_approved_grant_gets_a_token_of_its_ttl() {
     assert_eq!(
-        decide(&grant(), &pool(), None, NOW),
+        decide(&grant(), &pool(), None, true, NOW),
         Decision::Issue {
             exp: NOW + 720 * HOUR,
             why: "TokenIssued"
@@ -61,23 +61,29 @@ fn an_approved_grant_gets_a_token_of_its_ttl() {
 fn approval_is_required_when_the_pool_says_so() {
     let mut g = grant();
     g.spec.approved_by = None;
-    assert_eq!(decide(&g, &pool(), None, NOW), Decision::PendingApproval);
+    assert_eq!(
+        decide(&g, &pool(), None, true, NOW),
+        Decision::PendingApproval
+    );
     let mut p = pool();
     p.spec.tokens.approval_required = false;
-    assert!(matches!(decide(&g, &p, None, NOW), Decision::Issue { .. }));
+    assert!(matches!(
+        decide(&g, &p, None, true, NOW),
+        Decision::Issue { .. }
+    ));
 }
 
 #[test]
 fn a_token_is_kept_until_a_third_of_its_life_remains_then_renewed() {
     let t = token(NOW, NOW + 30 * HOUR);
     assert_eq!(
-        decide(&grant(), &pool(), Some(&t), NOW + HOUR),
+        decide(&grant(), &pool(), Some(&t), true, NOW + HOUR),
         Decision::Keep {
             renew_at: NOW + 20 * HOUR
         }
     );
     assert!(matches!(
-        decide(&grant(), &pool(), Some(&t), NOW + 20 * HOUR),
+        decide(&grant(), &pool(), Some(&t), true, NOW + 20 * HOUR),
         Decision::Issue {
             why: "TokenRenewed",
             ..
@@ -91,7 +97,7 @@ fn no_token_outlives_expires_at_and_the_grant_then_expires() {
     g.spec.ttl = None;
     g.spec.expires_at = Some(at(NOW + 2 * HOUR));
     assert_eq!(
-        decide(&g, &pool(), None, NOW),
+        decide(&g, &pool(), None, true, NOW),
         Decision::Issue {
             exp: NOW + 2 * HOUR,
             why: "TokenIssued"
@@ -99,13 +105,13 @@ fn no_token_outlives_expires_at_and_the_grant_then_expires() {
     );
     let t = token(NOW, NOW + 2 * HOUR);
     assert_eq!(
-        decide(&g, &pool(), Some(&t), NOW + 10),
+        decide(&g, &pool(), Some(&t), true, NOW + 10),
         Decision::Keep {
             renew_at: NOW + 2 * HOUR - (2 * HOUR) / 3
         }
     );
     assert_eq!(
-        decide(&g, &pool(), Some(&t), NOW + 2 * HOUR),
+        decide(&g, &pool(), Some(&t), true, NOW + 2 * HOUR),
         Decision::Expired
     );
 }
@@ -114,9 +120,9 @@ fn no_token_outlives_expires_at_and_the_grant_then_expires() {
 fn revoked_wins_over_everything_and_suspended_over_issuing() {
     let mut g = grant();
     g.spec.suspended = true;
-    assert_eq!(decide(&g, &pool(), None, NOW), Decision::Suspended);
+    assert_eq!(decide(&g, &pool(), None, true, NOW), Decision::Suspended);
     g.spec.revoked = true;
-    assert_eq!(decide(&g, &pool(), None, NOW), Decision::Revoked);
+    assert_eq!(decide(&g, &pool(), None, true, NOW), Decision::Revoked);
 }
 
 #[test]
@@ -129,7 +135,7 @@ fn a_rotation_request_issues_a_new_token() {
     });
     let t = token(NOW, NOW + 30 * HOUR);
     assert!(matches!(
-        decide(&g, &pool(), Some(&t), NOW + 60),
+        decide(&g, &pool(), Some(&t), true, NOW + 60),
         Decision::Issue {
             why: "TokenRotated",
             ..
@@ -142,7 +148,7 @@ fn what_the_pool_cannot_honour_is_invalid() {
     let mut g = grant();
     g.spec.tiers = vec!["huge".into()];
     assert!(matches!(
-        decide(&g, &pool(), None, NOW),
+        decide(&g, &pool(), None, true, NOW),
         Decision::Invalid {
             reason: "UnknownTier",
             ..
@@ -151,7 +157,7 @@ fn what_the_pool_cannot_honour_is_invalid() {
     let mut g = grant();
     g.spec.ttl = Some(Duration::from_secs(5000 * HOUR as u64));
     assert!(matches!(
-        decide(&g, &pool(), None, NOW),
+        decide(&g, &pool(), None, true, NOW),
         Decision::Invalid {
             reason: "TtlAboveMaximum",
             ..
@@ -169,7 +175,7 @@ fn a_ttl_not_longer_than_renew_before_is_replaced_only_at_expiry() {
     let t = token(NOW, NOW + HOUR);
     for now in [NOW, NOW + 1, NOW + HOUR / 2, NOW + HOUR - 1] {
         assert_eq!(
-            decide(&g, &p, Some(&t), now),
+            decide(&g, &p, Some(&t), true, now),
             Decision::Keep {
                 renew_at: NOW + HOUR
             },
@@ -177,7 +183,7 @@ fn a_ttl_not_longer_than_renew_before_is_replaced_only_at_expiry() {
         );
     }
     assert!(matches!(
-        decide(&g, &p, Some(&t), NOW + HOUR),
+        decide(&g, &p, Some(&t), true, NOW + HOUR),
         Decision::Issue {
             why: "TokenRenewed",
             ..
@@ -197,13 +203,13 @@ fn a_grant_ending_within_renew_before_keeps_its_one_token() {
     let t = token(NOW, NOW + 100);
     for now in [NOW, NOW + 50, NOW + 99] {
         assert_eq!(
-            decide(&g, &p, Some(&t), now),
+            decide(&g, &p, Some(&t), true, now),
             Decision::Keep {
                 renew_at: NOW + 100
             }
         );
     }
-    assert_eq!(decide(&g, &p, Some(&t), NOW + 100), Decision::Expired);
+    assert_eq!(decide(&g, &p, Some(&t), true, NOW + 100), Decision::Expired);
 }
 
 #[test]
@@ -214,7 +220,7 @@ fn a_tier_change_re_issues_and_so_does_a_legacy_token() {
     g.spec.tiers = vec!["light".into(), "heavy".into()];
     let t = token(NOW, NOW + 30 * HOUR);
     assert!(matches!(
-        decide(&g, &p, Some(&t), NOW + HOUR),
+        decide(&g, &p, Some(&t), true, NOW + HOUR),
         Decision::Issue {
             why: "TokenTiersChanged",
             ..
@@ -224,14 +230,14 @@ fn a_tier_change_re_issues_and_so_does_a_legacy_token() {
     let mut same = t.clone();
     same.tiers = Some(vec!["heavy".into(), "light".into()]);
     assert!(matches!(
-        decide(&g, &p, Some(&same), NOW + HOUR),
+        decide(&g, &p, Some(&same), true, NOW + HOUR),
         Decision::Keep { .. }
     ));
     // A token from before tiers were recorded is replaced once.
     let mut legacy = t;
     legacy.tiers = None;
     assert!(matches!(
-        decide(&grant(), &p, Some(&legacy), NOW + HOUR),
+        decide(&grant(), &p, Some(&legacy), true, NOW + HOUR),
         Decision::Issue {
             why: "TokenTiersChanged",
             ..
@@ -248,7 +254,7 @@ fn a_lowered_max_ttl_re_issues_longer_tokens() {
     g.spec.ttl = Some(Duration::from_secs(24 * HOUR as u64));
     let t = token(NOW, NOW + 720 * HOUR);
     assert_eq!(
-        decide(&g, &p, Some(&t), NOW + HOUR),
+        decide(&g, &p, Some(&t), true, NOW + HOUR),
         Decision::Issue {
             exp: NOW + 25 * HOUR,
             why: "MaxTtlLowered"
@@ -304,7 +310,7 @@ fn narrowing_the_grant_re_issues_at_once() {
     g.spec.ttl = Some(Duration::from_secs(24 * HOUR as u64));
     let t = token(NOW, NOW + 720 * HOUR);
     assert_eq!(
-        decide(&g, &p, Some(&t), NOW + HOUR),
+        decide(&g, &p, Some(&t), true, NOW + HOUR),
         Decision::Issue {
             exp: NOW + 25 * HOUR,
             why: "TokenNarrowed"
@@ -316,7 +322,7 @@ fn narrowing_the_grant_re_issues_at_once() {
     g.spec.expires_at = Some(at(NOW + 10 * HOUR));
     let t = token(NOW, NOW + 20 * HOUR);
     assert_eq!(
-        decide(&g, &p, Some(&t), NOW + HOUR),
+        decide(&g, &p, Some(&t), true, NOW + HOUR),
         Decision::Issue {
             exp: NOW + 10 * HOUR,
             why: "TokenNarrowed"
@@ -325,7 +331,26 @@ fn narrowing_the_grant_re_issues_at_once() {
     // A token already within the narrowed terms is kept.
     let t = token(NOW, NOW + 10 * HOUR);
     assert!(matches!(
-        decide(&g, &p, Some(&t), NOW + HOUR),
+        decide(&g, &p, Some(&t), true, NOW + HOUR),
         Decision::Keep { .. }
     ));
+}
+
+#[test]
+fn a_token_whose_key_is_no_longer_published_is_replaced_at_once() {
+    let t = token(NOW, NOW + 30 * HOUR);
+    assert_eq!(
+        decide(&grant(), &pool(), Some(&t), false, NOW + HOUR),
+        Decision::Issue {
+            exp: NOW + HOUR + 720 * HOUR,
+            why: "SigningKeyWithdrawn"
+        }
+    );
+    // Not for a grant that should hold no token anyway.
+    let mut g = grant();
+    g.spec.suspended = true;
+    assert_eq!(
+        decide(&g, &pool(), Some(&t), false, NOW + HOUR),
+        Decision::Suspended
+    );
 }

@@ -90,19 +90,10 @@ impl PoolKey {
 
     /// The public half as a JWK (OKP, Ed25519, RFC 8037).
     pub fn jwk(&self) -> Jwk {
-        Jwk {
-            common: CommonParameters {
-                public_key_use: Some(PublicKeyUse::Signature),
-                key_algorithm: Some(KeyAlgorithm::EdDSA),
-                key_id: Some(self.kid.clone()),
-                ..Default::default()
-            },
-            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
-                key_type: OctetKeyPairType::OctetKeyPair,
-                curve: EllipticCurve::Ed25519,
-                x: URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes()),
-            }),
-        }
+        public_jwk(
+            &self.kid,
+            &URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes()),
+        )
     }
 
     /// PKCS#8 v1 DER of an Ed25519 private key: a fixed 16-byte prefix
@@ -115,6 +106,23 @@ impl PoolKey {
         let mut der = PREFIX.to_vec();
         der.extend_from_slice(self.key.as_bytes());
         der
+    }
+}
+
+/// The JWK (OKP, Ed25519, RFC 8037) of public key `x` (base64url).
+pub fn public_jwk(kid: &str, x: &str) -> Jwk {
+    Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(KeyAlgorithm::EdDSA),
+            key_id: Some(kid.to_owned()),
+            ..Default::default()
+        },
+        algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+            key_type: OctetKeyPairType::OctetKeyPair,
+            curve: EllipticCurve::Ed25519,
+            x: x.to_owned(),
+        }),
     }
 }
 
