@@ -365,7 +365,7 @@ async fn no_token_or_key_material_in_logs_events_or_status() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|k| k["seed"].as_str().unwrap().to_owned())
+            .filter_map(|k| k["seed"].as_str().map(str::to_owned))
             .collect();
         let signature = token.rsplit('.').next().unwrap().to_owned();
         let mut secrets = vec![token.clone(), signature];
@@ -390,7 +390,7 @@ async fn no_token_or_key_material_in_logs_events_or_status() {
                                 .as_array()
                                 .unwrap()
                                 .iter()
-                                .map(|k| k["seed"].as_str().unwrap().to_owned()),
+                                .filter_map(|k| k["seed"].as_str().map(str::to_owned)),
                         );
                     }
                     _ => {}
@@ -431,23 +431,52 @@ async fn no_token_or_key_material_in_logs_events_or_status() {
     .await;
 }
 
+/// The pool's `status.signingKeys` entry for `kid`.
+async fn key_status(client: &Client, ns: &str, kid: &str) -> anyhow::Result<Value> {
+    let pool = cellule_api(client, ns, "Pool").get("paris").await?;
+    pool.data["status"]["signingKeys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid).cloned())
+        .with_context(|| format!("no key {kid} in {}", pool.data["status"]["signingKeys"]))
+}
+
+/// The key ring as stored, parsed.
+async fn stored_ring(client: &Client, ns: &str) -> anyhow::Result<tokens::KeyRing> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get("paris-signing-keys")
+        .await?;
+    Ok(serde_json::from_slice(
+        &secret.data.context("ring data")?[tokens::ring::RING_KEY].0,
+    )?)
+}
+
 #[tokio::test]
-async fn a_signing_key_rotation_refuses_no_valid_token() {
+async fn a_rotated_key_is_published_before_it_signs_and_refuses_no_valid_token() {
     in_namespace("keyrot", |client: Client, ns: String| async move {
+        const PRE: i64 = 15;
         apply_sample_site(&client, &ns).await?;
+        cellule_e2e::merge_patch(
+            &client,
+            &ns,
+            "Pool",
+            "paris",
+            json!({"spec": {"tokens": {"signingKeyPrePublication": format!("{PRE}s")}}}),
+        )
+        .await?;
         phase(&client, &ns, "laptop-alice", "Active").await?;
         let old_token = token_of(&client, &ns, "laptop-alice").await?;
         let old_kid = jsonwebtoken::decode_header(&old_token)?.kid.unwrap();
         let audience = format!("{ns}/paris");
 
-        cellule_api(&client, &ns, "Pool")
-            .patch(
-                "paris",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"tokens": {"signingKeyGeneration": 1}}})),
-            )
-            .await?;
-        let (jwks_text, jwks) = eventually("two keys published", WAIT, || async {
+        cellule_e2e::merge_patch(
+            &client,
+            &ns,
+            "Pool",
+            "paris",
+            json!({"spec": {"tokens": {"signingKeyGeneration": 1}}}),
+        )
+        .await?;
+        let (jwks_text, set) = eventually("two keys published", WAIT, || async {
             let (text, set) = jwks(&client, &ns).await.map_err(|e| e.to_string())?;
             if set.keys.len() == 2 {
                 Ok((text, set))
@@ -456,41 +485,194 @@ async fn a_signing_key_rotation_refuses_no_valid_token() {
             }
         })
         .await?;
-        // The token signed by the retired key is still accepted, here and by PyJWT.
-        tokens::verify(
-            &old_token,
-            &jwks,
-            &BTreeMap::new(),
-            &policy(&client, &ns).await?.1,
-            now(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        pyjwt(&jwks_text, &old_token, &audience)
-            .await?
-            .map_err(|e| anyhow::anyhow!("PyJWT: {e}"))?;
+        let new_kid = set
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .find(|kid| *kid != old_kid)
+            .context("the new kid")?;
+        let pending = eventually("the new key pending", WAIT, || async {
+            let key = key_status(&client, &ns, &new_kid).await.map_err(|e| e.to_string())?;
+            if key["state"] == "Pending" && key["publishedAt"].is_string() {
+                Ok(key)
+            } else {
+                Err(key.to_string())
+            }
+        })
+        .await?;
+        let published_at: jiff::Timestamp = pending["publishedAt"].as_str().unwrap().parse()?;
 
-        // New tokens are signed by the new key.
-        cellule_api(&client, &ns, "WorkerGrant")
-            .patch(
-                "laptop-alice",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"rotation": 1}})),
-            )
-            .await?;
-        let new_kid = eventually("a token from the new key", WAIT, || async {
+        // A token issued during pre-publication is still the old key's.
+        cellule_e2e::merge_patch(
+            &client,
+            &ns,
+            "WorkerGrant",
+            "laptop-alice",
+            json!({"spec": {"rotation": 1}}),
+        )
+        .await?;
+        let during = eventually("a token issued during pre-publication", WAIT, || async {
+            let g = cellule_api(&client, &ns, "WorkerGrant")
+                .get("laptop-alice")
+                .await
+                .map_err(|e| e.to_string())?;
+            match g.data["status"]["observedRotation"].as_i64() {
+                Some(1) => Ok(g.data["status"]["token"].clone()),
+                _ => Err(g.data["status"].to_string()),
+            }
+        })
+        .await?;
+        let issued_at: jiff::Timestamp = during["issuedAt"].as_str().unwrap().parse()?;
+        ensure!(
+            issued_at.as_second() < published_at.as_second() + PRE,
+            "re-issued {issued_at}, too late to test pre-publication (published {published_at})"
+        );
+        ensure!(
+            during["keyId"] == old_kid.as_str(),
+            "a token issued {}s after the new key was published is signed by {} (pre-publication {PRE}s)",
+            issued_at.as_second() - published_at.as_second(),
+            during["keyId"]
+        );
+
+        // Then the new key signs, and the old one retires: its private
+        // half is deleted, its public half stays for the old tokens.
+        let signing = eventually("the new key signing", WAIT, || async {
+            let key = key_status(&client, &ns, &new_kid).await.map_err(|e| e.to_string())?;
+            (key["state"] == "Signing").then_some(()).ok_or(key.to_string())
+        });
+        signing.await?;
+        let switched = jiff::Timestamp::now();
+        println!(
+            "the new key signed {}s after it was published (pre-publication {PRE}s)",
+            switched.as_second() - published_at.as_second()
+        );
+        ensure!(
+            switched.as_second() >= published_at.as_second() + PRE,
+            "signing before its pre-publication ended"
+        );
+        ensure!(key_status(&client, &ns, &old_kid).await?["state"] == "Retired");
+        let ring = stored_ring(&client, &ns).await?;
+        let old = ring.keys.iter().find(|k| k.kid == old_kid).context("old key kept")?;
+        ensure!(old.seed.is_none(), "the retired key's private half is deleted");
+        ensure!(
+            old.latest_exp >= during["expiresAt"].as_str().unwrap().parse::<jiff::Timestamp>()?.as_second(),
+            "the retired key records the latest exp it signed"
+        );
+        // Tokens signed by the retired key are still accepted, here and by PyJWT.
+        let current = token_of(&client, &ns, "laptop-alice").await?;
+        let (jwks_text, set) = jwks(&client, &ns).await?;
+        for token in [&old_token, &current] {
+            tokens::verify(token, &set, &BTreeMap::new(), &policy(&client, &ns).await?.1, now())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            pyjwt(&jwks_text, token, &audience)
+                .await?
+                .map_err(|e| anyhow::anyhow!("PyJWT: {e}"))?;
+        }
+
+        // New tokens are the new key's.
+        cellule_e2e::merge_patch(
+            &client,
+            &ns,
+            "WorkerGrant",
+            "laptop-alice",
+            json!({"spec": {"rotation": 2}}),
+        )
+        .await?;
+        eventually("a token from the new key", WAIT, || async {
             let g = cellule_api(&client, &ns, "WorkerGrant")
                 .get("laptop-alice")
                 .await
                 .map_err(|e| e.to_string())?;
             match g.data["status"]["token"]["keyId"].as_str() {
-                Some(kid) if kid != old_kid => Ok(kid.to_owned()),
+                Some(kid) if kid == new_kid => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         })
         .await?;
+        let token = token_of(&client, &ns, "laptop-alice").await?;
+        tokens::verify(&token, &jwks(&client, &ns).await?.1, &BTreeMap::new(), &policy(&client, &ns).await?.1, now())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_compromised_key_is_withdrawn_at_once_and_every_token_it_signed_replaced() {
+    in_namespace("compromise", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        // Both sample grants hold a token of the pool's first key (the
+        // contractor's without approval here).
+        cellule_e2e::merge_patch(&client, &ns, "Pool", "paris", json!({"spec": {"tokens": {"approvalRequired": false}}})).await?;
+        let grants = cellule_api(&client, &ns, "WorkerGrant");
+        let names = ["laptop-alice", "laptop-contractor"];
+        let mut before = BTreeMap::new();
+        for name in names {
+            phase(&client, &ns, name, "Active").await?;
+            before.insert(name, token_of(&client, &ns, name).await?);
+        }
+        let kid = jsonwebtoken::decode_header(&before["laptop-alice"])?.kid.unwrap();
+        ensure!(before.values().all(|t| jsonwebtoken::decode_header(t).unwrap().kid.as_deref() == Some(kid.as_str())));
+
+        let declared = std::time::Instant::now();
+        cellule_e2e::merge_patch(
+            &client,
+            &ns,
+            "Pool",
+            "paris",
+            json!({"spec": {"tokens": {"compromisedKeys": [kid]}}}),
+        )
+        .await?;
+        eventually("the key unpublished", WAIT, || async {
+            let (_, set) = jwks(&client, &ns).await.map_err(|e| e.to_string())?;
+            if set.find(&kid).is_none() && !set.keys.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} keys", set.keys.len()))
+            }
+        })
+        .await?;
+        let unpublished = declared.elapsed();
+        // Every token it signed is refused from now on.
+        let (_, set) = jwks(&client, &ns).await?;
+        let policy = policy(&client, &ns).await?.1;
+        for (name, token) in &before {
+            let verdict = tokens::verify(token, &set, &BTreeMap::new(), &policy, now());
+            ensure!(
+                matches!(verdict, Err(tokens::VerifyError::UnknownKey(_))),
+                "{name}'s token of the compromised key: {verdict:?}"
+            );
+        }
+        // Every grant gets a new token, signed by the new key.
+        for name in names {
+            eventually(&format!("{name} re-issued"), WAIT, || async {
+                let token = token_of(&client, &ns, name).await.map_err(|e| e.to_string())?;
+                let (_, set) = jwks(&client, &ns).await.map_err(|e| e.to_string())?;
+                tokens::verify(&token, &set, &revocations(&client, &ns).await.map_err(|e| e.to_string())?, &policy, now())
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        }
+        println!(
+            "compromise declared: key unpublished after {unpublished:?}, both grants re-issued after {:?}",
+            declared.elapsed()
+        );
+        let status = grants.get("laptop-alice").await?.data["status"].clone();
+        ensure!(status["token"]["keyId"] != kid.as_str(), "{status}");
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
         ensure!(
-            jwks.find(&new_kid).is_some(),
-            "the new key {new_kid} is the second one published"
+            events.items.iter().any(|e| e.reason.as_deref() == Some("SigningKeyWithdrawn")),
+            "a SigningKeyWithdrawn Event"
+        );
+        // Nothing of the key is left: not in the ring, not in the status.
+        ensure!(!stored_ring(&client, &ns).await?.publishes(&kid), "the key is gone from the ring");
+        let pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
+        ensure!(
+            !pool.data["status"]["signingKeys"].to_string().contains(&kid),
+            "{}",
+            pool.data["status"]["signingKeys"]
         );
         Ok(())
     })
@@ -664,15 +846,10 @@ async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
 
         // Someone who can read the pool's signing key forges a token that
         // lives ten years, and one issued in the future.
-        let ring = Api::<Secret>::namespaced(client.clone(), &ns)
-            .get("paris-signing-keys")
-            .await?;
-        let ring: cellule_operator::tokens::KeyRing = serde_json::from_slice(
-            &ring.data.context("ring data")?[cellule_operator::tokens::ring::RING_KEY].0,
-        )?;
-        let key = ring.active().context("an active key")?;
+        let ring = stored_ring(&client, &ns).await?;
+        let key = ring.signer(300, now()).context("a signing key")?;
         let forged = |iat: i64, exp: i64| {
-            tokens::sign(
+            tokens::jwt::sign(
                 &key,
                 &tokens::Claims {
                     iss: policy.audience.clone(),

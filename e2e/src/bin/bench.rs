@@ -170,7 +170,7 @@ fn sign_verify_cost(rounds: u32) -> (Duration, Duration) {
     let started = Instant::now();
     let mut token = String::new();
     for _ in 0..rounds {
-        token = tokens::sign(&key, &claims);
+        token = tokens::jwt::sign(&key, &claims);
     }
     let sign = started.elapsed() / rounds;
     let revoked = BTreeMap::new();
