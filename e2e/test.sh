@@ -53,4 +53,7 @@ set -a; source "$state/env"; set +a
 export CELLULE_E2E_OPERATOR_BIN="$root/target/debug/cellule-operator"
 step "e2e tests"
 cargo test --locked -p cellule-e2e -- --test-threads 4
+step "e2e: the operator killed and restarted (its own processes, the shared one stopped)"
+bash e2e/scripts/down.sh "$state" operator
+cargo test --locked -p cellule-e2e --test restart -- --ignored
 step "all tests passed in $((SECONDS - started))s"

@@ -93,6 +93,8 @@ CASES = [
     case("pool-worker-cidr-everything", "pool", setp(S("workers", "allowedCidrs"), ["0.0.0.0/0"]), "spec.workers.allowedCidrs", "not 0.0.0.0/0"),
     case("pool-worker-cidr-malformed", "pool", setp(S("workers", "allowedCidrs"), ["10.50.0.0"]), "spec.workers.allowedCidrs", "must be a CIDR"),
     case("pool-default-ttl-over-max", "pool", setp(S("tokens"), {"defaultTtl": "2000h", "maxTtl": "1000h"}), "spec.tokens.defaultTtl", "defaultTtl must not exceed maxTtl"),
+    case("pool-compromised-key-not-a-kid", "pool", setp(S("tokens"), {"compromisedKeys": ["not a key id"]}), "spec.tokens.compromisedKeys[0]", "should match"),
+    case("pool-pre-publication-too-long", "pool", setp(S("tokens"), {"signingKeyPrePublication": "48h"}), "spec.tokens.signingKeyPrePublication", "between 0s and 24h"),
     case("pool-renew-before-too-long", "pool", setp(S("tokens"), {"defaultTtl": "24h", "renewBefore": "48h"}), "spec.tokens.renewBefore", "renewBefore must be shorter than defaultTtl"),
     case("pool-admin-key-wrong-length", "pool", setp(S("federation", "adminPublicKeys"), ["c2hvcnQga2V5"]), "spec.federation.adminPublicKeys", "44"),
     case("pool-admin-key-not-32-bytes", "pool", setp(S("federation", "adminPublicKeys"), ["/viJ8IPliW/RifhF/Xvg3NQy+tbGR7l2+IRjVDjLCNX="]), "spec.federation.adminPublicKeys", "base64 of exactly 32 bytes"),

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Stops what up.sh started in STATE_DIR (reverse order), and keeps the logs.
+# Stops what up.sh started in STATE_DIR (reverse order), and keeps the logs;
+# with component names (e.g. `operator`), only those.
 set -uo pipefail
-state=${1:?usage: down.sh STATE_DIR}
-for name in operator registry kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+state=${1:?usage: down.sh STATE_DIR [COMPONENT...]}
+shift
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(operator registry kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+for name in "${names[@]}"; do
   f="$state/pids/$name.pid"
   [ -f "$f" ] || continue
   pid=$(cat "$f")

@@ -41,6 +41,7 @@ start operator env KUBECONFIG="$state/operator.kubeconfig" CELLULE_HEALTH_ADDR="
 wait_for "the operator" 60 curl -fsS "http://127.0.0.1:$port/readyz"
 cat >>"$state/env" <<ENV
 CELLULE_E2E_OPERATOR_USER=system:serviceaccount:cellule-system:cellule-operator
+CELLULE_E2E_OPERATOR_KUBECONFIG=$state/operator.kubeconfig
 CELLULE_E2E_OPERATOR_LOG=$logs/operator.log
 CELLULE_E2E_OPERATOR_HEALTH=127.0.0.1:$port
 ENV

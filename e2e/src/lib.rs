@@ -485,3 +485,23 @@ pub async fn sample_site_ready(client: &Client, ns: &str) -> anyhow::Result<()> 
     wait_condition(client, ns, "NpuServer", "heavy", "Ready", "True", wait).await?;
     Ok(())
 }
+
+/// The raw HTTP/1.1 response to `GET path` on `addr` (the operator's
+/// health endpoints).
+pub async fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response)
+}

@@ -3,26 +3,8 @@
 
 use std::{process::Stdio, time::Duration};
 
-use cellule_e2e::{Env, eventually};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
-
-async fn http_get(addr: &str, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(response)
-}
+use cellule_e2e::{Env, eventually, http_get};
+use tokio::{io::AsyncReadExt, net::TcpListener};
 
 #[tokio::test]
 async fn operator_becomes_ready_and_stops_on_sigterm() {

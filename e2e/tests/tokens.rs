@@ -476,7 +476,7 @@ async fn a_rotated_key_is_published_before_it_signs_and_refuses_no_valid_token()
             json!({"spec": {"tokens": {"signingKeyGeneration": 1}}}),
         )
         .await?;
-        let (jwks_text, set) = eventually("two keys published", WAIT, || async {
+        let (_, set) = eventually("two keys published", WAIT, || async {
             let (text, set) = jwks(&client, &ns).await.map_err(|e| e.to_string())?;
             if set.keys.len() == 2 {
                 Ok((text, set))

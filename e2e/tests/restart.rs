@@ -1,0 +1,273 @@
+//! The operator killed (SIGKILL) in the middle of its token guarantees and
+//! started again: what it was doing is completed from the state on the API
+//! server, not from memory.
+//!
+//! This binary runs its own operator processes, so it needs the API server
+//! without the shared operator: `e2e/test.sh` runs it after the rest, once
+//! that one is stopped (`--ignored`).
+
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, http_get, in_namespace};
+use cellule_operator::tokens;
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(60);
+const PRE: i64 = 15;
+
+/// The operator as deployed (its ServiceAccount's token, so its RBAC),
+/// logging to the e2e logs; ready when this returns.
+async fn start_operator(run: usize) -> anyhow::Result<Child> {
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(
+        std::path::Path::new(&Env::var("CELLULE_E2E_LOGS"))
+            .join(format!("operator-restart-{run}.log")),
+    )?;
+    let child = Command::new(Env::var("CELLULE_E2E_OPERATOR_BIN"))
+        .env("KUBECONFIG", Env::var("CELLULE_E2E_OPERATOR_KUBECONFIG"))
+        .env("CELLULE_HEALTH_ADDR", &addr)
+        .env("RUST_LOG", "info,cellule_operator=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cellule-operator")?;
+    eventually("the operator ready", WAIT, || async {
+        let response = http_get(&addr, "/readyz").await?;
+        response
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+            .ok_or(response)
+    })
+    .await?;
+    Ok(child)
+}
+
+/// SIGKILL: no shutdown, no last write.
+async fn kill(mut operator: Child) -> anyhow::Result<()> {
+    operator.start_kill()?;
+    operator.wait().await?;
+    Ok(())
+}
+
+async fn grant_status(client: &Client, ns: &str) -> anyhow::Result<Value> {
+    Ok(cellule_api(client, ns, "WorkerGrant")
+        .get("laptop-alice")
+        .await?
+        .data["status"]
+        .clone())
+}
+
+async fn config_map(client: &Client, ns: &str, name: &str) -> anyhow::Result<Option<ConfigMap>> {
+    Ok(Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?)
+}
+
+/// The token the grant's Secret holds.
+async fn held_token(client: &Client, ns: &str) -> anyhow::Result<Option<String>> {
+    Ok(Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt("laptop-alice-token")
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| {
+            d.get("token")
+                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        }))
+}
+
+async fn key_states(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let pool = cellule_api(client, ns, "Pool").get("paris").await?;
+    Ok(pool.data["status"]["signingKeys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap_or_default().to_owned(),
+                k["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// An admission policy that refuses every write of the grant's token
+/// Secret in `ns` (the fault: a full quota or a policy would do the same).
+async fn deny_token_writes(client: &Client, ns: &str) -> anyhow::Result<impl AsyncFnOnce() -> ()> {
+    let name = format!("cellule-e2e-deny-token-{ns}");
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    policies
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
+                    "validations": [{"expression": "object.metadata.name != 'laptop-alice-token'", "message": "e2e: token Secret writes refused"}],
+                }
+            }))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"policyName": name, "validationActions": ["Deny"],
+                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
+            }))?,
+        )
+        .await?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    eventually("the fault in force", WAIT, || async {
+        let probe = json!({"metadata": {"annotations": {"e2e.cellule.ai/probe": jiff::Timestamp::now().to_string()}}});
+        let dry = PatchParams { dry_run: true, ..Default::default() };
+        match secrets.patch("laptop-alice-token", &dry, &Patch::Merge(&probe)).await {
+            Err(kube::Error::Api(s)) if s.message.contains("token Secret writes refused") => Ok(()),
+            other => Err(format!("{:?}", other.map(|_| "accepted"))),
+        }
+    })
+    .await?;
+    Ok(async move || {
+        let _ = bindings.delete(&name, &Default::default()).await;
+        let _ = policies.delete(&name, &Default::default()).await;
+    })
+}
+
+#[tokio::test]
+#[ignore = "runs its own operator: e2e/test.sh runs it once the shared operator is stopped"]
+async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
+    in_namespace("restart", |client: Client, ns: String| async move {
+        let operator = start_operator(1).await?;
+        apply_sample_site(&client, &ns).await?;
+        cellule_e2e::merge_patch(&client, &ns, "Pool", "paris", json!({"spec": {"tokens": {"signingKeyPrePublication": format!("{PRE}s")}}})).await?;
+        let first = eventually("laptop-alice Active", WAIT, || async {
+            let status = grant_status(&client, &ns).await.map_err(|e| e.to_string())?;
+            let jti = status["token"]["jti"].as_str().map(str::to_owned);
+            let held = held_token(&client, &ns).await.map_err(|e| e.to_string())?;
+            match (jti, held) {
+                (Some(jti), Some(_)) if status["phase"] == "Active" => Ok(jti),
+                _ => Err(status.to_string()),
+            }
+        })
+        .await?;
+
+        // 1. Killed between the two writes of a rotation: the status names
+        // the new token, the Secret (refused) still holds the old one.
+        let lift = deny_token_writes(&client, &ns).await?;
+        cellule_e2e::merge_patch(&client, &ns, "WorkerGrant", "laptop-alice", json!({"spec": {"rotation": 1}})).await?;
+        eventually("the new jti in status while the Secret is refused", WAIT, || async {
+            let status = grant_status(&client, &ns).await.map_err(|e| e.to_string())?;
+            (status["observedRotation"] == 1 && status["token"]["jti"] != first.as_str())
+                .then_some(())
+                .ok_or(status.to_string())
+        })
+        .await?;
+        kill(operator).await?;
+        // While it is down: the fault goes, the revocation list is deleted,
+        // and a key rotation is asked for.
+        lift().await;
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .delete("paris-revocations", &DeleteParams::default())
+            .await?;
+
+        let restarted = std::time::Instant::now();
+        let operator = start_operator(2).await?;
+        let ready = restarted.elapsed();
+        // The list comes back with the old token on it...
+        eventually("the revocation list restored with the old jti", WAIT, || async {
+            let list = config_map(&client, &ns, "paris-revocations").await.map_err(|e| e.to_string())?;
+            let data = list.and_then(|l| l.data).unwrap_or_default();
+            data.contains_key(&first).then_some(()).ok_or(format!("{data:?}"))
+        })
+        .await?;
+        let list_back = restarted.elapsed();
+        // ...and the Secret holds the token the status names, which verifies.
+        let jti = eventually("Secret and status agree", WAIT, || async {
+            let status = grant_status(&client, &ns).await.map_err(|e| e.to_string())?;
+            let jti = status["token"]["jti"].as_str().unwrap_or_default().to_owned();
+            let held = held_token(&client, &ns).await.map_err(|e| e.to_string())?;
+            let held = held.and_then(|t| tokens::unverified_claims(&t)).map(|c| c.jti);
+            (held.as_deref() == Some(jti.as_str()) && jti != first)
+                .then_some(jti.clone())
+                .ok_or(format!("status {jti}, Secret {held:?}"))
+        })
+        .await?;
+        let agreed = restarted.elapsed();
+        let jwks_cm = config_map(&client, &ns, "paris-jwks").await?.context("jwks")?;
+        let data = jwks_cm.data.context("jwks data")?;
+        let list: BTreeMap<String, String> = config_map(&client, &ns, "paris-revocations").await?.and_then(|l| l.data).unwrap_or_default();
+        let claims = tokens::verify(
+            &held_token(&client, &ns).await?.context("token")?,
+            &serde_json::from_str(&data["jwks.json"])?,
+            &tokens::parse_revocations(&list)?,
+            &serde_json::from_str(&data["policy.json"])?,
+            jiff::Timestamp::now().as_second(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(claims.jti == jti);
+        println!("restart 1: ready in {ready:?}; revocation list restored {list_back:?} and Secret/status agreeing {agreed:?} after the start");
+
+        // 2. Killed while a new key waits out its pre-publication: it
+        // signs once that is over, after the restart, and the old key's
+        // private half is deleted.
+        cellule_e2e::merge_patch(&client, &ns, "Pool", "paris", json!({"spec": {"tokens": {"signingKeyGeneration": 1}}})).await?;
+        let (new_kid, published_at) = eventually("a pending key", WAIT, || async {
+            let pool = cellule_api(&client, &ns, "Pool").get("paris").await.map_err(|e| e.to_string())?;
+            let keys = pool.data["status"]["signingKeys"].clone();
+            keys.as_array()
+                .into_iter()
+                .flatten()
+                .find(|k| k["state"] == "Pending" && k["publishedAt"].is_string())
+                .map(|k| (k["kid"].as_str().unwrap_or_default().to_owned(), k["publishedAt"].as_str().unwrap_or_default().to_owned()))
+                .ok_or(keys.to_string())
+        })
+        .await?;
+        kill(operator).await?;
+        let published_at: jiff::Timestamp = published_at.parse()?;
+        ensure!(
+            jiff::Timestamp::now().as_second() < published_at.as_second() + PRE,
+            "killed after the pre-publication had ended: the case is not exercised"
+        );
+        tokio::time::sleep(Duration::from_secs(PRE as u64 + 2)).await;
+        let restarted = std::time::Instant::now();
+        let operator = start_operator(3).await?;
+        eventually("the new key signing after the restart", WAIT, || async {
+            let states = key_states(&client, &ns).await.map_err(|e| e.to_string())?;
+            let retired = states.values().filter(|s| *s == "Retired").count();
+            (states.get(&new_kid).map(String::as_str) == Some("Signing") && retired == 1)
+                .then_some(())
+                .ok_or(format!("{states:?}"))
+        })
+        .await?;
+        println!("restart 2: the pending key signing {:?} after the start", restarted.elapsed());
+        let ring = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("paris-signing-keys")
+            .await?;
+        let ring: tokens::KeyRing = serde_json::from_slice(&ring.data.context("ring")?[tokens::ring::RING_KEY].0)?;
+        ensure!(
+            ring.keys.iter().filter(|k| k.seed.is_some()).count() == 1,
+            "one private key left: {ring:?}"
+        );
+        kill(operator).await?;
+        Ok(())
+    })
+    .await;
+}
