@@ -505,3 +505,59 @@ pub async fn http_get(addr: &str, path: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     Ok(response)
 }
+
+/// The fault: an admission policy that refuses every write of Secret
+/// `secret` in `ns` (as a full quota or a policy would), in force when this
+/// returns; call the returned closure to lift it.
+pub async fn deny_secret_writes(
+    client: &Client,
+    ns: &str,
+    secret: &str,
+) -> anyhow::Result<impl AsyncFnOnce()> {
+    use k8s_openapi::api::{
+        admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+        core::v1::Secret,
+    };
+    use kube::api::{Patch, PatchParams};
+    use serde_json::json;
+    let name = format!("cellule-e2e-deny-token-{ns}");
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    policies
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
+                    "validations": [{"expression": format!("object.metadata.name != '{secret}'"), "message": "e2e: token Secret writes refused"}],
+                }
+            }))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"policyName": name, "validationActions": ["Deny"],
+                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
+            }))?,
+        )
+        .await?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    eventually("the fault in force", Duration::from_secs(60), || async {
+        let probe = json!({"metadata": {"annotations": {"e2e.cellule.ai/probe": jiff::Timestamp::now().to_string()}}});
+        let dry = PatchParams { dry_run: true, ..Default::default() };
+        match secrets.patch(secret, &dry, &Patch::Merge(&probe)).await {
+            Err(kube::Error::Api(s)) if s.message.contains("token Secret writes refused") => Ok(()),
+            other => Err(format!("{:?}", other.map(|_| "accepted"))),
+        }
+    })
+    .await?;
+    Ok(async move || {
+        let _ = bindings.delete(&name, &Default::default()).await;
+        let _ = policies.delete(&name, &Default::default()).await;
+    })
+}

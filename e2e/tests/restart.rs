@@ -11,14 +11,8 @@ use std::{collections::BTreeMap, process::Stdio, time::Duration};
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, http_get, in_namespace};
 use cellule_operator::tokens;
-use k8s_openapi::api::{
-    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
-    core::v1::{ConfigMap, Secret},
-};
-use kube::{
-    Api, Client,
-    api::{DeleteParams, Patch, PatchParams},
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client, api::DeleteParams};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -106,51 +100,6 @@ async fn key_states(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String
         .collect())
 }
 
-/// An admission policy that refuses every write of the grant's token
-/// Secret in `ns` (the fault: a full quota or a policy would do the same).
-async fn deny_token_writes(client: &Client, ns: &str) -> anyhow::Result<impl AsyncFnOnce() -> ()> {
-    let name = format!("cellule-e2e-deny-token-{ns}");
-    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
-    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
-    policies
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
-                    "validations": [{"expression": "object.metadata.name != 'laptop-alice-token'", "message": "e2e: token Secret writes refused"}],
-                }
-            }))?,
-        )
-        .await?;
-    bindings
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "spec": {"policyName": name, "validationActions": ["Deny"],
-                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-            }))?,
-        )
-        .await?;
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    eventually("the fault in force", WAIT, || async {
-        let probe = json!({"metadata": {"annotations": {"e2e.cellule.ai/probe": jiff::Timestamp::now().to_string()}}});
-        let dry = PatchParams { dry_run: true, ..Default::default() };
-        match secrets.patch("laptop-alice-token", &dry, &Patch::Merge(&probe)).await {
-            Err(kube::Error::Api(s)) if s.message.contains("token Secret writes refused") => Ok(()),
-            other => Err(format!("{:?}", other.map(|_| "accepted"))),
-        }
-    })
-    .await?;
-    Ok(async move || {
-        let _ = bindings.delete(&name, &Default::default()).await;
-        let _ = policies.delete(&name, &Default::default()).await;
-    })
-}
-
 #[tokio::test]
 #[ignore = "runs its own operator: e2e/test.sh runs it once the shared operator is stopped"]
 async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
@@ -171,7 +120,7 @@ async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
 
         // 1. Killed between the two writes of a rotation: the status names
         // the new token, the Secret (refused) still holds the old one.
-        let lift = deny_token_writes(&client, &ns).await?;
+        let lift = cellule_e2e::deny_secret_writes(&client, &ns, "laptop-alice-token").await?;
         cellule_e2e::merge_patch(&client, &ns, "WorkerGrant", "laptop-alice", json!({"spec": {"rotation": 1}})).await?;
         eventually("the new jti in status while the Secret is refused", WAIT, || async {
             let status = grant_status(&client, &ns).await.map_err(|e| e.to_string())?;

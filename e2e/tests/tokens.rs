@@ -1114,9 +1114,6 @@ async fn a_deleted_or_edited_revocation_list_is_restored() {
 #[tokio::test]
 async fn a_rotation_cut_between_its_two_writes_still_revokes_the_old_token() {
     in_namespace("cut", |client: Client, ns: String| async move {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
         apply_sample_site(&client, &ns).await?;
         let first = phase(&client, &ns, "laptop-alice", "Active").await?["token"]["jti"]
             .as_str()
@@ -1125,39 +1122,17 @@ async fn a_rotation_cut_between_its_two_writes_still_revokes_the_old_token() {
         let old_token = token_of(&client, &ns, "laptop-alice").await?;
         // The fault: the API server refuses every write of the token
         // Secret in this namespace (as a full quota or a policy would).
-        let name = format!("cellule-e2e-deny-token-{ns}");
-        let deny: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
-                "validations": [{"expression": "object.metadata.name != 'laptop-alice-token'", "message": "e2e: token Secret writes refused"}],
-            }
-        }))?;
-        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"policyName": name, "validationActions": ["Deny"],
-                     "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-        }))?;
-        let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
-        let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
-        policies.create(&Default::default(), &deny).await?;
-        bindings.create(&Default::default(), &binding).await?;
+        let lift = cellule_e2e::deny_secret_writes(&client, &ns, "laptop-alice-token").await?;
         let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
         let outcome = async {
-            eventually("the fault in force", WAIT, || async {
-                let probe = json!({"metadata": {"annotations": {"e2e.cellule.ai/probe": now().to_string()}}});
-                let dry = PatchParams { dry_run: true, ..Default::default() };
-                match secrets.patch("laptop-alice-token", &dry, &Patch::Merge(&probe)).await {
-                    Err(kube::Error::Api(s)) if s.message.contains("token Secret writes refused") => Ok(()),
-                    other => Err(format!("{:?}", other.map(|_| "accepted"))),
-                }
-            })
-            .await?;
             // A rotation now: the status takes the new jti, the Secret
             // cannot. The old token must still be refused.
             cellule_api(&client, &ns, "WorkerGrant")
-                .patch("laptop-alice", &PatchParams::default(), &Patch::Merge(json!({"spec": {"rotation": 1}})))
+                .patch(
+                    "laptop-alice",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"rotation": 1}})),
+                )
                 .await?;
             revoked_eventually(&client, &ns, &first).await?;
             let (_, jwks) = jwks(&client, &ns).await?;
@@ -1168,33 +1143,53 @@ async fn a_rotation_cut_between_its_two_writes_still_revokes_the_old_token() {
                 &policy(&client, &ns).await?.1,
                 now(),
             );
-            ensure!(matches!(refused, Err(tokens::VerifyError::Revoked { .. })), "the old token during the fault: {refused:?}");
+            ensure!(
+                matches!(refused, Err(tokens::VerifyError::Revoked { .. })),
+                "the old token during the fault: {refused:?}"
+            );
             anyhow::Ok(())
         }
         .await;
         // The fault lifted: the grant ends with one token, in its Secret.
-        let _ = bindings.delete(&name, &Default::default()).await;
-        let _ = policies.delete(&name, &Default::default()).await;
+        lift().await;
         outcome?;
         let grants = cellule_api(&client, &ns, "WorkerGrant");
         let started = std::time::Instant::now();
         let jti = eventually("Secret and status agree again", WAIT, || async {
-            let status = grants.get("laptop-alice").await.map_err(|e| e.to_string())?.data["status"].clone();
-            let jti = status["token"]["jti"].as_str().unwrap_or_default().to_owned();
-            let held = secrets.get_opt("laptop-alice-token").await.map_err(|e| e.to_string())?;
+            let status = grants
+                .get("laptop-alice")
+                .await
+                .map_err(|e| e.to_string())?
+                .data["status"]
+                .clone();
+            let jti = status["token"]["jti"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let held = secrets
+                .get_opt("laptop-alice-token")
+                .await
+                .map_err(|e| e.to_string())?;
             let held = held
                 .and_then(|s| s.data)
-                .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+                .and_then(|d| {
+                    d.get("token")
+                        .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+                })
                 .and_then(|t| tokens::unverified_claims(&t))
                 .map(|c| c.jti);
-            if status["phase"] == "Active" && held.as_deref() == Some(jti.as_str()) && jti != first {
+            if status["phase"] == "Active" && held.as_deref() == Some(jti.as_str()) && jti != first
+            {
                 Ok(jti)
             } else {
                 Err(format!("status {jti}, Secret {held:?}"))
             }
         })
         .await?;
-        println!("rotation completed {:?} after the fault was lifted", started.elapsed());
+        println!(
+            "rotation completed {:?} after the fault was lifted",
+            started.elapsed()
+        );
         let claims = tokens::verify(
             &token_of(&client, &ns, "laptop-alice").await?,
             &jwks(&client, &ns).await?.1,
