@@ -55,12 +55,25 @@ pub fn jwks(pool: &str) -> String {
     format!("{pool}-jwks")
 }
 
+const REVOCATIONS: &str = "-revocations";
+const SIGNING_KEYS: &str = "-signing-keys";
+
 pub fn revocations(pool: &str) -> String {
-    format!("{pool}-revocations")
+    format!("{pool}{REVOCATIONS}")
 }
 
 pub fn signing_keys(pool: &str) -> String {
-    format!("{pool}-signing-keys")
+    format!("{pool}{SIGNING_KEYS}")
+}
+
+/// The pool whose revocation list `name` would be.
+pub fn pool_of_revocations(name: &str) -> Option<&str> {
+    name.strip_suffix(REVOCATIONS)
+}
+
+/// The pool whose signing key ring `name` would be.
+pub fn pool_of_signing_keys(name: &str) -> Option<&str> {
+    name.strip_suffix(SIGNING_KEYS)
 }
 
 /// An NpuServer's Deployment, Service and NetworkPolicy.

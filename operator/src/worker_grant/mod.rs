@@ -228,19 +228,13 @@ pub fn controller(
         // A pool's signing key ring appearing or rotating: its grants may
         // be waiting for it.
         .watches_shared_stream(caches.secrets.subscribe(), move |secret: Arc<Secret>| {
-            let pool = secret
-                .name_any()
-                .strip_suffix("-signing-keys")
-                .map(str::to_owned);
+            let pool = crate::names::pool_of_signing_keys(&secret.name_any()).map(str::to_owned);
             grants_of(&for_rings, secret.namespace(), pool)
         })
         .watches_shared_stream(
             caches.config_maps.subscribe(),
             move |list: Arc<ConfigMap>| {
-                let pool = list
-                    .name_any()
-                    .strip_suffix("-revocations")
-                    .map(str::to_owned);
+                let pool = crate::names::pool_of_revocations(&list.name_any()).map(str::to_owned);
                 grants_of(&for_lists, list.namespace(), pool)
             },
         )
