@@ -1747,6 +1747,7 @@ proptest! {
         // Every token signed: (kid, exp), and the JWKS last applied.
         let mut signed: Vec<(String, i64)> = Vec::new();
         let mut applied = BTreeSet::new();
+        let mut signer_before: Option<String> = None;
         for step in steps {
             now += step.after;
             policy.generation += i64::from(step.bump);
@@ -1785,6 +1786,18 @@ proptest! {
                     "a key signs before its pre-publication while another could"
                 );
                 prop_assert!(keys.keys[..i].iter().all(|k| k.seed.is_none()), "a retired key keeps its seed");
+                // A key takes over from a signer still in the ring only
+                // once it has been published for the pre-publication time.
+                let before_kept = signer_before
+                    .as_ref()
+                    .is_some_and(|b| keys.keys.iter().any(|k| &k.kid == b));
+                if before_kept && signer_before.as_deref() != Some(signer.kid.as_str()) {
+                    prop_assert!(
+                        published_at.is_some_and(|p| p + PRE <= now),
+                        "{} took over from {:?} before its pre-publication ended", signer.kid, signer_before
+                    );
+                }
+                signer_before = Some(signer.kid.clone());
                 if let Some(life) = step.token_life {
                     signed.push((signer.kid, now + life));
                 }

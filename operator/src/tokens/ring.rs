@@ -134,7 +134,8 @@ impl RingPolicy {
 impl KeyRing {
     /// The key that signs new tokens at `now`, if any: the newest key that
     /// has been published for `pre_publication`, or, when no key has, the
-    /// newest published one (nothing else could sign).
+    /// oldest published one (the one that signed so far, or the first key
+    /// of a pool, or a compromised key's successor: nothing else could).
     pub fn signer(&self, pre_publication: i64, now: i64) -> Option<PoolKey> {
         self.signer_index(pre_publication, now)
             .and_then(|i| self.keys[i].private())
@@ -148,7 +149,7 @@ impl KeyRing {
                     .is_some_and(|p| p.saturating_add(pre_publication) <= now)
         });
         mature
-            .or_else(|| self.keys.iter().enumerate().rev().find(|(_, k)| usable(k)))
+            .or_else(|| self.keys.iter().enumerate().find(|(_, k)| usable(k)))
             .map(|(i, _)| i)
     }
 
@@ -431,6 +432,23 @@ mod tests {
             "unpublished after its last token"
         );
         assert_eq!(ring.keys.len(), 1);
+    }
+
+    #[test]
+    fn a_rotation_right_after_the_first_key_keeps_that_key_signing_until_the_new_one_matured() {
+        let ring = first();
+        let bump = RingPolicy {
+            generation: 1,
+            ..policy()
+        };
+        let (ring, _) = step(&ring, &bump, 10, 2);
+        let (ring, _) = step(&ring, &bump, 11, 99);
+        assert_eq!(
+            ring.signer(PRE, 11).unwrap().kid,
+            key(1).kid,
+            "neither is mature: the old one goes on"
+        );
+        assert_eq!(ring.signer(PRE, 11 + PRE).unwrap().kid, key(2).kid);
     }
 
     #[test]
