@@ -372,8 +372,21 @@ async fn a_no_op_resync_makes_no_write() {
             if cpu == "500m" { Ok(()) } else { Err(cpu.to_string()) }
         })
         .await?;
+        // Both rollouts (the workers' and the NPU servers') complete...
+        for (kind, name) in [("Pool", "paris"), ("NpuServer", "heavy")] {
+            eventually(&format!("{kind} {name} rolled out"), WAIT, || async {
+                let object = cellule_api(&client, &ns, kind).get(name).await.map_err(|e| e.to_string())?;
+                let status = &object.data["status"];
+                let ready = status["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                let settled = kind == "Pool" || status["readyReplicas"] == status["desiredReplicas"];
+                (ready && settled).then_some(()).ok_or(status.to_string())
+            })
+            .await?;
+        }
         let operator = Env::var("CELLULE_E2E_OPERATOR_USER");
-        // Let the rollout's last status updates settle.
+        // ...and their last status updates settle.
         let mut before = audited_writes(&operator, &ns).len();
         eventually("the operator goes quiet", WAIT, || {
             let now = audited_writes(&operator, &ns).len();

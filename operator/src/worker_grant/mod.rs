@@ -445,19 +445,18 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             return stall(grant, ctx, next, "WorkerIdInUse", message, Some(retry), now).await;
         }
     }
-    let ring = tokens::ring(ctx, &ns, pool_name);
-    // Without a ring (its Secret being recreated) nothing is known to be
+    // Without a ring (its Secret being recreated) no key is known to be
     // unpublished.
-    let key_published = |token: Option<&TokenStatus>| {
-        token
-            .zip(ring.as_ref())
-            .is_none_or(|(t, ring)| ring.publishes(&t.key_id))
-    };
+    let key_published = next
+        .token
+        .as_ref()
+        .zip(tokens::ring(ctx, &ns, pool_name))
+        .is_none_or(|(token, ring)| ring.publishes(&token.key_id));
     let decision = decide(
         grant,
         &pool,
         next.token.as_ref(),
-        key_published(next.token.as_ref()),
+        key_published,
         now.as_second(),
     );
     let (phase, summary, wake) = match &decision {
