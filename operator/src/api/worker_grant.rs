@@ -10,6 +10,13 @@ use super::common::{CommonStatus, Duration, LocalObjectRef, duration_rule};
 /// Lets one worker (a laptop or other machine the company does not control)
 /// join a pool: the operator issues it a signed, expiring token once the
 /// grant is approved, and revokes it at once when asked.
+///
+/// One live token per grant: it is renewed when the pool's
+/// `tokens.renewBefore` is left, only if the new token outlives it (the
+/// renewed one stays valid for a 5-minute grace), and re-issued at once,
+/// the old one revoked, when `rotation` is raised, the tiers change, the
+/// grant is narrowed, the pool's `maxTtl` drops below its lifetime, or the
+/// key that signed it is withdrawn (`tokens.compromisedKeys` of the pool).
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "cellule.ai",
