@@ -1249,3 +1249,93 @@ async fn verify_token_command(
         Err(stderr)
     })
 }
+
+#[tokio::test]
+async fn a_token_verifies_with_exactly_what_the_rendered_pool_config_names() {
+    in_namespace("contract", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        phase(&client, &ns, "laptop-alice", "Active").await?;
+        let token = token_of(&client, &ns, "laptop-alice").await?;
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let rendered = config_maps.get("paris-config").await?;
+        let config: Value =
+            serde_yaml::from_str(&rendered.data.context("config data")?["pool.yaml"])?;
+        let tokens_config = &config["tokens"];
+        // The files the config names, read from what the pool mounts there:
+        // the Deployment's volume at that directory.
+        let deployment =
+            Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+                .get("paris-pool")
+                .await?;
+        let pod = deployment
+            .spec
+            .context("spec")?
+            .template
+            .spec
+            .context("pod spec")?;
+        let file = |key: &str| -> anyhow::Result<String> {
+            let path = std::path::Path::new(
+                tokens_config[key]
+                    .as_str()
+                    .with_context(|| format!("tokens.{key}"))?,
+            );
+            let (dir, name) = (
+                path.parent().context("dir")?,
+                path.file_name()
+                    .context("name")?
+                    .to_str()
+                    .context("utf-8")?,
+            );
+            let mount = pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| std::path::Path::new(&m.mount_path) == dir)
+                .with_context(|| format!("nothing mounted at {}", dir.display()))?;
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .context("volume")?;
+            Ok(volume
+                .config_map
+                .as_ref()
+                .context("a ConfigMap volume")?
+                .name
+                .clone()
+                + "/"
+                + name)
+        };
+        let read = async |at: String| -> anyhow::Result<String> {
+            let (cm, key) = at.split_once('/').context("cm/key")?;
+            Ok(config_maps.get(cm).await?.data.context("data")?[key].clone())
+        };
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&read(file("jwksFile")?).await?)?;
+        let policy: Value = serde_json::from_str(&read(file("policyFile")?).await?)?;
+        // Verified with jsonwebtoken directly, from the config's own values.
+        let kid = jsonwebtoken::decode_header(&token)?.kid.context("kid")?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&kid).context("kid in the JWKS")?)?;
+        ensure!(
+            tokens_config["algorithms"] == json!(["EdDSA"]),
+            "{tokens_config}"
+        );
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        validation.set_audience(&[tokens_config["audience"].as_str().context("audience")?]);
+        validation.set_issuer(&[tokens_config["issuer"].as_str().context("issuer")?]);
+        validation.leeway = policy["leewaySeconds"].as_u64().context("leeway")?;
+        let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
+            .map_err(|e| anyhow::anyhow!("the token against the rendered config: {e}"))?
+            .claims;
+        let lifetime =
+            claims["exp"].as_i64().unwrap_or_default() - claims["iat"].as_i64().unwrap_or_default();
+        ensure!(
+            lifetime <= policy["maxTtlSeconds"].as_i64().context("maxTtl")?,
+            "{claims}"
+        );
+        ensure!(claims["aud"] == format!("{ns}/paris").as_str(), "{claims}");
+        Ok(())
+    })
+    .await;
+}

@@ -23,6 +23,7 @@ pub const ROUTING_KEY: &str = "routing.yaml";
 /// The settings file of the pool orchestrator.
 pub fn render_config(valid: &ValidPool) -> String {
     let spec = &valid.pool.spec;
+    let audience = crate::tokens::audience(&valid.namespace, &valid.name);
     let config = json!({
         "site": spec.federation.site,
         "listen": {
@@ -50,13 +51,16 @@ pub fn render_config(valid: &ValidPool) -> String {
             "heartbeatInterval": spec.workers.heartbeat_interval,
             "allowedCidrs": spec.workers.allowed_cidrs,
         },
+        // What a worker token must carry and where the pool finds what
+        // verifies it: the contract in docs/pool-contract.md.
         "tokens": {
-            "audience": valid.name,
+            "issuer": audience,
+            "audience": audience,
+            "algorithms": ["EdDSA"],
             "jwksFile": format!("{JWKS_DIR}/{}", crate::tokens::JWKS_KEY),
-            // One file per revoked jti, holding its exp; also readable live
-            // from the ConfigMap, without the mount's refresh delay.
+            "policyFile": format!("{JWKS_DIR}/{}", crate::tokens::POLICY_KEY),
+            // One file per revoked jti, holding its exp.
             "revocationListDir": REVOCATIONS_DIR,
-            "revocationListConfigMap": crate::names::revocations(&valid.name),
         },
         "failover": spec.failover,
     });

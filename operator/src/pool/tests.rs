@@ -187,3 +187,15 @@ fn routing_summary_reads_for_on_call() {
         "light=cpu heavy=unavailable"
     );
 }
+
+#[test]
+fn the_rendered_config_names_the_issuer_and_audience_tokens_carry() {
+    let pool = sample_pool();
+    let valid = valid(&pool, NpuState::Healthy);
+    let config: serde_json::Value =
+        serde_yaml::from_str(&super::config::render_config(&valid)).unwrap();
+    let expected = crate::tokens::audience(&valid.namespace, &valid.name);
+    assert_eq!(config["tokens"]["audience"], expected.as_str());
+    assert_eq!(config["tokens"]["issuer"], expected.as_str());
+    assert!(expected.contains('/'), "{expected}");
+}
