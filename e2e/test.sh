@@ -28,6 +28,7 @@ step "unit tests"
 cargo test --locked -p cellule-operator
 step "build the operator and the e2e tests"
 cargo build --locked -p cellule-operator --bin cellule-operator
+cargo build --locked -p cellule-verifier --bin cellule-verifier
 cargo test --locked -p cellule-e2e --no-run
 
 step "wait for the control-plane build"
@@ -51,6 +52,7 @@ bash e2e/scripts/up.sh "$state"
 bash e2e/scripts/start-operator.sh "$state" "$root/target/debug/cellule-operator"
 set -a; source "$state/env"; set +a
 export CELLULE_E2E_OPERATOR_BIN="$root/target/debug/cellule-operator"
+export CELLULE_E2E_VERIFIER_BIN="$root/target/debug/cellule-verifier"
 step "e2e tests"
 cargo test --locked -p cellule-e2e -- --test-threads 4
 step "e2e: the operator killed and restarted (its own processes, the shared one stopped)"

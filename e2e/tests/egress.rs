@@ -1,8 +1,9 @@
 //! A second opinion on the NetworkPolicies the operator made: the np-guard
 //! NetworkPolicy analyzer (built by e2e/scripts/build-tools.sh) reads the
 //! objects from the real API server and lists every allowed connection.
-//! A pool pod may reach its database, its NPU and CPU worker pods and
-//! kube-dns on 53, and nothing else; worker pods reach only DNS.
+//! A pool pod may reach its database, its NPU and CPU worker pods,
+//! kube-dns on 53 and the API server's address and port (its live channel),
+//! and nothing else; worker pods reach only DNS.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -10,7 +11,7 @@ use anyhow::ensure;
 use cellule_e2e::{
     allowed_connections, apply_sample_site, eventually, in_namespace, run_tool, wait_condition,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
@@ -72,12 +73,18 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
             .expect("kube-dns pods in the analysis");
         let dns_only = BTreeSet::from([(dns.clone(), "TCP 53,UDP 53".to_owned())]);
 
+        // The live channel: the API server's address and port, as its own
+        // EndpointSlice gives them.
+        let slice = Api::<EndpointSlice>::namespaced(client.clone(), "default").get("kubernetes").await?;
+        let api_ip = slice.endpoints.iter().flatten().flat_map(|e| &e.addresses).next().expect("an API server address").clone();
+        let api_port = slice.ports.iter().flatten().find_map(|p| p.port).expect("an API server port");
         let pool_egress = from(&group(&pool));
         let expected = BTreeSet::from([
             (dns.clone(), "TCP 53,UDP 53".to_owned()),
             (group(&database), "TCP 5432".to_owned()),
             (group(&npu), "TCP 8000".to_owned()),
             (group(&worker), "TCP 8080".to_owned()),
+            (format!("{api_ip}-{api_ip}"), format!("TCP {api_port}")),
         ]);
         println!("pool egress per the analyzer: {pool_egress:?}");
         ensure!(pool_egress == expected, "pool egress {pool_egress:?}, expected exactly {expected:?}");
@@ -93,8 +100,11 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
         ]);
         ensure!(into_pool == expected_in, "ingress to the pool {into_pool:?}");
 
-        // Point checks, with the analyzer's eval: the internet and the API server are out.
-        for (ip, port) in [("1.1.1.1", "443"), ("10.0.0.1", "443"), ("10.10.255.1", "6443")] {
+        // Point checks, with the analyzer's eval: the internet, another
+        // address of the API server's range, and its address on another port
+        // are out.
+        let other_port = (api_port + 1).to_string();
+        for (ip, port) in [("1.1.1.1", "443"), ("10.0.0.1", "443"), ("10.10.255.2", api_port.to_string().as_str()), (api_ip.as_str(), other_port.as_str())] {
             let out = run_tool(
                 "netpolicy",
                 &["eval", "--dirpath", dirpath, "-n", &ns, "-s", &pool.name_any(), "--destination-ip", ip, "-p", port],

@@ -380,7 +380,9 @@ async fn a_no_op_resync_makes_no_write() {
                 let ready = status["conditions"]
                     .as_array()
                     .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                let settled = kind == "Pool" || status["readyReplicas"] == status["desiredReplicas"];
+                // Ready for the spec just patched, not still for the old one.
+                let current = status["observedGeneration"] == object.metadata.generation.unwrap_or_default();
+                let settled = current && (kind == "Pool" || status["readyReplicas"] == status["desiredReplicas"]);
                 (ready && settled).then_some(()).ok_or(status.to_string())
             })
             .await?;

@@ -11,8 +11,10 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
     },
 };
 use kube::{
@@ -170,6 +172,11 @@ fn strip<K: Resource>(object: &mut K) {
     }
 }
 
+/// Where the API server publishes its own addresses: the EndpointSlice of
+/// the `kubernetes` Service.
+pub const API_SERVER_NAMESPACE: &str = "default";
+pub const API_SERVER_SLICE: &str = "kubernetes";
+
 /// Every cache of one scope (the cluster, or one namespace).
 pub struct Caches {
     pub pools: Shared<Pool>,
@@ -181,11 +188,16 @@ pub struct Caches {
     pub service_accounts: Shared<ServiceAccount>,
     pub pod_disruption_budgets: Shared<PodDisruptionBudget>,
     pub network_policies: Shared<NetworkPolicy>,
+    pub roles: Shared<Role>,
+    pub role_bindings: Shared<RoleBinding>,
     /// The operator's own Secrets (signing keys, tokens), with their data.
     pub secrets: Shared<Secret>,
     /// Metadata of every Secret: to see a referenced Secret appear or go.
     /// Never the data of a Secret the operator did not make.
     pub secret_metadata: Shared<PartialObjectMeta<Secret>>,
+    /// The API server's own EndpointSlice (`default/kubernetes`): where a
+    /// pool's live channel goes.
+    pub api_server: Shared<EndpointSlice>,
 }
 
 impl Caches {
@@ -202,10 +214,17 @@ impl Caches {
             service_accounts: Shared::new(client, namespace, owned()),
             pod_disruption_budgets: Shared::new(client, namespace, owned()),
             network_policies: Shared::new(client, namespace, owned()),
+            roles: Shared::new(client, namespace, owned()),
+            role_bindings: Shared::new(client, namespace, owned()),
             secrets: Shared::new(client, namespace, owned()),
             // An Api of PartialObjectMeta lists and watches metadata only
             // (the API server never sends the data).
             secret_metadata: Shared::new(client, namespace, all()),
+            api_server: Shared::new(
+                client,
+                Some(API_SERVER_NAMESPACE),
+                watcher::Config::default().fields(&format!("metadata.name={API_SERVER_SLICE}")),
+            ),
         }
     }
 
@@ -218,9 +237,12 @@ impl Caches {
                 service_accounts: self.service_accounts.store(),
                 pod_disruption_budgets: self.pod_disruption_budgets.store(),
                 network_policies: self.network_policies.store(),
+                roles: self.roles.store(),
+                role_bindings: self.role_bindings.store(),
                 secrets: self.secrets.store(),
             },
             secret_metadata: self.secret_metadata.store(),
+            api_server: self.api_server.store(),
             npu_servers: self.npu_servers.store(),
             pools: self.pools.store(),
             grants: self.grants.store(),
@@ -239,8 +261,11 @@ impl Caches {
             self.service_accounts.synced(),
             self.pod_disruption_budgets.synced(),
             self.network_policies.synced(),
+            self.roles.synced(),
+            self.role_bindings.synced(),
             self.secrets.synced(),
             self.secret_metadata.synced(),
+            self.api_server.synced(),
         ])
         .map(|all| all.into_iter().all(|ok| ok))
         .boxed()
@@ -259,8 +284,11 @@ impl Caches {
             self.service_accounts.run(),
             self.pod_disruption_budgets.run(),
             self.network_policies.run(),
+            self.roles.run(),
+            self.role_bindings.run(),
             self.secrets.run(),
             self.secret_metadata.run(),
+            self.api_server.run(),
         ])
         .map(|_| ())
         .boxed()

@@ -11,6 +11,7 @@ use k8s_openapi::{
         },
         networking::v1::NetworkPolicy,
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
@@ -42,6 +43,8 @@ pub struct Desired {
     pub service_accounts: Vec<ServiceAccount>,
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
 }
 
 pub fn pool_component(valid: &ValidPool) -> Component {
@@ -104,7 +107,7 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
             path: DB_DIR.into(),
         },
     ];
-    let pod = workload::restricted_pod(
+    let mut pod = workload::restricted_pod(
         ContainerSpec {
             image: valid.image.clone(),
             args: vec![format!("--config={CONFIG_DIR}/{}", config::CONFIG_KEY)],
@@ -115,6 +118,9 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
         },
         Some(component.name.clone()),
     );
+    // The pool alone gets its ServiceAccount's (short-lived, projected)
+    // token: the live channel to its JWKS and revocation list.
+    pod.automount_service_account_token = Some(true);
     let checksum = BTreeMap::from([(CONFIG_CHECKSUM.to_owned(), config::checksum(&config_text))]);
 
     let mut desired = Desired {
@@ -141,6 +147,8 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
         }],
         pod_disruption_budgets: Vec::new(),
         network_policies: netpol::pool_policies(valid),
+        roles: vec![live_channel_role(valid, &component)],
+        role_bindings: vec![live_channel_binding(valid, &component)],
     };
     if spec.replicas > 1 {
         desired.pod_disruption_budgets.push(PodDisruptionBudget {
@@ -191,6 +199,41 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
             .push(workload::service(pool, &worker, CPU_WORKER_PORT));
     }
     desired
+}
+
+/// The pool's live channel: its ServiceAccount may read and watch exactly
+/// its JWKS and revocation list, nothing else (docs/pool-contract.md).
+fn live_channel_role(valid: &ValidPool, component: &Component) -> Role {
+    Role {
+        metadata: workload::owned_meta(&valid.pool, &component.name, component.selector()),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![
+                names::jwks(&valid.name),
+                names::revocations(&valid.name),
+            ]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            non_resource_urls: None,
+        }]),
+    }
+}
+
+fn live_channel_binding(valid: &ValidPool, component: &Component) -> RoleBinding {
+    RoleBinding {
+        metadata: workload::owned_meta(&valid.pool, &component.name, component.selector()),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: component.name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: component.name.clone(),
+            namespace: Some(valid.namespace.clone()),
+            api_group: None,
+        }]),
+    }
 }
 
 fn config_map_volume(name: &str, config_map: &str) -> Volume {

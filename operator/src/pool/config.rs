@@ -59,8 +59,16 @@ pub fn render_config(valid: &ValidPool) -> String {
             "algorithms": ["EdDSA"],
             "jwksFile": format!("{JWKS_DIR}/{}", crate::tokens::JWKS_KEY),
             "policyFile": format!("{JWKS_DIR}/{}", crate::tokens::POLICY_KEY),
-            // One file per revoked jti, holding its exp.
+            // One file per revoked jti, holding its exp (the kubelet
+            // refreshes it within about a minute).
             "revocationListDir": REVOCATIONS_DIR,
+            // The same two objects, live: the pool's ServiceAccount token
+            // may get and watch exactly these (cellule-verifier does).
+            "live": {
+                "namespace": valid.namespace,
+                "jwksConfigMap": crate::names::jwks(&valid.name),
+                "revocationsConfigMap": crate::names::revocations(&valid.name),
+            },
         },
         "failover": spec.failover,
     });

@@ -53,6 +53,7 @@ pub fn controller(
 ) -> BoxFuture<'static, ()> {
     let pools = caches.pools.store();
     let pools_for_npus = pools.clone();
+    let pools_for_api = pools.clone();
     let controller = caches
         .pools
         .controller(config)
@@ -62,9 +63,19 @@ pub fn controller(
         .owns_shared_stream(caches.service_accounts.changes())
         .owns_shared_stream(caches.pod_disruption_budgets.changes())
         .owns_shared_stream(caches.network_policies.changes())
+        .owns_shared_stream(caches.roles.changes())
+        .owns_shared_stream(caches.role_bindings.changes())
         .owns_shared_stream(caches.secrets.changes())
         .watches_shared_stream(caches.secret_metadata.changes(), move |secret| {
             pools_referencing_secret(&pools, &secret)
+        })
+        // The API server moving: every pool's live channel follows.
+        .watches_shared_stream(caches.api_server.changes(), move |_| {
+            pools_for_api
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
         })
         .watches_shared_stream(caches.npu_servers.changes(), move |npu| {
             let pool = ObjectRef::new(&npu.spec.pool_ref.name)
@@ -109,6 +120,41 @@ impl validate::References for Cached<'_> {
             .npu_servers
             .get(&ObjectRef::new(name).within(&self.namespace))
     }
+    fn api_server(&self) -> validate::ApiServer {
+        api_server_endpoints(&self.ctx.api_server.state())
+    }
+}
+
+/// The ready addresses and the ports of the API server's EndpointSlice.
+pub fn api_server_endpoints(
+    slices: &[Arc<k8s_openapi::api::discovery::v1::EndpointSlice>],
+) -> validate::ApiServer {
+    let mut found = validate::ApiServer::default();
+    for slice in slices {
+        let bits = match slice.address_type.as_str() {
+            "IPv4" => 32,
+            "IPv6" => 128,
+            _ => continue,
+        };
+        found.cidrs.extend(
+            slice
+                .endpoints
+                .iter()
+                .flatten()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .flat_map(|e| &e.addresses)
+                .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                .map(|a| format!("{a}/{bits}")),
+        );
+        found
+            .ports
+            .extend(slice.ports.iter().flatten().filter_map(|p| p.port));
+    }
+    found.cidrs.sort();
+    found.cidrs.dedup();
+    found.ports.sort_unstable();
+    found.ports.dedup();
+    found
 }
 
 async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
@@ -167,6 +213,8 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         desired.pod_disruption_budgets,
     )
     .await;
+    sync.kind(&owned.roles, desired.roles).await;
+    sync.kind(&owned.role_bindings, desired.role_bindings).await;
     let (changes, synced) = sync.finish();
     reconcile::report_changes(ctx, pool, &changes).await;
     if let Err(error) = synced {

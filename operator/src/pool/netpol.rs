@@ -59,6 +59,15 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
             vec![tcp(CPU_WORKER_PORT)],
         ));
     }
+    // The live channel to its JWKS and revocation list: the API server's
+    // addresses and port, nothing else there.
+    let api_server = &valid.api_server;
+    if !api_server.cidrs.is_empty() && !api_server.ports.is_empty() {
+        pool_egress.push(egress(
+            api_server.cidrs.iter().map(|c| cidr(c)).collect(),
+            api_server.ports.iter().copied().map(tcp).collect(),
+        ));
+    }
     // Peers: added from PeerTrusts by the federation work (none in Paranoid).
     for extra in &spec.extra_egress {
         pool_egress.push(egress(vec![cidr(&extra.cidr)], vec![tcp(extra.port)]));

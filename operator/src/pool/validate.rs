@@ -56,6 +56,17 @@ impl Blocked {
 pub trait References {
     fn secret_exists(&self, name: &str) -> bool;
     fn npu_server(&self, name: &str) -> Option<Arc<NpuServer>>;
+    /// Where the API server listens (none known: no live channel).
+    fn api_server(&self) -> ApiServer {
+        ApiServer::default()
+    }
+}
+
+/// The API server's addresses (as CIDRs of one address) and ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiServer {
+    pub cidrs: Vec<String>,
+    pub ports: Vec<i32>,
 }
 
 /// The NpuServer behind an NPU tier, as seen now.
@@ -93,6 +104,8 @@ pub struct ValidPool {
     pub tiers: Vec<Tier>,
     /// The one database destination the pool's egress allows.
     pub database: NetworkPolicyPeer,
+    /// The pool's live channel to its JWKS and revocation list.
+    pub api_server: ApiServer,
 }
 
 /// Validates `pool` against what it references (pure given `refs`).
@@ -155,6 +168,7 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
         image: images::resolve(&spec.image),
         tiers,
         database,
+        api_server: refs.api_server(),
         pool: pool.clone(),
     })
 }

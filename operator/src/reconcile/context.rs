@@ -8,8 +8,10 @@ use std::{
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Client, Resource, ResourceExt,
@@ -32,6 +34,8 @@ pub struct OwnedStores {
     pub service_accounts: Store<ServiceAccount>,
     pub pod_disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
     /// Only the operator's own Secrets (signing keys, worker tokens).
     pub secrets: Store<Secret>,
 }
@@ -40,6 +44,7 @@ pub struct OwnedStores {
 pub struct Stores {
     pub owned: OwnedStores,
     pub secret_metadata: Store<PartialObjectMeta<Secret>>,
+    pub api_server: Store<EndpointSlice>,
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
@@ -52,6 +57,8 @@ pub struct Context {
     /// Metadata of every Secret: the operator checks that referenced
     /// Secrets exist, never reads what the pool's Secrets hold.
     pub secret_metadata: Store<PartialObjectMeta<Secret>>,
+    /// The API server's own EndpointSlice.
+    pub api_server: Store<EndpointSlice>,
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
@@ -63,6 +70,7 @@ impl Context {
         let Stores {
             owned,
             secret_metadata,
+            api_server,
             npu_servers,
             pools,
             grants,
@@ -76,6 +84,7 @@ impl Context {
             client,
             owned,
             secret_metadata,
+            api_server,
             npu_servers,
             pools,
             grants,

@@ -1,12 +1,13 @@
 //! Worker tokens, in one place: each pool's signing key ring ([`ring`]),
 //! what it publishes for verifiers (the JWKS and the verifier policy), the
-//! revocation store ([`revocations`]), issuing, and verification ([`jwt`]).
+//! revocation store ([`revocations`]), and issuing. Verification, which
+//! the pool software applies too, is the `cellule-verifier` crate's
+//! ([`jwt`]).
 //!
 //! The Pool reconcile calls [`sync_ring`] and [`published`]; the
 //! WorkerGrant reconcile calls [`signer`], [`issue`] and revokes through
 //! [`revocations::store`]. Nothing else touches key material.
 
-pub mod jwt;
 pub mod revocations;
 pub mod ring;
 
@@ -18,6 +19,7 @@ use k8s_openapi::{
 };
 use kube::{Api, ResourceExt, api::PostParams, runtime::reflector::ObjectRef};
 
+pub use cellule_verifier::jwt;
 pub use jwt::{
     Claims, LEEWAY_SECS, PoolKey, VerifierPolicy, VerifyError, fingerprint, new_jti,
     parse_revocations, unverified_claims, verify,

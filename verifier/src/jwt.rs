@@ -176,6 +176,8 @@ pub enum VerifyError {
     IssuedInTheFuture,
     #[error("revocation list unreadable ({0}): refusing every token until it is repaired")]
     RevocationsUnreadable(String),
+    #[error("verification data unavailable ({0}): refusing every token until it is current")]
+    Unavailable(String),
 }
 
 /// The revocation list (`jti` → `exp`, Unix seconds, as text) read

@@ -1,0 +1,229 @@
+//! The pool's live channel, tried as the pool: `cellule-verifier` runs with
+//! a token of the pool's own ServiceAccount (so under the Role the operator
+//! gave it), and a token revoked on the API server is refused there.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace, merge_patch};
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{ConfigMap, Secret, ServiceAccount},
+};
+use kube::{Api, Client, api::PostParams};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A kubeconfig that authenticates as ServiceAccount `sa` of `ns`.
+async fn service_account_kubeconfig(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("token status")?
+        .token;
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(Env::var(
+        "CELLULE_E2E_KUBECONFIG",
+    ))?)?;
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "pool", "context": {"cluster": "e2e", "user": sa}}],
+        "current-context": "pool",
+    });
+    let path = std::env::temp_dir().join(format!("cellule-{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// `cellule-verifier` for `pool`, as the pool, ready when this returns.
+async fn start_verifier(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<(Child, String)> {
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(
+        std::path::Path::new(&Env::var("CELLULE_E2E_LOGS")).join(format!("verifier-{ns}.log")),
+    )?;
+    let child = Command::new(Env::var("CELLULE_E2E_VERIFIER_BIN"))
+        .args([
+            "--namespace",
+            ns,
+            "--pool",
+            pool,
+            "--listen",
+            &addr,
+            "--stale-after-seconds",
+            "5",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cellule-verifier")?;
+    eventually("the verifier ready", WAIT, || async {
+        let response = cellule_e2e::http_get(&addr, "/readyz").await?;
+        response
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+            .ok_or(response)
+    })
+    .await?;
+    Ok((child, addr))
+}
+
+/// The verifier's verdict on `token`: the HTTP status and the body.
+async fn verdict(addr: &str, token: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "POST /verify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{token}",
+        token.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or(response.clone())?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+async fn token_of(client: &Client, ns: &str, grant: &str) -> anyhow::Result<String> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let secret = eventually(&format!("{grant}-token"), WAIT, || async {
+        secrets
+            .get_opt(&format!("{grant}-token"))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_owned())
+    })
+    .await?;
+    Ok(String::from_utf8(
+        secret.data.context("data")?["token"].0.clone(),
+    )?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
+    in_namespace("live", |client: Client, ns: String| async move {
+        const GRANTS: usize = 20;
+        apply_sample_site(&client, &ns).await?;
+        merge_patch(&client, &ns, "Pool", "paris", json!({"spec": {"tokens": {"approvalRequired": false}}})).await?;
+        let grants = cellule_api(&client, &ns, "WorkerGrant");
+        for i in 0..GRANTS {
+            let grant = serde_json::from_value(json!({
+                "apiVersion": "cellule.ai/v1alpha1", "kind": "WorkerGrant",
+                "metadata": {"name": format!("live-{i}")},
+                "spec": {"poolRef": {"name": "paris"}, "workerId": format!("pc-live-{i}"), "owner": "o@example.com",
+                         "tiers": ["light"], "ttl": "24h", "requestedBy": "alice"},
+            }))?;
+            grants.create(&PostParams::default(), &grant).await?;
+        }
+        let mut tokens = Vec::new();
+        for i in 0..GRANTS {
+            tokens.push(token_of(&client, &ns, &format!("live-{i}")).await?);
+        }
+
+        let kubeconfig = service_account_kubeconfig(&client, &ns, "paris-pool").await?;
+        let (_verifier, addr) = start_verifier(&kubeconfig, &ns, "paris").await?;
+        for token in &tokens {
+            let (code, body) = verdict(&addr, token).await.map_err(anyhow::Error::msg)?;
+            ensure!(code == 200, "a valid token: {code} {body}");
+        }
+
+        // The pool's credentials read exactly its two objects, nothing else.
+        let as_pool = kube::Client::try_from(kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &Default::default(),
+        )
+        .await?)?;
+        let pool_cms = Api::<ConfigMap>::namespaced(as_pool.clone(), &ns);
+        pool_cms.get("paris-jwks").await?;
+        pool_cms.get("paris-revocations").await?;
+        for denied in [
+            pool_cms.get("paris-config").await.err().map(|e| e.to_string()),
+            Api::<Secret>::namespaced(as_pool.clone(), &ns).get("paris-signing-keys").await.err().map(|e| e.to_string()),
+            pool_cms.list(&Default::default()).await.err().map(|e| e.to_string()),
+        ] {
+            ensure!(denied.as_deref().is_some_and(|e| e.contains("forbidden")), "the pool's token reached more than its two objects: {denied:?}");
+        }
+
+        // Revocation, as the pool sees it: from the grant's update on the
+        // API server to the verifier refusing the token.
+        let mut latencies = Vec::new();
+        for (i, token) in tokens.iter().enumerate() {
+            let started = std::time::Instant::now();
+            merge_patch(&client, &ns, "WorkerGrant", &format!("live-{i}"), json!({"spec": {"revoked": true}})).await?;
+            loop {
+                let (code, body) = verdict(&addr, token).await.map_err(anyhow::Error::msg)?;
+                if code == 401 {
+                    ensure!(body.contains("revoked"), "refused for another reason: {body}");
+                    break;
+                }
+                ensure!(started.elapsed() < Duration::from_secs(10), "still accepted after 10 s");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+        println!("revocation as the pool sees it, over {GRANTS}: p50 {p50:?}, p99 {p99:?}, max {:?}", latencies.last().unwrap());
+        ensure!(p99 <= Duration::from_millis(250), "p99 {p99:?} above 250 ms");
+
+        // The list deleted: once it is back (rebuilt from the record), the
+        // pool still refuses every revoked token and accepts the others.
+        let alice = token_of(&client, &ns, "laptop-alice").await?;
+        Api::<ConfigMap>::namespaced(client.clone(), &ns).delete("paris-revocations", &Default::default()).await?;
+        eventually("the list back, as the pool sees it", WAIT, || async {
+            let (alice_code, body) = verdict(&addr, &alice).await?;
+            let (revoked_code, revoked_body) = verdict(&addr, &tokens[0]).await?;
+            (alice_code == 200 && revoked_code == 401 && revoked_body.contains("revoked"))
+                .then_some(())
+                .ok_or(format!("alice {alice_code} {body}; revoked {revoked_code} {revoked_body}"))
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
