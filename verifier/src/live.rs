@@ -247,3 +247,78 @@ async fn confirm(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_map(rv: &str, data: &[(&str, &str)]) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.resource_version = Some(rv.into());
+        cm.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        cm
+    }
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn nothing_read_yet_refuses() {
+        let state = State::default();
+        assert!(matches!(
+            state.revoked.usable("the revocation list", BOUND),
+            Err(VerifyError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn a_garbled_or_deleted_list_refuses_and_a_good_one_is_used() {
+        let mut state = State::default();
+        Which::Revoked.apply(&config_map("1", &[("j", "revoked")]), &mut state);
+        assert!(state.revoked.usable("list", BOUND).is_err(), "garbled");
+        Which::Revoked.apply(&config_map("2", &[("j", "1800000000")]), &mut state);
+        assert_eq!(
+            state.revoked.usable("list", BOUND).unwrap()["j"],
+            1_800_000_000
+        );
+        Which::Revoked.deleted(&mut state, "deleted".into());
+        assert!(state.revoked.usable("list", BOUND).is_err(), "deleted");
+    }
+
+    #[test]
+    fn a_copy_not_confirmed_within_the_bound_refuses() {
+        let mut state = State::default();
+        Which::Revoked.apply(&config_map("7", &[]), &mut state);
+        assert!(state.revoked.usable("list", BOUND).is_ok());
+        state.revoked.confirmed = Some(Instant::now() - 2 * BOUND);
+        assert!(state.revoked.usable("list", BOUND).is_err(), "stale");
+        // A read of another version does not vouch for the copy held...
+        Which::Revoked.confirm(&mut state, Some("8".into()));
+        assert!(state.revoked.usable("list", BOUND).is_err());
+        // ...a read of the same one does.
+        Which::Revoked.confirm(&mut state, Some("7".into()));
+        assert!(state.revoked.usable("list", BOUND).is_ok());
+    }
+
+    #[test]
+    fn keys_need_both_the_jwks_and_the_policy() {
+        let mut state = State::default();
+        Which::Keys.apply(
+            &config_map("1", &[(JWKS_KEY, r#"{"keys":[]}"#)]),
+            &mut state,
+        );
+        assert!(state.keys.usable("keys", BOUND).is_err());
+        let policy = r#"{"audience":"ns/p","maxTtlSeconds":3600,"leewaySeconds":30}"#;
+        Which::Keys.apply(
+            &config_map("2", &[(JWKS_KEY, r#"{"keys":[]}"#), (POLICY_KEY, policy)]),
+            &mut state,
+        );
+        assert_eq!(
+            state.keys.usable("keys", BOUND).unwrap().policy.audience,
+            "ns/p"
+        );
+    }
+}

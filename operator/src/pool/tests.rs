@@ -199,3 +199,48 @@ fn the_rendered_config_names_the_issuer_and_audience_tokens_carry() {
     assert_eq!(config["tokens"]["issuer"], expected.as_str());
     assert!(expected.contains('/'), "{expected}");
 }
+
+#[test]
+fn the_live_channel_reads_exactly_two_objects_and_reaches_only_the_api_server() {
+    let pool = sample_pool();
+    let desired = desired(&pool);
+    let rule = &desired.roles[0].rules.as_ref().unwrap()[0];
+    assert_eq!(
+        rule.resource_names.as_deref(),
+        Some(&["paris-jwks".to_owned(), "paris-revocations".to_owned()][..])
+    );
+    assert_eq!(rule.verbs, ["get", "list", "watch"]);
+    assert_eq!(
+        rule.resources.as_deref(),
+        Some(&["configmaps".to_owned()][..])
+    );
+    let binding = &desired.role_bindings[0];
+    assert_eq!(
+        binding.role_ref.name,
+        desired.roles[0].metadata.name.clone().unwrap()
+    );
+    assert_eq!(binding.subjects.as_ref().unwrap()[0].name, "paris-pool");
+
+    // Without known API server addresses there is no rule; with them, one
+    // rule of exactly those addresses and ports.
+    let count = |valid: &ValidPool| {
+        super::netpol::pool_policies(valid)
+            .iter()
+            .flat_map(|p| p.spec.as_ref().unwrap().egress.clone().unwrap_or_default())
+            .filter(|rule| {
+                rule.to.iter().flatten().any(|peer| {
+                    peer.ip_block
+                        .as_ref()
+                        .is_some_and(|b| b.cidr == "10.10.255.1/32")
+                })
+            })
+            .count()
+    };
+    let mut valid = valid(&pool, NpuState::Healthy);
+    assert_eq!(count(&valid), 0);
+    valid.api_server = super::validate::ApiServer {
+        cidrs: vec!["10.10.255.1/32".into()],
+        ports: vec![6443],
+    };
+    assert_eq!(count(&valid), 1);
+}
