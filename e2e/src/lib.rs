@@ -561,3 +561,54 @@ pub async fn deny_secret_writes(
         let _ = policies.delete(&name, &Default::default()).await;
     })
 }
+
+/// A kubeconfig file that authenticates as ServiceAccount `sa` of `ns`
+/// (a one-hour token from the TokenRequest API).
+pub async fn service_account_kubeconfig(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    use serde_json::{Value, json};
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &kube::api::PostParams::default(), &request)
+        .await?
+        .status
+        .context("token status")?
+        .token;
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(Env::var(
+        "CELLULE_E2E_KUBECONFIG",
+    ))?)?;
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "pool", "context": {"cluster": "e2e", "user": sa}}],
+        "current-context": "pool",
+    });
+    let path = std::env::temp_dir().join(format!("cellule-{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}

@@ -6,50 +6,12 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace, merge_patch};
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{ConfigMap, Secret, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, api::PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A kubeconfig that authenticates as ServiceAccount `sa` of `ns`.
-async fn service_account_kubeconfig(
-    client: &Client,
-    ns: &str,
-    sa: &str,
-) -> anyhow::Result<std::path::PathBuf> {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("token status")?
-        .token;
-    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(Env::var(
-        "CELLULE_E2E_KUBECONFIG",
-    ))?)?;
-    let cluster = admin["clusters"][0]["cluster"].clone();
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": "pool", "context": {"cluster": "e2e", "user": sa}}],
-        "current-context": "pool",
-    });
-    let path = std::env::temp_dir().join(format!("cellule-{ns}-{sa}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
-    Ok(path)
-}
 
 /// `cellule-verifier` for `pool`, as the pool, ready when this returns.
 async fn start_verifier(
@@ -165,7 +127,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
             tokens.push(token_of(&client, &ns, &format!("live-{i}")).await?);
         }
 
-        let kubeconfig = service_account_kubeconfig(&client, &ns, "paris-pool").await?;
+        let kubeconfig = cellule_e2e::service_account_kubeconfig(&client, &ns, "paris-pool").await?;
         let (_verifier, addr) = start_verifier(&kubeconfig, &ns, "paris").await?;
         for token in &tokens {
             let (code, body) = verdict(&addr, token).await.map_err(anyhow::Error::msg)?;
@@ -173,11 +135,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
         }
 
         // The pool's credentials read exactly its two objects, nothing else.
-        let as_pool = kube::Client::try_from(kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &Default::default(),
-        )
-        .await?)?;
+        let as_pool = cellule_e2e::client_from(&kubeconfig).await?;
         let pool_cms = Api::<ConfigMap>::namespaced(as_pool.clone(), &ns);
         pool_cms.get("paris-jwks").await?;
         pool_cms.get("paris-revocations").await?;

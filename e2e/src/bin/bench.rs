@@ -1,7 +1,9 @@
 //! Benchmarks of worker tokens, printed as figures (run by e2e/bench.sh
 //! against the local control plane and the operator):
-//! - revocation latency: from the update of a WorkerGrant on the API
-//!   server to its `jti` on the pool's revocation list, over 100 grants;
+//! - revocation latency, over 100 grants, from the update of a WorkerGrant
+//!   on the API server to (a) its `jti` on the pool's revocation list (the
+//!   store) and (b) the token refused by the reference verifier running
+//!   with the pool's ServiceAccount credentials (end to end), same run;
 //! - time to issue 1,000 grants until every one is Active;
 //! - the cost of signing and verifying one token (in process).
 
@@ -14,8 +16,9 @@ use std::{
 use anyhow::Context as _;
 use cellule_e2e::{admin_client, apply_sample_site, cellule_api, install_crds};
 use cellule_operator::tokens::{self, Claims, PoolKey};
+use cellule_verifier::live::Live;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Client,
     api::{DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
@@ -88,15 +91,18 @@ async fn create_and_wait_active(
     }
 }
 
+/// Store and end-to-end latencies of `count` revocations, each sorted.
 async fn revocation_latency(
     client: &Client,
     ns: &str,
     count: usize,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let names: Vec<String> = (0..count).map(|i| format!("revoke-{i}")).collect();
     create_and_wait_active(client, ns, &names).await?;
     let grants = cellule_api(client, ns, "WorkerGrant");
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     let mut jtis = HashMap::new();
+    let mut tokens = HashMap::new();
     for name in &names {
         let g = grants.get(name).await?;
         jtis.insert(
@@ -106,6 +112,24 @@ async fn revocation_latency(
                 .context("jti")?
                 .to_owned(),
         );
+        let secret = secrets.get(&format!("{name}-token")).await?;
+        tokens.insert(
+            name.clone(),
+            String::from_utf8(secret.data.context("token data")?["token"].0.clone())?,
+        );
+    }
+    // The reference verifier, as the pool: its ServiceAccount's token.
+    let kubeconfig = cellule_e2e::service_account_kubeconfig(client, ns, "paris-pool").await?;
+    let live = Live::start(
+        cellule_e2e::client_from(&kubeconfig).await?,
+        ns,
+        "paris",
+        Duration::from_secs(10),
+    );
+    let ready = Instant::now() + Duration::from_secs(30);
+    while let Some(why) = live.unavailable() {
+        anyhow::ensure!(Instant::now() < ready, "verifier not ready: {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Watch the revocation list; note when each jti first appears.
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -125,8 +149,14 @@ async fn revocation_latency(
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut latencies = vec![];
+    let (mut store, mut end_to_end) = (vec![], vec![]);
     for name in &names {
+        let token = &tokens[name];
+        anyhow::ensure!(
+            live.verify(token, jiff::Timestamp::now().as_second())
+                .is_ok(),
+            "{name}'s token refused before its revocation"
+        );
         let started = Instant::now();
         grants
             .patch(
@@ -138,17 +168,38 @@ async fn revocation_latency(
         let jti = &jtis[name];
         let deadline = started + Duration::from_secs(10);
         loop {
-            if let Some(at) = seen.lock().unwrap().get(jti) {
-                latencies.push(at.saturating_duration_since(started));
+            let refused = matches!(
+                live.verify(token, jiff::Timestamp::now().as_second()),
+                Err(tokens::VerifyError::Revoked { .. })
+            );
+            if refused {
+                end_to_end.push(started.elapsed());
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "{jti} not revoked within 10s");
+            anyhow::ensure!(Instant::now() < deadline, "{jti} still accepted after 10s");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let listed = *seen
+            .lock()
+            .unwrap()
+            .get(jti)
+            .context("refused but never seen on the list")?;
+        store.push(listed.saturating_duration_since(started));
     }
     recorder.abort();
-    latencies.sort();
-    Ok(latencies)
+    store.sort();
+    end_to_end.sort();
+    Ok((store, end_to_end))
+}
+
+fn summary(latencies: &[Duration]) -> String {
+    format!(
+        "p50 {:?}, p95 {:?}, p99 {:?}, max {:?}",
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.95),
+        percentile(latencies, 0.99),
+        latencies.last().unwrap()
+    )
 }
 
 fn sign_verify_cost(rounds: u32) -> (Duration, Duration) {
@@ -200,13 +251,18 @@ async fn main() -> anyhow::Result<()> {
 
     let ns = format!("bench-revoke-{suffix}");
     namespace(&client, &ns).await?;
-    let latencies = revocation_latency(&client, &ns, 100).await?;
+    let (store, end_to_end) = revocation_latency(&client, &ns, 100).await?;
     println!(
-        "revocation latency over {} revocations: p50 {:?}, p99 {:?}, max {:?}",
-        latencies.len(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().unwrap()
+        "revocation over {} revocations, from the grant's update on the API server:",
+        store.len()
+    );
+    println!(
+        "  to the token refused by the verifier running as the pool: {}",
+        summary(&end_to_end)
+    );
+    println!(
+        "  to its jti on the revocation list (store only): {}",
+        summary(&store)
     );
 
     let ns_many = format!("bench-issue-{suffix}");
