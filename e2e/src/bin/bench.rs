@@ -4,7 +4,8 @@
 //!   on the API server to (a) its `jti` on the pool's revocation list (the
 //!   store) and (b) the token refused by the reference verifier running
 //!   with the pool's ServiceAccount credentials (end to end), same run;
-//! - time to issue 1,000 grants until every one is Active;
+//! - time to issue 1,000 grants until every one is Active, then to revoke
+//!   them all at once until the verifier (as the pool) refuses every token;
 //! - the cost of signing and verifying one token (in process).
 
 use std::{
@@ -192,6 +193,69 @@ async fn revocation_latency(
     Ok((store, end_to_end))
 }
 
+/// Revokes every grant of `names` at once (16 updates in flight) and
+/// returns how long until the verifier, running as the pool, refuses every
+/// one of their tokens.
+async fn mass_revocation(client: &Client, ns: &str, names: &[String]) -> anyhow::Result<Duration> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let mut tokens = Vec::new();
+    for name in names {
+        let secret = secrets.get(&format!("{name}-token")).await?;
+        tokens.push(String::from_utf8(
+            secret.data.context("token data")?["token"].0.clone(),
+        )?);
+    }
+    let kubeconfig = cellule_e2e::service_account_kubeconfig(client, ns, "paris-pool").await?;
+    let live = Live::start(
+        cellule_e2e::client_from(&kubeconfig).await?,
+        ns,
+        "paris",
+        Duration::from_secs(10),
+    );
+    let ready = Instant::now() + Duration::from_secs(30);
+    while let Some(why) = live.unavailable() {
+        anyhow::ensure!(Instant::now() < ready, "verifier not ready: {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grants = cellule_api(client, ns, "WorkerGrant");
+    let started = Instant::now();
+    let patches = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let grants = grants.clone();
+            async move {
+                grants
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"revoked": true}})),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>();
+    let watch = async {
+        loop {
+            let now = jiff::Timestamp::now().as_second();
+            let accepted = tokens
+                .iter()
+                .filter(|t| live.verify(t, now).is_ok())
+                .count();
+            if accepted == 0 {
+                return anyhow::Ok(started.elapsed());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "{accepted} tokens still accepted after 10 min"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (patched, took) = tokio::join!(patches, watch);
+    patched?;
+    took
+}
+
 fn summary(latencies: &[Duration]) -> String {
     format!(
         "p50 {:?}, p95 {:?}, p99 {:?}, max {:?}",
@@ -270,6 +334,10 @@ async fn main() -> anyhow::Result<()> {
     let names: Vec<String> = (0..1000).map(|i| format!("laptop-{i}")).collect();
     let took = create_and_wait_active(&client, &ns_many, &names).await?;
     println!("1000 grants created and Active in {took:?}");
+    let took = mass_revocation(&client, &ns_many, &names).await?;
+    println!(
+        "1000 grants revoked at once: all refused by the verifier running as the pool {took:?} after the first update was sent"
+    );
 
     for ns in [ns, ns_many] {
         Api::<Namespace>::all(client.clone())

@@ -225,40 +225,78 @@ pub fn controller(
         .grants
         .controller(config)
         .owns_shared_stream(caches.secrets.changes())
-        // A pool's signing key ring appearing or rotating: its grants may
-        // be waiting for it.
+        // A pool's key ring or revocation list changing wakes only the
+        // grants it concerns (see `concerned_by_keys`): the list changes
+        // at every revocation and must not wake every grant of the pool.
         .watches_shared_stream(caches.secrets.subscribe(), move |secret: Arc<Secret>| {
             let pool = crate::names::pool_of_signing_keys(&secret.name_any()).map(str::to_owned);
-            grants_of(&for_rings, secret.namespace(), pool)
+            let ring = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(tokens::ring::RING_KEY))
+                .and_then(|ring| serde_json::from_slice::<tokens::KeyRing>(&ring.0).ok());
+            grants_of(&for_rings, secret.namespace(), pool, |g| {
+                concerned_by_keys(g, ring.as_ref())
+            })
         })
         .watches_shared_stream(
             caches.config_maps.subscribe(),
             move |list: Arc<ConfigMap>| {
                 let pool = crate::names::pool_of_revocations(&list.name_any()).map(str::to_owned);
-                grants_of(&for_lists, list.namespace(), pool)
+                grants_of(&for_lists, list.namespace(), pool, |g| {
+                    concerned_by_keys(g, None)
+                })
             },
         )
         // A pool's tiers or token policy changing concerns each of its grants.
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
-            move |pool: Arc<Pool>| grants_of(&for_pools, pool.namespace(), Some(pool.name_any())),
+            move |pool: Arc<Pool>| {
+                grants_of(&for_pools, pool.namespace(), Some(pool.name_any()), |_| {
+                    true
+                })
+            },
         );
     drive(controller, shutdown, reconcile, ctx)
 }
 
-/// The WorkerGrants of `pool` in `namespace`.
+/// The WorkerGrants of `pool` in `namespace` that `concerned` selects.
 fn grants_of(
     grants: &Store<WorkerGrant>,
     namespace: Option<String>,
     pool: Option<String>,
+    concerned: impl Fn(&WorkerGrant) -> bool,
 ) -> Vec<ObjectRef<WorkerGrant>> {
     let Some(pool) = pool else { return Vec::new() };
     grants
         .state()
         .into_iter()
         .filter(|g| g.namespace() == namespace && g.spec.pool_ref.name == pool)
+        .filter(|g| concerned(g))
         .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
+}
+
+/// Why a grant waits for its pool's signing key and revocation list.
+pub const SIGNING_KEY_PENDING: &str = "SigningKeyPending";
+
+/// Whether a change of its pool's key ring (`ring`, as changed) or
+/// revocation list (`None`) concerns `grant`: it waits for them, or the key
+/// of its token is no longer published. Nothing else does: every other
+/// decision about the grant is made at its own changes and wake-ups.
+pub fn concerned_by_keys(grant: &WorkerGrant, ring: Option<&tokens::KeyRing>) -> bool {
+    let Some(status) = &grant.status else {
+        return false;
+    };
+    let waiting = status
+        .common
+        .conditions
+        .iter()
+        .any(|c| c.type_ == crate::conditions::types::READY && c.reason == SIGNING_KEY_PENDING);
+    let withdrawn = ring
+        .zip(status.token.as_ref())
+        .is_some_and(|(ring, token)| !ring.publishes(&token.key_id));
+    waiting || withdrawn
 }
 
 /// The grant that holds `grant`'s worker id in its pool, if not `grant`:
@@ -535,7 +573,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             // exists) and verify it (its key is published).
             let Some(key) = tokens::signer(ctx, &ns, &pool, now.as_second()) else {
                 let summary = Summary::Progressing {
-                    reason: "SigningKeyPending",
+                    reason: SIGNING_KEY_PENDING,
                     message: format!(
                         "Pool {pool_name:?} has no published signing key or revocation list yet"
                     ),

@@ -354,3 +354,49 @@ fn a_token_whose_key_is_no_longer_published_is_replaced_at_once() {
         Decision::Suspended
     );
 }
+
+#[test]
+fn a_key_or_list_change_wakes_only_the_grants_it_concerns() {
+    use super::{SIGNING_KEY_PENDING, concerned_by_keys};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    let condition = |reason: &str| Condition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        reason: reason.into(),
+        message: String::new(),
+        last_transition_time: at(NOW),
+        observed_generation: None,
+    };
+    let with = |token: Option<TokenStatus>, reason: &str| {
+        let mut g = grant();
+        let mut status = WorkerGrantStatus {
+            token,
+            ..Default::default()
+        };
+        status.common.conditions.push(condition(reason));
+        g.status = Some(status);
+        g
+    };
+    let ring: crate::tokens::KeyRing = serde_json::from_value(
+        serde_json::json!({"keys": [{"kid": "k", "x": "", "createdAt": 0}]}),
+    )
+    .unwrap();
+    let active = with(Some(token(NOW, NOW + HOUR)), "TokenValid");
+    assert!(!concerned_by_keys(&active, None), "a list change");
+    assert!(
+        !concerned_by_keys(&active, Some(&ring)),
+        "its key is published"
+    );
+    assert!(
+        concerned_by_keys(&active, Some(&crate::tokens::KeyRing::default())),
+        "its key is gone"
+    );
+    let waiting = with(None, SIGNING_KEY_PENDING);
+    assert!(concerned_by_keys(&waiting, None));
+    let revoked = with(None, "Revoked");
+    assert!(!concerned_by_keys(&revoked, None));
+    assert!(
+        !concerned_by_keys(&grant(), None),
+        "never reconciled: its own creation wakes it"
+    );
+}
