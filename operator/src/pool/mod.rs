@@ -160,21 +160,30 @@ pub fn api_server_endpoints(
 async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let generation = pool.metadata.generation;
     let now = Timestamp::now();
-    let mut next = pool.status.clone().unwrap_or_default();
+    // The revocation record in the status is the revocation store's alone
+    // (its own field manager, entry by entry): the Pool's status writes
+    // leave it out, so they stay small and never race a revocation.
+    let without_record = |status: &crate::api::PoolStatus| crate::api::PoolStatus {
+        revoked_tokens: Default::default(),
+        ..status.clone()
+    };
+    let current = pool.status.as_ref().map(without_record);
+    let current = current.as_ref();
+    let mut next = current.cloned().unwrap_or_default();
     next.common.observed_generation = generation;
 
     // Revocations first, whatever else is wrong with the pool: a list
     // that lost an entry is restored even while the pool is stalled.
     let namespace = pool.namespace().unwrap_or_default();
     let next_revocation_expiry = revocations::store(ctx, &namespace, &pool.name_any())
-        .sync(pool, &mut next.revoked_tokens, now.as_second())
+        .sync(pool, now.as_second())
         .await?;
 
     let refs = Cached { ctx, namespace };
     let valid = match validate::validate(pool, &refs) {
         Ok(valid) => valid,
         Err(blocked) => {
-            let (current, reason) = (pool.status.as_ref(), blocked.reason());
+            let reason = blocked.reason();
             status::stall(ctx, pool, current, next, reason, blocked.message()).await?;
             // The watch on Secrets brings the pool back when it appears.
             return Ok(Action::await_change());
@@ -286,7 +295,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         }
     };
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
-    status::write(&ctx.client, pool, pool.status.as_ref(), &next).await?;
+    status::write(&ctx.client, pool, current, &next).await?;
     // Come back for the next key rotation or retirement, or the next
     // revocation entry to prune, whichever is first.
     let wake = next_revocation_expiry.map_or(next_key_change, |e| e.min(next_key_change));

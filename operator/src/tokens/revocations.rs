@@ -35,14 +35,8 @@ pub trait RevocationStore {
     fn revoke(&self, jti: &str, exp: i64) -> impl Future<Output = Result<()>> + Send;
 
     /// Prunes expired entries and brings what the verifiers read back in
-    /// step with the record; `record` (the Pool status about to be
-    /// written) is updated to match. Returns when the next entry expires.
-    fn sync(
-        &self,
-        pool: &Pool,
-        record: &mut BTreeMap<String, i64>,
-        now: i64,
-    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// step with the record. Returns when the next entry expires.
+    fn sync(&self, pool: &Pool, now: i64) -> impl Future<Output = Result<Option<i64>>> + Send;
 }
 
 /// The store of `pool` in `namespace`: the record in the Pool's status,
@@ -102,12 +96,7 @@ impl RevocationStore for ConfigMapStore<'_> {
             .await
     }
 
-    async fn sync(
-        &self,
-        pool: &Pool,
-        record: &mut BTreeMap<String, i64>,
-        now: i64,
-    ) -> Result<Option<i64>> {
+    async fn sync(&self, pool: &Pool, now: i64) -> Result<Option<i64>> {
         let name = names::revocations(&self.pool);
         let live = self
             .ctx
@@ -120,25 +109,18 @@ impl RevocationStore for ConfigMapStore<'_> {
             .unwrap_or_default();
         // The record as the cache has it now, not as this reconcile started
         // with: a grant may have added to it since (a reconcile takes seconds).
-        if let Some(fresh) = self
+        let record = self
             .ctx
             .pools
             .get(&ObjectRef::new(&self.pool).within(&self.namespace))
             .and_then(|p| p.status.clone())
-        {
-            *record = fresh.revoked_tokens;
-        }
+            .map(|status| status.revoked_tokens)
+            .unwrap_or_default();
         let max_ttl = i64::try_from(pool.spec.tokens.max_ttl.0.as_secs()).unwrap_or(i64::MAX);
-        let changes = revocation_changes(record, &list, max_ttl, now);
+        let changes = revocation_changes(&record, &list, max_ttl, now);
         // The record first: it is what the list is restored from.
         if !changes.record.is_empty() {
             self.patch_record(serde_json::json!(changes.record)).await?;
-            for (jti, exp) in &changes.record {
-                match exp {
-                    Some(exp) => record.insert(jti.clone(), *exp),
-                    None => record.remove(jti),
-                };
-            }
         }
         // Not made yet (or not ours): the record waits, and the list is
         // filled from it once the Pool's apply has made it.
