@@ -56,6 +56,25 @@ struct ConfigMapStore<'a> {
 }
 
 impl ConfigMapStore<'_> {
+    /// The record's expiry of `jti`, as the cache has it.
+    fn recorded(&self, jti: &str) -> Option<i64> {
+        let pool = self
+            .ctx
+            .pools
+            .get(&ObjectRef::new(&self.pool).within(&self.namespace))?;
+        pool.status.as_ref()?.revoked_tokens.get(jti).copied()
+    }
+
+    /// The list's entry for `jti`, as the cache has it.
+    fn listed(&self, jti: &str) -> Option<String> {
+        let list = self
+            .ctx
+            .owned
+            .config_maps
+            .get(&ObjectRef::new(&names::revocations(&self.pool)).within(&self.namespace))?;
+        list.data.as_ref()?.get(jti).cloned()
+    }
+
     fn params() -> PatchParams {
         PatchParams {
             field_manager: Some(REVOCATION_MANAGER.into()),
@@ -89,6 +108,11 @@ impl ConfigMapStore<'_> {
 
 impl RevocationStore for ConfigMapStore<'_> {
     async fn revoke(&self, jti: &str, exp: i64) -> Result<()> {
+        // Already in both, as the caches show them: a reconcile from a
+        // copy that predates its own last write makes no second write.
+        if self.recorded(jti) == Some(exp) && self.listed(jti) == Some(exp.to_string()) {
+            return Ok(());
+        }
         // The record first: a failure before the list is written is
         // completed by the Pool's reconcile, which restores the list.
         self.patch_record(serde_json::json!({ jti: exp })).await?;
