@@ -25,7 +25,7 @@ generated=$(mktemp -d)
 cargo run --quiet --locked -p cellule-operator --bin crdgen -- "$generated"
 diff -ru crds "$generated" || die "crds/ is stale: run 'cargo run -p cellule-operator --bin crdgen -- crds' and commit"
 step "unit tests"
-cargo test --locked -p cellule-operator
+cargo test --locked -p cellule-operator -p cellule-verifier
 step "build the operator and the e2e tests"
 cargo build --locked -p cellule-operator --bin cellule-operator
 cargo build --locked -p cellule-verifier --bin cellule-verifier
