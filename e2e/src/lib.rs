@@ -486,14 +486,34 @@ pub async fn sample_site_ready(client: &Client, ns: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The raw HTTP/1.1 response to `GET path` on `addr` (the operator's
-/// health endpoints).
+/// The raw HTTP/1.1 response to `GET path` on `addr` (health endpoints).
 pub async fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    http(addr, &format!("GET {path}"), "").await
+}
+
+/// The status code and body of `POST path` with `body` (text) on `addr`.
+pub async fn http_post(addr: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let response = http(addr, &format!("POST {path}"), body).await?;
+    let code = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or(response.clone())?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+async fn http(addr: &str, request_line: &str, body: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{request_line} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream
         .write_all(request.as_bytes())
         .await
@@ -504,6 +524,68 @@ pub async fn http_get(addr: &str, path: &str) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(response)
+}
+
+/// Starts `binary` with `args` and `env`, logging to `<logs>/<log>.log`
+/// (killed when dropped), and waits until `GET <ready_addr>/readyz` is 200.
+pub async fn spawn_ready(
+    binary: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &str,
+    ready_addr: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    let log_file = std::fs::File::create(
+        std::path::Path::new(&Env::var("CELLULE_E2E_LOGS")).join(format!("{log}.log")),
+    )?;
+    let child = tokio::process::Command::new(binary)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {binary}"))?;
+    eventually(&format!("{log} ready"), Duration::from_secs(60), || async {
+        let response = http_get(ready_addr, "/readyz").await?;
+        response
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+            .ok_or(response)
+    })
+    .await?;
+    Ok(child)
+}
+
+/// A free port on 127.0.0.1, as `127.0.0.1:<port>`.
+pub async fn free_local_addr() -> anyhow::Result<String> {
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The token in WorkerGrant `grant`'s Secret (written just after the
+/// status that announces it, so it may take a moment to appear).
+pub async fn token_of(client: &Client, ns: &str, grant: &str) -> anyhow::Result<String> {
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+    let secret = eventually(
+        &format!("{grant}-token"),
+        Duration::from_secs(60),
+        || async {
+            secrets
+                .get_opt(&format!("{grant}-token"))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("absent".to_owned())
+        },
+    )
+    .await?;
+    Ok(String::from_utf8(
+        secret.data.context("token data")?["token"].0.clone(),
+    )?)
 }
 
 /// The fault: an admission policy that refuses every write of Secret

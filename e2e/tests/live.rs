@@ -2,14 +2,14 @@
 //! a token of the pool's own ServiceAccount (so under the Role the operator
 //! gave it), and a token revoked on the API server is refused there.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace, merge_patch};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, api::PostParams};
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -19,87 +19,35 @@ async fn start_verifier(
     ns: &str,
     pool: &str,
 ) -> anyhow::Result<(Child, String)> {
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(
-        std::path::Path::new(&Env::var("CELLULE_E2E_LOGS")).join(format!("verifier-{ns}.log")),
-    )?;
-    let child = Command::new(Env::var("CELLULE_E2E_VERIFIER_BIN"))
-        .args([
-            "--namespace",
-            ns,
-            "--pool",
-            pool,
-            "--listen",
-            &addr,
-            "--stale-after-seconds",
-            "5",
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting cellule-verifier")?;
-    eventually("the verifier ready", WAIT, || async {
-        let response = cellule_e2e::http_get(&addr, "/readyz").await?;
-        response
-            .starts_with("HTTP/1.1 200")
-            .then_some(())
-            .ok_or(response)
-    })
+    let addr = cellule_e2e::free_local_addr().await?;
+    let args = [
+        "--namespace",
+        ns,
+        "--pool",
+        pool,
+        "--listen",
+        &addr,
+        "--stale-after-seconds",
+        "5",
+    ];
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_str().context("utf-8 path")?),
+        ("RUST_LOG", "info"),
+    ];
+    let child = cellule_e2e::spawn_ready(
+        &Env::var("CELLULE_E2E_VERIFIER_BIN"),
+        &args,
+        &env,
+        &format!("verifier-{ns}"),
+        &addr,
+    )
     .await?;
     Ok((child, addr))
 }
 
 /// The verifier's verdict on `token`: the HTTP status and the body.
 async fn verdict(addr: &str, token: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "POST /verify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{token}",
-        token.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let code = response
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or(response.clone())?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-async fn token_of(client: &Client, ns: &str, grant: &str) -> anyhow::Result<String> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let secret = eventually(&format!("{grant}-token"), WAIT, || async {
-        secrets
-            .get_opt(&format!("{grant}-token"))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent".to_owned())
-    })
-    .await?;
-    Ok(String::from_utf8(
-        secret.data.context("data")?["token"].0.clone(),
-    )?)
+    cellule_e2e::http_post(addr, "/verify", token).await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -124,7 +72,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
         }
         let mut tokens = Vec::new();
         for i in 0..GRANTS {
-            tokens.push(token_of(&client, &ns, &format!("live-{i}")).await?);
+            tokens.push(cellule_e2e::token_of(&client, &ns, &format!("live-{i}")).await?);
         }
 
         let kubeconfig = cellule_e2e::service_account_kubeconfig(&client, &ns, "paris-pool").await?;
@@ -171,7 +119,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
 
         // The list deleted: once it is back (rebuilt from the record), the
         // pool still refuses every revoked token and accepts the others.
-        let alice = token_of(&client, &ns, "laptop-alice").await?;
+        let alice = cellule_e2e::token_of(&client, &ns, "laptop-alice").await?;
         Api::<ConfigMap>::namespaced(client.clone(), &ns).delete("paris-revocations", &Default::default()).await?;
         eventually("the list back, as the pool sees it", WAIT, || async {
             let (alice_code, body) = verdict(&addr, &alice).await?;

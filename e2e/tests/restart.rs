@@ -6,15 +6,15 @@
 //! without the shared operator: `e2e/test.sh` runs it after the rest, once
 //! that one is stopped (`--ignored`).
 
-use std::{collections::BTreeMap, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, http_get, in_namespace};
+use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace};
 use cellule_operator::tokens;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, api::DeleteParams};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const WAIT: Duration = Duration::from_secs(60);
 const PRE: i64 = 15;
@@ -22,34 +22,21 @@ const PRE: i64 = 15;
 /// The operator as deployed (its ServiceAccount's token, so its RBAC),
 /// logging to the e2e logs; ready when this returns.
 async fn start_operator(run: usize) -> anyhow::Result<Child> {
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(
-        std::path::Path::new(&Env::var("CELLULE_E2E_LOGS"))
-            .join(format!("operator-restart-{run}.log")),
-    )?;
-    let child = Command::new(Env::var("CELLULE_E2E_OPERATOR_BIN"))
-        .env("KUBECONFIG", Env::var("CELLULE_E2E_OPERATOR_KUBECONFIG"))
-        .env("CELLULE_HEALTH_ADDR", &addr)
-        .env("RUST_LOG", "info,cellule_operator=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting cellule-operator")?;
-    eventually("the operator ready", WAIT, || async {
-        let response = http_get(&addr, "/readyz").await?;
-        response
-            .starts_with("HTTP/1.1 200")
-            .then_some(())
-            .ok_or(response)
-    })
-    .await?;
-    Ok(child)
+    let addr = cellule_e2e::free_local_addr().await?;
+    let kubeconfig = Env::var("CELLULE_E2E_OPERATOR_KUBECONFIG");
+    let env = [
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("CELLULE_HEALTH_ADDR", addr.as_str()),
+        ("RUST_LOG", "info,cellule_operator=debug"),
+    ];
+    cellule_e2e::spawn_ready(
+        &Env::var("CELLULE_E2E_OPERATOR_BIN"),
+        &[],
+        &env,
+        &format!("operator-restart-{run}"),
+        &addr,
+    )
+    .await
 }
 
 /// SIGKILL: no shutdown, no last write.

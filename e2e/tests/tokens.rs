@@ -30,22 +30,7 @@ async fn phase(client: &Client, ns: &str, grant: &str, want: &str) -> anyhow::Re
     .await
 }
 
-/// The token in the grant's Secret (written just after the status that
-/// announces it, so it may take a moment to appear).
-async fn token_of(client: &Client, ns: &str, grant: &str) -> anyhow::Result<String> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let secret = eventually(&format!("{grant}-token"), WAIT, || async {
-        secrets
-            .get_opt(&format!("{grant}-token"))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent".to_owned())
-    })
-    .await?;
-    Ok(String::from_utf8(
-        secret.data.context("token data")?["token"].0.clone(),
-    )?)
-}
+use cellule_e2e::token_of;
 
 async fn jwks(client: &Client, ns: &str) -> anyhow::Result<(String, jsonwebtoken::jwk::JwkSet)> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)

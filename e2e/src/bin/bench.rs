@@ -92,6 +92,24 @@ async fn create_and_wait_active(
     }
 }
 
+/// The reference verifier of the sample pool in `ns`, running with the
+/// pool's ServiceAccount credentials, once its data is current.
+async fn verifier_as_pool(client: &Client, ns: &str) -> anyhow::Result<Live> {
+    let kubeconfig = cellule_e2e::service_account_kubeconfig(client, ns, "paris-pool").await?;
+    let live = Live::start(
+        cellule_e2e::client_from(&kubeconfig).await?,
+        ns,
+        "paris",
+        Duration::from_secs(10),
+    );
+    let ready = Instant::now() + Duration::from_secs(30);
+    while let Some(why) = live.unavailable() {
+        anyhow::ensure!(Instant::now() < ready, "verifier not ready: {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(live)
+}
+
 /// Store and end-to-end latencies of `count` revocations, each sorted.
 async fn revocation_latency(
     client: &Client,
@@ -119,19 +137,7 @@ async fn revocation_latency(
             String::from_utf8(secret.data.context("token data")?["token"].0.clone())?,
         );
     }
-    // The reference verifier, as the pool: its ServiceAccount's token.
-    let kubeconfig = cellule_e2e::service_account_kubeconfig(client, ns, "paris-pool").await?;
-    let live = Live::start(
-        cellule_e2e::client_from(&kubeconfig).await?,
-        ns,
-        "paris",
-        Duration::from_secs(10),
-    );
-    let ready = Instant::now() + Duration::from_secs(30);
-    while let Some(why) = live.unavailable() {
-        anyhow::ensure!(Instant::now() < ready, "verifier not ready: {why}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let live = verifier_as_pool(client, ns).await?;
     // Watch the revocation list; note when each jti first appears.
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let lists: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -211,18 +217,7 @@ async fn mass_revocation(client: &Client, ns: &str, names: &[String]) -> anyhow:
             secret.data.context("token data")?["token"].0.clone(),
         )?);
     }
-    let kubeconfig = cellule_e2e::service_account_kubeconfig(client, ns, "paris-pool").await?;
-    let live = Live::start(
-        cellule_e2e::client_from(&kubeconfig).await?,
-        ns,
-        "paris",
-        Duration::from_secs(10),
-    );
-    let ready = Instant::now() + Duration::from_secs(30);
-    while let Some(why) = live.unavailable() {
-        anyhow::ensure!(Instant::now() < ready, "verifier not ready: {why}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let live = verifier_as_pool(client, ns).await?;
     let grants = cellule_api(client, ns, "WorkerGrant");
     let started = Instant::now();
     let patches = futures::stream::iter(names.iter().cloned())
