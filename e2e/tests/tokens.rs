@@ -597,6 +597,12 @@ async fn a_compromised_key_is_withdrawn_at_once_and_every_token_it_signed_replac
             before.insert(name, token_of(&client, &ns, name).await?);
         }
         let kid = jsonwebtoken::decode_header(&before["laptop-alice"])?.kid.unwrap();
+        // The response must not wait for the rest of the pool to be right:
+        // the pool is stalled (its database Secret gone) when it comes.
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .delete("paris-db", &DeleteParams::default())
+            .await?;
+        cellule_e2e::wait_condition(&client, &ns, "Pool", "paris", "Stalled", "True", WAIT).await?;
         ensure!(before.values().all(|t| jsonwebtoken::decode_header(t).unwrap().kid.as_deref() == Some(kid.as_str())));
 
         let declared = std::time::Instant::now();

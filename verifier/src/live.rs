@@ -207,7 +207,11 @@ impl<T> Source<T> {
 /// every token refused until it is back (a list deleted must not
 /// un-revoke anything).
 async fn watch(api: Api<ConfigMap>, name: String, which: Which, state: Arc<RwLock<State>>) {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    // A (re)list from etcd, never from a lagging cache: an older copy
+    // would count as freshly confirmed.
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .list_semantic(watcher::ListSemantic::MostRecent);
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let mut state = state.write().expect("no writer panics while holding it");

@@ -47,10 +47,11 @@ pub struct Desired {
     pub role_bindings: Vec<RoleBinding>,
 }
 
-pub fn pool_component(valid: &ValidPool) -> Component {
+/// The pool orchestrator of Pool `pool`.
+pub fn pool_component(pool: &str) -> Component {
     Component {
-        name: names::pool(&valid.name),
-        pool: valid.name.clone(),
+        name: names::pool(pool),
+        pool: pool.to_owned(),
         role: "pool",
     }
 }
@@ -66,7 +67,7 @@ pub fn cpu_worker_component(valid: &ValidPool, set: &str) -> Component {
 pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
     let pool = &valid.pool;
     let spec = &pool.spec;
-    let component = pool_component(valid);
+    let component = pool_component(&valid.name);
     let config_text = config::render_config(valid);
     let config_name = names::config(&valid.name);
     let routing_name = names::routing(&valid.name);

@@ -169,6 +169,18 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     };
     let current = pool.status.as_ref().map(without_record);
     let current = current.as_ref();
+    // Every field the Pool's status writes is recomputed from the caches
+    // at each reconcile, so its writes need no resourceVersion
+    // precondition, which the revocation store's own writes to the record
+    // would otherwise defeat at every revocation.
+    let unversioned = Pool {
+        metadata: kube::api::ObjectMeta {
+            resource_version: None,
+            ..pool.metadata.clone()
+        },
+        ..pool.clone()
+    };
+    let pool = &unversioned;
     let mut next = current.cloned().unwrap_or_default();
     next.common.observed_generation = generation;
 
@@ -183,10 +195,18 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let valid = match validate::validate(pool, &refs) {
         Ok(valid) => valid,
         Err(blocked) => {
+            // Whatever is wrong with the pool, its keys rotate and a key
+            // declared compromised leaves the JWKS at once.
+            let next_key_change = sync_published_keys(ctx, pool, &mut next, now).await;
             let reason = blocked.reason();
             status::stall(ctx, pool, current, next, reason, blocked.message()).await?;
-            // The watch on Secrets brings the pool back when it appears.
-            return Ok(Action::await_change());
+            // The watch on Secrets brings the pool back when it appears;
+            // the keys and the revocation list have their own times.
+            let at = next_key_change?;
+            return Ok(requeue_at(
+                next_revocation_expiry.map_or(at, |e| e.min(at)),
+                now,
+            ));
         }
     };
 
@@ -197,7 +217,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         Ok(ring) => ring,
         Err(error) => return status::stall_on(ctx, pool, next, error).await,
     };
-    let component = build::pool_component(&valid);
+    let component = build::pool_component(&valid.name);
     desired
         .config_maps
         .extend(tokens::published(pool, &ring, component.selector())?);
@@ -299,9 +319,42 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     // Come back for the next key rotation or retirement, or the next
     // revocation entry to prune, whichever is first.
     let wake = next_revocation_expiry.map_or(next_key_change, |e| e.min(next_key_change));
-    Ok(Action::requeue(std::time::Duration::from_secs(
-        (wake - now.as_second()).max(1) as u64,
-    )))
+    Ok(requeue_at(wake, now))
+}
+
+/// For a stalled pool: brings the key ring up to date and applies the
+/// JWKS (and the revocation list's object) alone, pruning nothing. Returns
+/// when the ring next needs a look.
+async fn sync_published_keys(
+    ctx: &Context,
+    pool: &Pool,
+    next: &mut crate::api::PoolStatus,
+    now: Timestamp,
+) -> Result<i64> {
+    let (ring, next_key_change) = tokens::sync_ring(ctx, pool, now.as_second()).await?;
+    next.signing_keys = ring.status(
+        tokens::ring::RingPolicy::of(pool).pre_publication,
+        now.as_second(),
+    );
+    let namespace = pool.namespace().unwrap_or_default();
+    let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
+    let labels = build::pool_component(&pool.name_any()).selector();
+    let mut sync = OwnerSync::new(&ctx.client, &namespace, uid);
+    sync.some(
+        &ctx.owned.config_maps,
+        tokens::published(pool, &ring, labels)?,
+    )
+    .await;
+    let (changes, synced) = sync.finish();
+    reconcile::report_changes(ctx, pool, &changes).await;
+    synced?;
+    Ok(next_key_change)
+}
+
+fn requeue_at(at: i64, now: Timestamp) -> Action {
+    Action::requeue(std::time::Duration::from_secs(
+        (at - now.as_second()).max(1) as u64,
+    ))
 }
 
 /// The Deployment has rolled out the current template to `want` ready pods.

@@ -78,7 +78,7 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
     );
     policies.push(policy(
         pool,
-        &pool_component(valid).name,
+        &pool_component(name).name,
         name,
         role_pods(name, "pool"),
         [pool_ingress],

@@ -56,12 +56,37 @@ impl<'a> OwnerSync<'a> {
             + DeserializeOwned
             + Debug,
     {
+        self.run(store, desired, true).await;
+    }
+
+    /// Applies `desired`, some of the objects of kind `K` the owner wants,
+    /// and deletes nothing.
+    pub async fn some<K>(&mut self, store: &Store<K>, desired: Vec<K>)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        self.run(store, desired, false).await;
+    }
+
+    async fn run<K>(&mut self, store: &Store<K>, desired: Vec<K>, prune: bool)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
         let result = sync(
             self.client,
             store,
             self.namespace,
             &self.owner_uid,
             desired,
+            prune,
             &mut self.changes,
         )
         .await;
@@ -111,6 +136,7 @@ async fn sync<K>(
     namespace: &str,
     owner_uid: &str,
     desired: Vec<K>,
+    prune: bool,
     changes: &mut Vec<Change>,
 ) -> Result<()>
 where
@@ -158,6 +184,9 @@ where
             name: name.clone(),
         });
         wanted.insert(name);
+    }
+    if !prune {
+        return Ok(());
     }
     let orphans = store.state_filter(|o| {
         o.namespace().as_deref() == Some(namespace)

@@ -43,12 +43,16 @@ where
     // At the resourceVersion the status was computed from: a reconcile
     // working from a stale copy fails with a conflict (and runs again)
     // instead of writing over a newer status, e.g. a just-issued token.
-    let patch = serde_json::json!({
+    // (A caller whose status is recomputed whole at every reconcile may
+    // pass an object without one.)
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "metadata": {"resourceVersion": obj.resource_version()},
         "status": status,
     });
+    if let Some(version) = obj.resource_version() {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
     api.patch_status(
         &obj.name_any(),
         &PatchParams::apply(MANAGER).force(),

@@ -142,7 +142,8 @@ impl KeyRing {
     }
 
     fn signer_index(&self, pre_publication: i64, now: i64) -> Option<usize> {
-        let usable = |k: &&StoredKey| k.seed.is_some() && k.published_at.is_some();
+        let usable =
+            |k: &&StoredKey| k.seed.is_some() && k.retired_at.is_none() && k.published_at.is_some();
         let mature = self.keys.iter().enumerate().rev().find(|(_, k)| {
             usable(k)
                 && k.published_at
@@ -218,6 +219,10 @@ pub fn next(
             && let Some(private) = key.private()
         {
             key.x = URL_SAFE_NO_PAD.encode(private.key.verifying_key().as_bytes());
+        }
+        // A ring written before seeds were deleted at retirement kept them.
+        if key.retired_at.is_some() {
+            key.seed = None;
         }
         if key.published_at.is_none() && published.contains(&key.kid) {
             key.published_at = Some(now);
@@ -544,6 +549,32 @@ mod tests {
             URL_SAFE_NO_PAD.encode(key(1).key.verifying_key().as_bytes())
         );
         assert_eq!(ring.keys[0].published_at, Some(5));
+    }
+
+    #[test]
+    fn a_retired_key_of_the_old_format_loses_its_seed_and_never_signs_again() {
+        let seed = STANDARD.encode([1u8; 32]);
+        let active = STANDARD.encode([2u8; 32]);
+        let old = serde_json::json!({"keys": [
+            {"kid": key(1).kid, "seed": seed, "createdAt": 0, "retiredAt": 100},
+            {"kid": key(2).kid, "seed": active, "createdAt": 100},
+        ], "generation": 1});
+        let ring: KeyRing = serde_json::from_value(old).unwrap();
+        assert!(
+            ring.signer(PRE, 150).is_none(),
+            "not published yet: nothing signs"
+        );
+        let (ring, _) = next(
+            &ring,
+            &policy(),
+            &published(&ring),
+            &BTreeMap::new(),
+            150,
+            || unreachable!(),
+        );
+        assert_eq!(ring.signer(PRE, 150).unwrap().kid, key(2).kid);
+        assert!(ring.keys[0].seed.is_none());
+        assert!(ring.publishes(&key(1).kid), "its tokens still verify");
     }
 
     #[test]
