@@ -975,23 +975,10 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
             let mut seen = BTreeSet::new();
             // The pool name passed validation, so every name is a DNS label.
             let max = Some(63);
-            for d in &desired.deployments {
-                check_owned("Deployment", &d.metadata, &mut seen, max)?;
-            }
-            for s in &desired.services {
-                check_owned("Service", &s.metadata, &mut seen, max)?;
-            }
-            for c in &desired.config_maps {
-                check_owned("ConfigMap", &c.metadata, &mut seen, max)?;
-            }
-            for a in &desired.service_accounts {
-                check_owned("ServiceAccount", &a.metadata, &mut seen, max)?;
-            }
-            for p in &desired.pod_disruption_budgets {
-                check_owned("PodDisruptionBudget", &p.metadata, &mut seen, max)?;
+            for (kind, meta) in desired.metadata() {
+                check_owned(kind, meta, &mut seen, max)?;
             }
             for p in &desired.network_policies {
-                check_owned("NetworkPolicy", &p.metadata, &mut seen, max)?;
                 check_policy(p)?;
             }
         }

@@ -13,7 +13,10 @@ use k8s_openapi::{
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 
 use crate::{
@@ -45,6 +48,26 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
+}
+
+impl Desired {
+    /// The kind and metadata of every object.
+    pub fn metadata(&self) -> impl Iterator<Item = (&'static str, &ObjectMeta)> {
+        fn of<'a, K: kube::Resource<DynamicType = ()>>(
+            kind: &'static str,
+            objects: &'a [K],
+        ) -> impl Iterator<Item = (&'static str, &'a ObjectMeta)> {
+            objects.iter().map(move |o| (kind, o.meta()))
+        }
+        of("Deployment", &self.deployments)
+            .chain(of("Service", &self.services))
+            .chain(of("ConfigMap", &self.config_maps))
+            .chain(of("ServiceAccount", &self.service_accounts))
+            .chain(of("PodDisruptionBudget", &self.pod_disruption_budgets))
+            .chain(of("NetworkPolicy", &self.network_policies))
+            .chain(of("Role", &self.roles))
+            .chain(of("RoleBinding", &self.role_bindings))
+    }
 }
 
 /// The pool orchestrator of Pool `pool`.

@@ -161,26 +161,17 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let generation = pool.metadata.generation;
     let now = Timestamp::now();
     // The revocation record in the status is the revocation store's alone
-    // (its own field manager, entry by entry): the Pool's status writes
-    // leave it out, so they stay small and never race a revocation.
-    let without_record = |status: &crate::api::PoolStatus| crate::api::PoolStatus {
-        revoked_tokens: Default::default(),
-        ..status.clone()
-    };
-    let current = pool.status.as_ref().map(without_record);
-    let current = current.as_ref();
-    // Every field the Pool's status writes is recomputed from the caches
-    // at each reconcile, so its writes need no resourceVersion
-    // precondition, which the revocation store's own writes to the record
-    // would otherwise defeat at every revocation.
-    let unversioned = Pool {
-        metadata: kube::api::ObjectMeta {
-            resource_version: None,
-            ..pool.metadata.clone()
-        },
+    // (its own field manager, entry by entry): this reconcile sees and
+    // writes the status without it, so its writes stay small and never
+    // race a revocation.
+    let pool = &Pool {
+        status: pool.status.clone().map(|status| crate::api::PoolStatus {
+            revoked_tokens: Default::default(),
+            ..status
+        }),
         ..pool.clone()
     };
-    let pool = &unversioned;
+    let current = pool.status.as_ref();
     let mut next = current.cloned().unwrap_or_default();
     next.common.observed_generation = generation;
 

@@ -18,6 +18,25 @@ use sha2::{Digest, Sha256};
 
 use super::{Error, MANAGER, Result, labels, quantity};
 
+/// A namespaced kind the operator makes and caches.
+pub trait Owned:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+{
+}
+
+impl<K> Owned for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// The sync of everything one owner wants in its namespace, kind by kind,
 /// collecting what changed. A kind that fails does not stop the next
 /// ones (a refused Deployment must not keep a removed ingress rule
@@ -48,38 +67,17 @@ impl<'a> OwnerSync<'a> {
 
     /// Applies `desired` (every object of kind `K` the owner wants) and
     /// deletes the ones of that kind it owned before and no longer wants.
-    pub async fn kind<K>(&mut self, store: &Store<K>, desired: Vec<K>)
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
-    {
+    pub async fn kind<K: Owned>(&mut self, store: &Store<K>, desired: Vec<K>) {
         self.run(store, desired, true).await;
     }
 
     /// Applies `desired`, some of the objects of kind `K` the owner wants,
     /// and deletes nothing.
-    pub async fn some<K>(&mut self, store: &Store<K>, desired: Vec<K>)
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
-    {
+    pub async fn some<K: Owned>(&mut self, store: &Store<K>, desired: Vec<K>) {
         self.run(store, desired, false).await;
     }
 
-    async fn run<K>(&mut self, store: &Store<K>, desired: Vec<K>, prune: bool)
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
-    {
+    async fn run<K: Owned>(&mut self, store: &Store<K>, desired: Vec<K>, prune: bool) {
         let result = sync(
             self.client,
             store,
@@ -130,7 +128,7 @@ pub const APPLIED_HASH: &str = "cellule.ai/applied-sha256";
 /// copy lost a desired value (drift); otherwise not at all, so a no-op
 /// reconcile makes no request. An object of that name that this owner did
 /// not make is never written: [`Error::NameConflict`].
-async fn sync<K>(
+async fn sync<K: Owned>(
     client: &kube::Client,
     store: &Store<K>,
     namespace: &str,
@@ -138,14 +136,7 @@ async fn sync<K>(
     desired: Vec<K>,
     prune: bool,
     changes: &mut Vec<Change>,
-) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
-{
+) -> Result<()> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let kind = K::kind(&()).into_owned();
     let mut wanted = BTreeSet::new();

@@ -26,7 +26,7 @@ where
         + Clone
         + DeserializeOwned
         + Debug,
-    S: Serialize + PartialEq,
+    S: Conditions,
 {
     if current == Some(status) {
         return Ok(false);
@@ -43,14 +43,14 @@ where
     // At the resourceVersion the status was computed from: a reconcile
     // working from a stale copy fails with a conflict (and runs again)
     // instead of writing over a newer status, e.g. a just-issued token.
-    // (A caller whose status is recomputed whole at every reconcile may
-    // pass an object without one.)
     let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    if let Some(version) = obj.resource_version() {
+    if S::AT_RESOURCE_VERSION
+        && let Some(version) = obj.resource_version()
+    {
         patch["metadata"] = serde_json::json!({ "resourceVersion": version });
     }
     api.patch_status(
@@ -64,23 +64,35 @@ where
 
 /// A status that carries the conditions every kind shares.
 pub trait Conditions: Serialize + PartialEq {
+    /// Whether it is written at the resourceVersion it was computed from.
+    /// A status whose every field the reconcile recomputes from the caches
+    /// needs no such precondition (and would lose races it need not).
+    const AT_RESOURCE_VERSION: bool = true;
+
     fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus;
 }
 
-macro_rules! conditions_in_common {
-    ($($status:ty),*) => {$(
-        impl Conditions for $status {
-            fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
-                &mut self.common
-            }
-        }
-    )*};
+impl Conditions for crate::api::PoolStatus {
+    // Recomputed whole; the one field that is not, the revocation record,
+    // is the revocation store's, and left out of these writes.
+    const AT_RESOURCE_VERSION: bool = false;
+
+    fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
+        &mut self.common
+    }
 }
-conditions_in_common!(
-    crate::api::PoolStatus,
-    crate::api::NpuServerStatus,
-    crate::api::WorkerGrantStatus
-);
+
+impl Conditions for crate::api::NpuServerStatus {
+    fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
+        &mut self.common
+    }
+}
+
+impl Conditions for crate::api::WorkerGrantStatus {
+    fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
+        &mut self.common
+    }
+}
 
 /// Records that `obj` cannot progress until something changes: `Stalled`
 /// (and `Ready=False`) with `reason` and `message` in `next`, written if

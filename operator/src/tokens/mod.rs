@@ -170,15 +170,14 @@ fn pretty(what: &'static str, value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|source| Error::Serialize { what, source })
 }
 
-/// The key that signs `pool`'s new tokens now, once the pool can also
-/// revoke them (its revocation list exists).
-pub fn signer(ctx: &Context, namespace: &str, pool: &Pool, now: i64) -> Option<PoolKey> {
-    let pool_name = pool.name_any();
+/// The key of `ring` that signs `pool`'s new tokens now, once the pool
+/// can also revoke them (its revocation list exists).
+pub fn signer(ctx: &Context, pool: &Pool, ring: &KeyRing, now: i64) -> Option<PoolKey> {
+    let list = names::revocations(&pool.name_any());
     ctx.owned
         .config_maps
-        .get(&ObjectRef::new(&names::revocations(&pool_name)).within(namespace))?;
-    let pre_publication = ring::RingPolicy::of(pool).pre_publication;
-    ring(ctx, namespace, &pool_name)?.signer(pre_publication, now)
+        .get(&ObjectRef::new(&list).within(&pool.namespace()?))?;
+    ring.signer(ring::RingPolicy::of(pool).pre_publication, now)
 }
 
 /// A new token for `grant`, valid from `now` until `exp`, signed by `key`.

@@ -483,12 +483,13 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             return stall(grant, ctx, next, "WorkerIdInUse", message, Some(retry), now).await;
         }
     }
+    let ring = tokens::ring(ctx, &ns, pool_name);
     // Without a ring (its Secret being recreated) no key is known to be
     // unpublished.
     let key_published = next
         .token
         .as_ref()
-        .zip(tokens::ring(ctx, &ns, pool_name))
+        .zip(ring.as_ref())
         .is_none_or(|(token, ring)| ring.publishes(&token.key_id));
     let decision = decide(
         grant,
@@ -571,7 +572,10 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
         Decision::Issue { exp, why } => {
             // No token before the pool can revoke it (its revocation list
             // exists) and verify it (its key is published).
-            let Some(key) = tokens::signer(ctx, &ns, &pool, now.as_second()) else {
+            let key = ring
+                .as_ref()
+                .and_then(|ring| tokens::signer(ctx, &pool, ring, now.as_second()));
+            let Some(key) = key else {
                 let summary = Summary::Progressing {
                     reason: SIGNING_KEY_PENDING,
                     message: format!(
