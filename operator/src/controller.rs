@@ -22,7 +22,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller,
-        reflector::{self, ReflectHandle, Store, store::Writer},
+        reflector::{self, Store, store::Writer},
         watcher,
     },
 };
@@ -59,16 +59,20 @@ impl Options {
 }
 
 /// One watch of `K`, cached once and shared by every controller that needs
-/// it. Each consumer gets its own subscription from [`Shared::subscribe`];
-/// the store holds every event until each subscription has read it, so a
-/// subscription must be moved into a consumer that polls it (a held,
-/// unpolled one would freeze the cache after [`BUFFER`] events).
+/// it. Each consumer gets its own subscription from [`Shared::subscribe`]:
+/// every object the watch applied or deleted, after the cache has it.
+///
+/// Not kube-runtime's `ReflectHandle`: when the object it was told about
+/// is gone from the cache by the time it is polled (deleted meanwhile), it
+/// returns `Pending` without a waker, and a controller's trigger streams
+/// (a `FuturesUnordered`) never poll it again: that controller stops
+/// hearing its own objects for good. Measured in e2e: an NpuServer's spec
+/// change never reconciled after a test namespace was deleted.
 pub struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
     writer: Writer<K>,
     store: Store<K>,
-    /// Deleted objects: a shared subscription carries only applied ones,
-    /// and an owner must hear that its object was deleted to recreate it.
-    deleted: tokio::sync::broadcast::Sender<Arc<K>>,
+    /// Every applied or deleted object, to every subscription.
+    changes: tokio::sync::broadcast::Sender<Arc<K>>,
     /// The watch, not started until [`Shared::run`].
     events: BoxStream<'static, watcher::Result<watcher::Event<K>>>,
 }
@@ -84,11 +88,11 @@ where
         + 'static,
 {
     fn new(client: &Client, namespace: Option<&str>, config: watcher::Config) -> Self {
-        let (store, writer) = reflector::store_shared(BUFFER);
+        let (store, writer) = reflector::store();
         Self {
             writer,
             store,
-            deleted: tokio::sync::broadcast::channel(BUFFER).0,
+            changes: tokio::sync::broadcast::channel(BUFFER).0,
             events: watcher(api(client, namespace), config).boxed(),
         }
     }
@@ -102,42 +106,41 @@ where
         Controller::for_shared_stream(self.subscribe(), self.store()).with_config(config)
     }
 
-    /// A new subscription to the cache's changes, for exactly one consumer.
-    pub fn subscribe(&self) -> ReflectHandle<K> {
-        self.writer
-            .subscribe()
-            .expect("a store made by store_shared hands out subscriptions")
-    }
-
-    /// Every change of the cache, deletions included, for exactly one
-    /// consumer: what an owner watches its objects with. (Deletions are
-    /// buffered per consumer up to [`BUFFER`]; beyond that the oldest are
-    /// dropped rather than stall the watch.)
-    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    /// A new subscription to the cache's changes, deletions included, for
+    /// exactly one consumer. A consumer that falls more than [`BUFFER`]
+    /// changes behind gets every cached object instead of what it missed
+    /// (a reconcile too many, never one too few).
+    pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
         use tokio::sync::broadcast::error::RecvError;
-        let deleted = futures::stream::unfold(self.deleted.subscribe(), |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(object) => return Some((object, rx)),
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "deletions missed by a slow consumer");
-                    }
-                    Err(RecvError::Closed) => return None,
+        let (rx, store) = (self.changes.subscribe(), self.store());
+        futures::stream::unfold((rx, store), |(mut rx, store)| async move {
+            match rx.recv().await {
+                Ok(object) => Some((vec![object], (rx, store))),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, kind = %K::kind(&()), "a slow consumer missed changes: it gets every cached object");
+                    let all = store.state();
+                    Some((all, (rx, store)))
                 }
+                Err(RecvError::Closed) => None,
             }
-        });
-        futures::stream::select(self.subscribe(), deleted)
+        })
+        .flat_map(futures::stream::iter)
     }
 
-    /// Drives the watch into the store (and the subscriptions).
+    /// Drives the watch into the store, then to the subscriptions.
     fn run(self) -> BoxFuture<'static, ()> {
         let events = self.events.modify(strip).default_backoff();
-        let deleted = self.deleted;
+        let changes = self.changes;
         reflector::reflector(self.writer, events)
             .for_each(move |event| {
-                if let Ok(watcher::Event::Delete(object)) = event {
-                    // No consumer is not an error.
-                    let _ = deleted.send(Arc::new(object));
+                if let Ok(
+                    watcher::Event::Apply(object)
+                    | watcher::Event::InitApply(object)
+                    | watcher::Event::Delete(object),
+                ) = event
+                {
+                    // No subscriber is not an error.
+                    let _ = changes.send(Arc::new(object));
                 }
                 futures::future::ready(())
             })
@@ -319,7 +322,9 @@ where
 /// Only the objects whose `metadata.generation` moved (or that are new):
 /// a status write (ready counts, conditions) does not wake the dependants
 /// of an object, only a change of its spec does.
-pub fn spec_changes<K>(stream: ReflectHandle<K>) -> impl Stream<Item = Arc<K>> + Send + 'static
+pub fn spec_changes<K>(
+    stream: impl Stream<Item = Arc<K>> + Send + 'static,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone,
@@ -398,4 +403,74 @@ pub async fn run(
     on_ready();
     futures::future::join_all(controllers).await;
     watches.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn config_map(name: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.namespace = Some("ns".into());
+        cm
+    }
+
+    /// An object deleted before a subscriber reads its change must not
+    /// stall the subscription (kube-runtime's `ReflectHandle` did).
+    #[tokio::test]
+    async fn a_subscription_goes_on_past_an_object_deleted_meanwhile() {
+        let (store, writer) = reflector::store();
+        let events = futures::stream::iter([
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(config_map("a"))),
+            Ok(watcher::Event::Delete(config_map("a"))),
+            Ok(watcher::Event::Apply(config_map("b"))),
+        ])
+        .boxed();
+        let shared = Shared {
+            writer,
+            store,
+            changes: tokio::sync::broadcast::channel(BUFFER).0,
+            events,
+        };
+        let subscription = shared.subscribe();
+        shared.run().await;
+        let names: Vec<String> = subscription.take(3).map(|cm| cm.name_any()).collect().await;
+        assert_eq!(names, ["a", "a", "b"]);
+    }
+
+    /// A subscriber that fell behind gets every cached object instead.
+    #[tokio::test]
+    async fn a_lagging_subscription_gets_the_whole_cache() {
+        let (store, writer) = reflector::store();
+        let applies =
+            (0..BUFFER + 10).map(|i| Ok(watcher::Event::Apply(config_map(&format!("o{i}")))));
+        let events = futures::stream::iter(
+            [Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)]
+                .into_iter()
+                .chain(applies),
+        )
+        .boxed();
+        let shared = Shared {
+            writer,
+            store,
+            changes: tokio::sync::broadcast::channel(BUFFER).0,
+            events,
+        };
+        let subscription = shared.subscribe();
+        shared.run().await;
+        let seen: std::collections::BTreeSet<String> = subscription
+            .take(BUFFER + 10)
+            .map(|cm| cm.name_any())
+            .collect()
+            .await;
+        assert_eq!(
+            seen.len(),
+            BUFFER + 10,
+            "every object, once the cache is replayed"
+        );
+    }
 }

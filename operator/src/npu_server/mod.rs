@@ -114,9 +114,9 @@ pub fn controller(
     let controller = caches
         .npu_servers
         .controller(config)
-        .owns_shared_stream(caches.deployments.changes())
-        .owns_shared_stream(caches.services.changes())
-        .owns_shared_stream(caches.network_policies.changes())
+        .owns_shared_stream(caches.deployments.subscribe())
+        .owns_shared_stream(caches.services.subscribe())
+        .owns_shared_stream(caches.network_policies.subscribe())
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
             move |pool: Arc<Pool>| {

@@ -57,27 +57,27 @@ pub fn controller(
     let controller = caches
         .pools
         .controller(config)
-        .owns_shared_stream(caches.deployments.changes())
-        .owns_shared_stream(caches.services.changes())
-        .owns_shared_stream(caches.config_maps.changes())
-        .owns_shared_stream(caches.service_accounts.changes())
-        .owns_shared_stream(caches.pod_disruption_budgets.changes())
-        .owns_shared_stream(caches.network_policies.changes())
-        .owns_shared_stream(caches.roles.changes())
-        .owns_shared_stream(caches.role_bindings.changes())
-        .owns_shared_stream(caches.secrets.changes())
-        .watches_shared_stream(caches.secret_metadata.changes(), move |secret| {
+        .owns_shared_stream(caches.deployments.subscribe())
+        .owns_shared_stream(caches.services.subscribe())
+        .owns_shared_stream(caches.config_maps.subscribe())
+        .owns_shared_stream(caches.service_accounts.subscribe())
+        .owns_shared_stream(caches.pod_disruption_budgets.subscribe())
+        .owns_shared_stream(caches.network_policies.subscribe())
+        .owns_shared_stream(caches.roles.subscribe())
+        .owns_shared_stream(caches.role_bindings.subscribe())
+        .owns_shared_stream(caches.secrets.subscribe())
+        .watches_shared_stream(caches.secret_metadata.subscribe(), move |secret| {
             pools_referencing_secret(&pools, &secret)
         })
         // The API server moving: every pool's live channel follows.
-        .watches_shared_stream(caches.api_server.changes(), move |_| {
+        .watches_shared_stream(caches.api_server.subscribe(), move |_| {
             pools_for_api
                 .state()
                 .iter()
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches_shared_stream(caches.npu_servers.changes(), move |npu| {
+        .watches_shared_stream(caches.npu_servers.subscribe(), move |npu| {
             let pool = ObjectRef::new(&npu.spec.pool_ref.name)
                 .within(&npu.namespace().unwrap_or_default());
             pools_for_npus.get(&pool).map(|_| pool)

@@ -224,7 +224,7 @@ pub fn controller(
     let controller = caches
         .grants
         .controller(config)
-        .owns_shared_stream(caches.secrets.changes())
+        .owns_shared_stream(caches.secrets.subscribe())
         // A pool's key ring or revocation list changing wakes only the
         // grants it concerns (see `concerned_by_keys`): the list changes
         // at every revocation and must not wake every grant of the pool.
