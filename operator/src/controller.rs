@@ -36,6 +36,7 @@ use crate::{
         context::{OwnedStores, Stores},
         labels,
     },
+    tokens::revocations::RevocationList,
     worker_grant,
 };
 
@@ -193,6 +194,7 @@ pub struct Caches {
     pub network_policies: Shared<NetworkPolicy>,
     pub roles: Shared<Role>,
     pub role_bindings: Shared<RoleBinding>,
+    pub revocation_lists: Shared<RevocationList>,
     /// The operator's own Secrets (signing keys, tokens), with their data.
     pub secrets: Shared<Secret>,
     /// Metadata of every Secret: to see a referenced Secret appear or go.
@@ -219,6 +221,7 @@ impl Caches {
             network_policies: Shared::new(client, namespace, owned()),
             roles: Shared::new(client, namespace, owned()),
             role_bindings: Shared::new(client, namespace, owned()),
+            revocation_lists: Shared::new(client, namespace, owned()),
             secrets: Shared::new(client, namespace, owned()),
             // An Api of PartialObjectMeta lists and watches metadata only
             // (the API server never sends the data).
@@ -242,6 +245,7 @@ impl Caches {
                 network_policies: self.network_policies.store(),
                 roles: self.roles.store(),
                 role_bindings: self.role_bindings.store(),
+                revocation_lists: self.revocation_lists.store(),
                 secrets: self.secrets.store(),
             },
             secret_metadata: self.secret_metadata.store(),
@@ -266,6 +270,7 @@ impl Caches {
             self.network_policies.synced(),
             self.roles.synced(),
             self.role_bindings.synced(),
+            self.revocation_lists.synced(),
             self.secrets.synced(),
             self.secret_metadata.synced(),
             self.api_server.synced(),
@@ -289,6 +294,7 @@ impl Caches {
             self.network_policies.run(),
             self.roles.run(),
             self.role_bindings.run(),
+            self.revocation_lists.run(),
             self.secrets.run(),
             self.secret_metadata.run(),
             self.api_server.run(),

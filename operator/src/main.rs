@@ -35,9 +35,9 @@ struct VerifyTokenArgs {
     /// The pool's JWKS (`jwks.json` of the `<pool>-jwks` ConfigMap).
     #[arg(long)]
     jwks: PathBuf,
-    /// The pool's revocation list as JSON `{"<jti>": "<exp>", …}` (the
-    /// `data` of the `<pool>-revocations` ConfigMap). An entry that is not
-    /// a Unix time refuses every token (fail closed).
+    /// The pool's revocation lists as JSON: what `kubectl get
+    /// revocationlists -l cellule.ai/pool=<pool> -o json` prints. Input
+    /// that is not such a list refuses every token (fail closed).
     #[arg(long)]
     revocations: Option<PathBuf>,
     /// The pool's verifier policy (`policy.json` of the `<pool>-jwks`
@@ -188,12 +188,12 @@ fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("the policy is for {:?}, not {audience:?}", policy.audience);
     }
-    let revoked: std::collections::BTreeMap<String, String> = match &args.revocations {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
-            .context("parsing the revocation list")?,
-        None => Default::default(),
+    // The pool's lists only: the audience is `<namespace>/<pool>`.
+    let pool = policy.audience.rsplit('/').next().unwrap_or_default();
+    let revoked = match &args.revocations {
+        Some(path) => cellule_verifier::revocations::parse_lists(&std::fs::read_to_string(path)?, pool),
+        None => Ok(Default::default()),
     };
-    let revoked = tokens::parse_revocations(&revoked);
     let mut token = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
     let verdict = revoked.and_then(|revoked| {

@@ -55,20 +55,32 @@ pub fn jwks(pool: &str) -> String {
     format!("{pool}-jwks")
 }
 
-const REVOCATIONS: &str = "-revocations";
+const LEGACY_REVOCATIONS: &str = "-revocations";
 const SIGNING_KEYS: &str = "-signing-keys";
+const REVOKED: &str = "-revoked-";
 
-pub fn revocations(pool: &str) -> String {
-    format!("{pool}{REVOCATIONS}")
+/// The ConfigMap an earlier version kept a pool's revocations in (read
+/// once to move them into RevocationLists, then deleted).
+pub fn legacy_revocations(pool: &str) -> String {
+    format!("{pool}{LEGACY_REVOCATIONS}")
 }
 
 pub fn signing_keys(pool: &str) -> String {
     format!("{pool}{SIGNING_KEYS}")
 }
 
-/// The pool whose revocation list `name` would be.
-pub fn pool_of_revocations(name: &str) -> Option<&str> {
-    name.strip_suffix(REVOCATIONS)
+/// Part `part` of the RevocationList of `pool`'s time bucket ending at
+/// `end` (a kind of its own: no other object's name competes).
+pub fn revocation_list(pool: &str, end: i64, part: u32) -> String {
+    format!("{pool}{REVOKED}{end}-{part}")
+}
+
+/// `(pool, end, part)` of a RevocationList name, read from the right (a
+/// pool name may itself contain `-revoked-`).
+pub fn parse_revocation_list(name: &str) -> Option<(&str, i64, u32)> {
+    let (rest, part) = name.rsplit_once('-')?;
+    let (pool, end) = rest.rsplit_once(REVOKED)?;
+    Some((pool, end.parse().ok()?, part.parse().ok()?))
 }
 
 /// The pool whose signing key ring `name` would be.
@@ -106,7 +118,7 @@ mod tests {
                 config,
                 routing,
                 jwks,
-                revocations,
+                legacy_revocations,
                 signing_keys,
             ] {
                 out.push((f(p), format!("Pool {p}")));
@@ -122,6 +134,17 @@ mod tests {
             out.push((token(g), format!("WorkerGrant {g}")));
         }
         out
+    }
+
+    #[test]
+    fn a_revocation_list_name_reads_back() {
+        for (pool, end, part) in [("paris", 1_800_003_600, 0), ("a-revoked-1", -5, 12)] {
+            assert_eq!(
+                parse_revocation_list(&revocation_list(pool, end, part)),
+                Some((pool, end, part))
+            );
+        }
+        assert_eq!(parse_revocation_list("paris-revocations"), None);
     }
 
     #[test]
@@ -150,7 +173,7 @@ mod tests {
     fn longest_names_fit_a_dns_label() {
         let p = "p".repeat(POOL_NAME_MAX);
         let s = "s".repeat(CPU_WORKER_SET_MAX);
-        for name in [cpu_workers(&p, &s), signing_keys(&p), revocations(&p)] {
+        for name in [cpu_workers(&p, &s), signing_keys(&p), legacy_revocations(&p)] {
             assert!(name.len() <= 63, "{name}");
         }
         assert!(npu_server(&"n".repeat(NPU_SERVER_NAME_MAX)).len() <= 63);

@@ -1318,7 +1318,6 @@ fn derived_names(
             ("config", names::config),
             ("routing", names::routing),
             ("jwks", names::jwks),
-            ("revocations", names::revocations),
             ("signing-keys", names::signing_keys),
         ] {
             out.push((f(pool), format!("Pool {pool} {role}")));

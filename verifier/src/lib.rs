@@ -9,3 +9,4 @@
 
 pub mod jwt;
 pub mod live;
+pub mod revocations;

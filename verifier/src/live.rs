@@ -1,17 +1,17 @@
 //! A pool's live view of what verifies its workers' tokens: the JWKS and
-//! verifier policy (`<pool>-jwks`) and the revocation list
-//! (`<pool>-revocations`), watched on the API server with the pool's own
-//! credentials, which may `get`, `list` and `watch` exactly those two
-//! ConfigMaps.
+//! verifier policy (the `<pool>-jwks` ConfigMap) and the revocation store
+//! (the pool's `RevocationList` objects), watched on the API server with
+//! the pool's own credentials, which may read exactly that ConfigMap and
+//! the namespace's revocation lists.
 //!
 //! A watch pushes every change (a revocation reaches [`Live::verify`] as
-//! soon as the API server has it). A watch can also die quietly, so each
-//! object is confirmed by a read every third of the staleness bound, and a
-//! token is refused (fail closed) while either object is missing,
-//! unreadable, or has not been confirmed within the bound.
+//! soon as the API server has it). A watch can also die quietly, so both
+//! sources are confirmed by a read every third of the staleness bound, and
+//! a token is refused (fail closed) while either is missing, unreadable,
+//! or has not been confirmed within the bound.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashSet,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -21,10 +21,14 @@ use jsonwebtoken::jwk::JwkSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, ResourceExt,
+    api::ListParams,
     runtime::{WatchStreamExt as _, watcher},
 };
 
-use crate::jwt::{self, Claims, VerifierPolicy, VerifyError};
+use crate::{
+    jwt::{self, Claims, VerifierPolicy, VerifyError},
+    revocations::{POOL_LABEL, RevocationList, Revoked},
+};
 
 /// Keys of the `<pool>-jwks` ConfigMap.
 pub const JWKS_KEY: &str = "jwks.json";
@@ -70,10 +74,25 @@ impl<T> Source<T> {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     keys: Source<Keys>,
-    revoked: Source<BTreeMap<String, i64>>,
+    /// Always a value: the union of the lists seen, usable once a full
+    /// read has confirmed it.
+    revoked: Source<Revoked>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            keys: Source::default(),
+            revoked: Source {
+                value: Ok(Revoked::default()),
+                resource_version: None,
+                confirmed: None,
+            },
+        }
+    }
 }
 
 /// A pool's verifier, kept current by background tasks that run as long
@@ -92,19 +111,27 @@ impl Live {
             state: Arc::default(),
             stale_after,
         };
-        let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-        for which in [Which::Keys, Which::Revoked] {
-            let name = which.name(pool);
-            tokio::spawn(watch(api.clone(), name.clone(), which, live.state.clone()));
-            let period = stale_after / 3;
-            tokio::spawn(confirm(
-                api.clone(),
-                name,
-                which,
-                live.state.clone(),
-                period,
-            ));
-        }
+        let period = (stale_after / 3).max(Duration::from_millis(100));
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let name = format!("{pool}-jwks");
+        tokio::spawn(watch_keys(
+            config_maps.clone(),
+            name.clone(),
+            live.state.clone(),
+        ));
+        tokio::spawn(confirm_keys(config_maps, name, live.state.clone(), period));
+        let lists: Api<RevocationList> = Api::namespaced(client, namespace);
+        tokio::spawn(watch_lists(
+            lists.clone(),
+            pool.to_owned(),
+            live.state.clone(),
+        ));
+        tokio::spawn(confirm_lists(
+            lists,
+            pool.to_owned(),
+            live.state.clone(),
+            period,
+        ));
         live
     }
 
@@ -118,7 +145,7 @@ impl Live {
         let keys = state.keys.usable("the JWKS", self.stale_after)?;
         let revoked = state
             .revoked
-            .usable("the revocation list", self.stale_after)?;
+            .usable("the revocation lists", self.stale_after)?;
         jwt::verify(token, &keys.jwks, revoked, &keys.policy, now)
     }
 
@@ -131,54 +158,14 @@ impl Live {
         let keys = state.keys.usable("the JWKS", self.stale_after).err();
         let revoked = state
             .revoked
-            .usable("the revocation list", self.stale_after)
+            .usable("the revocation lists", self.stale_after)
             .err();
         keys.or(revoked).map(|e| e.to_string())
     }
 }
 
-/// The two watched objects.
-#[derive(Clone, Copy, Debug)]
-enum Which {
-    Keys,
-    Revoked,
-}
-
-impl Which {
-    fn name(self, pool: &str) -> String {
-        match self {
-            Which::Keys => format!("{pool}-jwks"),
-            Which::Revoked => format!("{pool}-revocations"),
-        }
-    }
-
-    fn apply(self, cm: &ConfigMap, state: &mut State) {
-        let data = cm.data.clone().unwrap_or_default();
-        match self {
-            Which::Keys => state.keys.set(cm, parse_keys(&data)),
-            Which::Revoked => {
-                let parsed = jwt::parse_revocations(&data).map_err(|e| e.to_string());
-                state.revoked.set(cm, parsed)
-            }
-        }
-    }
-
-    fn deleted(self, state: &mut State, why: String) {
-        match self {
-            Which::Keys => state.keys.value = Err(why),
-            Which::Revoked => state.revoked.value = Err(why),
-        }
-    }
-
-    fn confirm(self, state: &mut State, resource_version: Option<String>) {
-        match self {
-            Which::Keys => state.keys.confirm(resource_version),
-            Which::Revoked => state.revoked.confirm(resource_version),
-        }
-    }
-}
-
-fn parse_keys(data: &BTreeMap<String, String>) -> Result<Keys, String> {
+fn parse_keys(cm: &ConfigMap) -> Result<Keys, String> {
+    let data = cm.data.clone().unwrap_or_default();
     let jwks = data.get(JWKS_KEY).ok_or("no jwks.json")?;
     let policy = data.get(POLICY_KEY).ok_or("no policy.json")?;
     Ok(Keys {
@@ -203,10 +190,13 @@ impl<T> Source<T> {
     }
 }
 
-/// Pushes every change of the object into `state`. A deleted object makes
-/// every token refused until it is back (a list deleted must not
-/// un-revoke anything).
-async fn watch(api: Api<ConfigMap>, name: String, which: Which, state: Arc<RwLock<State>>) {
+fn write(state: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
+    state.write().expect("no writer panics while holding it")
+}
+
+/// Pushes every change of the JWKS ConfigMap into `state`. A deleted or
+/// unreadable one makes every token refused until it is back.
+async fn watch_keys(api: Api<ConfigMap>, name: String, state: Arc<RwLock<State>>) {
     // A (re)list from etcd, never from a lagging cache: an older copy
     // would count as freshly confirmed.
     let config = watcher::Config::default()
@@ -214,13 +204,12 @@ async fn watch(api: Api<ConfigMap>, name: String, which: Which, state: Arc<RwLoc
         .list_semantic(watcher::ListSemantic::MostRecent);
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
-        let mut state = state.write().expect("no writer panics while holding it");
         match event {
             Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => {
-                which.apply(&cm, &mut state)
+                write(&state).keys.set(&cm, parse_keys(&cm))
             }
             Ok(watcher::Event::Delete(_)) => {
-                which.deleted(&mut state, format!("ConfigMap {name} was deleted"))
+                write(&state).keys.value = Err(format!("ConfigMap {name} was deleted"))
             }
             Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
             Err(error) => tracing::warn!(%name, %error, "watch failed; retrying"),
@@ -228,26 +217,107 @@ async fn watch(api: Api<ConfigMap>, name: String, which: Which, state: Arc<RwLoc
     }
 }
 
-/// Confirms every `period` that the watched copy is current (see
+/// Confirms every `period` that the watched JWKS is current (see
 /// [`Source::confirm`]); if the watch is dead, the copy goes stale and
 /// tokens are refused.
-async fn confirm(
+async fn confirm_keys(
     api: Api<ConfigMap>,
     name: String,
-    which: Which,
     state: Arc<RwLock<State>>,
     period: Duration,
 ) {
-    let mut tick = tokio::time::interval(period.max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
         match api.get_opt(&name).await {
-            Ok(Some(cm)) => which.confirm(
-                &mut state.write().expect("no writer panics while holding it"),
-                cm.resource_version(),
-            ),
+            Ok(Some(cm)) => write(&state).keys.confirm(cm.resource_version()),
             Ok(None) => {}
             Err(error) => tracing::warn!(%name, %error, "confirming read failed"),
+        }
+    }
+}
+
+fn of_pool(pool: &str) -> String {
+    format!("{POOL_LABEL}={pool}")
+}
+
+/// Pushes every version of the pool's revocation lists into the union.
+/// Lists only grow until deleted once expired, so versions may arrive in
+/// any order and none un-revokes anything.
+async fn watch_lists(api: Api<RevocationList>, pool: String, state: Arc<RwLock<State>>) {
+    let config = watcher::Config::default()
+        .labels(&of_pool(&pool))
+        .list_semantic(watcher::ListSemantic::MostRecent);
+    let mut events = watcher(api, config).default_backoff().boxed();
+    // A (re)list: its snapshot is whole, so a list it lacks was deleted
+    // meanwhile; the union is current as of when it was asked for.
+    let mut relist: Option<(Instant, HashSet<String>)> = None;
+    while let Some(event) = events.next().await {
+        let mut state = write(&state);
+        match event {
+            Ok(watcher::Event::Init) => relist = Some((Instant::now(), HashSet::new())),
+            Ok(watcher::Event::InitApply(list)) => {
+                if let Some((_, seen)) = relist.as_mut() {
+                    seen.insert(list.name_any());
+                }
+                apply_list(&mut state, &pool, &list)
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some((asked, seen)) = relist.take() {
+                    revoked(&mut state).retain(&seen);
+                    state.revoked.confirmed = Some(asked);
+                }
+            }
+            Ok(watcher::Event::Apply(list)) => apply_list(&mut state, &pool, &list),
+            Ok(watcher::Event::Delete(list)) => revoked(&mut state).remove(&list.name_any()),
+            Err(error) => tracing::warn!(%pool, %error, "revocation list watch failed; retrying"),
+        }
+    }
+}
+
+fn revoked(state: &mut State) -> &mut Revoked {
+    state
+        .revoked
+        .value
+        .as_mut()
+        .expect("the revocation union is always a value")
+}
+
+fn apply_list(state: &mut State, pool: &str, list: &RevocationList) {
+    // The label is what selects; the spec is what counts.
+    if list.spec.pool != pool {
+        return;
+    }
+    revoked(state).apply(&list.name_any(), &list.spec);
+}
+
+/// Reads every list of the pool every `period` from etcd and takes it in:
+/// the union then holds at least everything on the API server at the
+/// read, so it counts as confirmed at that instant. A list the read lacks
+/// is left to the watch: it may be newer than the read.
+async fn confirm_lists(
+    api: Api<RevocationList>,
+    pool: String,
+    state: Arc<RwLock<State>>,
+    period: Duration,
+) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let started = Instant::now();
+        match api
+            .list(&ListParams::default().labels(&of_pool(&pool)))
+            .await
+        {
+            Ok(lists) => {
+                let mut state = write(&state);
+                for list in &lists.items {
+                    apply_list(&mut state, &pool, list);
+                }
+                // Confirmed as of when the read was sent, not when it came back.
+                state.revoked.confirmed = Some(started);
+            }
+            Err(error) => tracing::warn!(%pool, %error, "reading the revocation lists failed"),
         }
     }
 }
@@ -255,6 +325,7 @@ async fn confirm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocations::{RevocationListSpec, RevokedToken};
 
     fn config_map(rv: &str, data: &[(&str, &str)]) -> ConfigMap {
         let mut cm = ConfigMap::default();
@@ -267,62 +338,74 @@ mod tests {
         cm
     }
 
+    fn list(name: &str, pool: &str, jtis: &[&str]) -> RevocationList {
+        let mut list = RevocationList::new(
+            name,
+            RevocationListSpec {
+                pool: pool.into(),
+                expires_at: 2_000_000_000,
+                entries: jtis
+                    .iter()
+                    .map(|jti| RevokedToken {
+                        jti: (*jti).into(),
+                        exp: 1_900_000_000,
+                    })
+                    .collect(),
+            },
+        );
+        list.metadata.labels = Some([(POOL_LABEL.to_owned(), pool.to_owned())].into());
+        list
+    }
+
     const BOUND: Duration = Duration::from_secs(5);
 
     #[test]
-    fn nothing_read_yet_refuses() {
+    fn nothing_confirmed_yet_refuses() {
         let state = State::default();
-        assert!(matches!(
-            state.revoked.usable("the revocation list", BOUND),
-            Err(VerifyError::Unavailable(_))
-        ));
+        for unusable in [
+            state.revoked.usable("the revocation lists", BOUND).err(),
+            state.keys.usable("the JWKS", BOUND).err(),
+        ] {
+            assert!(matches!(unusable, Some(VerifyError::Unavailable(_))));
+        }
     }
 
     #[test]
-    fn a_garbled_or_deleted_list_refuses_and_a_good_one_is_used() {
+    fn only_the_pools_own_lists_count_and_unconfirmed_ones_go_stale() {
         let mut state = State::default();
-        Which::Revoked.apply(&config_map("1", &[("j", "revoked")]), &mut state);
-        assert!(state.revoked.usable("list", BOUND).is_err(), "garbled");
-        Which::Revoked.apply(&config_map("2", &[("j", "1800000000")]), &mut state);
-        assert_eq!(
-            state.revoked.usable("list", BOUND).unwrap()["j"],
-            1_800_000_000
-        );
-        Which::Revoked.deleted(&mut state, "deleted".into());
-        assert!(state.revoked.usable("list", BOUND).is_err(), "deleted");
-    }
-
-    #[test]
-    fn a_copy_not_confirmed_within_the_bound_refuses() {
-        let mut state = State::default();
-        Which::Revoked.apply(&config_map("7", &[]), &mut state);
-        assert!(state.revoked.usable("list", BOUND).is_ok());
+        apply_list(&mut state, "paris", &list("paris-1", "paris", &["a"]));
+        // Labelled for paris but written for lyon: not paris's.
+        apply_list(&mut state, "paris", &list("lyon-1", "lyon", &["b"]));
+        state.revoked.confirmed = Some(Instant::now());
+        let revoked = state.revoked.usable("lists", BOUND).unwrap();
+        assert_eq!((revoked.get("a").is_some(), revoked.get("b")), (true, None));
         state.revoked.confirmed = Some(Instant::now() - 2 * BOUND);
-        assert!(state.revoked.usable("list", BOUND).is_err(), "stale");
+        assert!(state.revoked.usable("lists", BOUND).is_err(), "stale");
+    }
+
+    #[test]
+    fn a_keys_copy_not_confirmed_within_the_bound_refuses() {
+        let mut state = State::default();
+        let policy = r#"{"audience":"ns/p","maxTtlSeconds":3600,"leewaySeconds":30}"#;
+        let cm = config_map("7", &[(JWKS_KEY, r#"{"keys":[]}"#), (POLICY_KEY, policy)]);
+        state.keys.set(&cm, parse_keys(&cm));
+        assert!(state.keys.usable("keys", BOUND).is_ok());
+        state.keys.confirmed = Some(Instant::now() - 2 * BOUND);
+        assert!(state.keys.usable("keys", BOUND).is_err(), "stale");
         // A read of another version does not vouch for the copy held...
-        Which::Revoked.confirm(&mut state, Some("8".into()));
-        assert!(state.revoked.usable("list", BOUND).is_err());
+        state.keys.confirm(Some("8".into()));
+        assert!(state.keys.usable("keys", BOUND).is_err());
         // ...a read of the same one does.
-        Which::Revoked.confirm(&mut state, Some("7".into()));
-        assert!(state.revoked.usable("list", BOUND).is_ok());
+        state.keys.confirm(Some("7".into()));
+        assert!(state.keys.usable("keys", BOUND).is_ok());
     }
 
     #[test]
     fn keys_need_both_the_jwks_and_the_policy() {
-        let mut state = State::default();
-        Which::Keys.apply(
-            &config_map("1", &[(JWKS_KEY, r#"{"keys":[]}"#)]),
-            &mut state,
-        );
-        assert!(state.keys.usable("keys", BOUND).is_err());
+        let jwks_only = config_map("1", &[(JWKS_KEY, r#"{"keys":[]}"#)]);
+        assert!(parse_keys(&jwks_only).is_err());
         let policy = r#"{"audience":"ns/p","maxTtlSeconds":3600,"leewaySeconds":30}"#;
-        Which::Keys.apply(
-            &config_map("2", &[(JWKS_KEY, r#"{"keys":[]}"#), (POLICY_KEY, policy)]),
-            &mut state,
-        );
-        assert_eq!(
-            state.keys.usable("keys", BOUND).unwrap().policy.audience,
-            "ns/p"
-        );
+        let both = config_map("2", &[(JWKS_KEY, r#"{"keys":[]}"#), (POLICY_KEY, policy)]);
+        assert_eq!(parse_keys(&both).unwrap().policy.audience, "ns/p");
     }
 }

@@ -44,5 +44,7 @@ pub fn crds()
         NpuServer::crd(),
         WorkerGrant::crd(),
         PeerTrust::crd(),
+        // Not a user's resource: the revocation store (tokens::revocations).
+        cellule_verifier::revocations::RevocationList::crd(),
     ]
 }

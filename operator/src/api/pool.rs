@@ -558,10 +558,9 @@ pub struct PoolStatus {
     /// Orchestrator replicas that are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    /// Every revoked worker token of the pool still within its lifetime,
-    /// `jti` → `exp` (Unix seconds): the record the `<pool>-revocations`
-    /// list is rewritten from, so that deleting or editing the list
-    /// un-revokes nothing. Entries leave after `exp`.
+    /// Deprecated, always empty: where an earlier version recorded revoked
+    /// tokens (`jti` → `exp`). The operator moves any entry into the
+    /// pool's RevocationLists, then removes the field.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revoked_tokens: BTreeMap<String, i64>,
     /// The token signing keys the pool publishes, oldest first: what the

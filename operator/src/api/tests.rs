@@ -42,7 +42,8 @@ fn every_field_is_documented_for_kubectl_explain() {
                 serde_json::to_value(&version.schema.as_ref().unwrap().open_api_v3_schema).unwrap();
             let (mut missing, mut seen) = (vec![], 0);
             undocumented(&schema, "", &mut missing, &mut seen);
-            assert!(seen > 20, "{name}: the walk saw only {seen} properties");
+            // The smallest kind (RevocationList) has 6.
+            assert!(seen >= 6, "{name}: the walk saw only {seen} properties");
             assert!(
                 missing.is_empty(),
                 "{name}: fields without a description: {missing:?}"

@@ -19,9 +19,12 @@ use k8s_openapi::{
     },
 };
 
+use kube::Resource as _;
+
 use crate::{
     api::pool::TierStatus,
     images, names,
+    tokens::revocations::RevocationList,
     workload::{self, Component, ContainerSpec, Mount},
 };
 
@@ -32,7 +35,6 @@ pub const ROUTING_DIR: &str = "/etc/cellule/routing";
 pub const TLS_DIR: &str = "/etc/cellule/tls";
 pub const DB_DIR: &str = "/etc/cellule/db";
 pub const JWKS_DIR: &str = "/etc/cellule/jwks";
-pub const REVOCATIONS_DIR: &str = "/etc/cellule/revocations";
 /// Port the in-cluster CPU workers serve on.
 pub const CPU_WORKER_PORT: i32 = 8080;
 pub const CONFIG_CHECKSUM: &str = "cellule.ai/config-sha256";
@@ -116,10 +118,6 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
         Mount {
             volume: config_map_volume("jwks", &names::jwks(&valid.name)),
             path: JWKS_DIR.into(),
-        },
-        Mount {
-            volume: config_map_volume("revocations", &names::revocations(&valid.name)),
-            path: REVOCATIONS_DIR.into(),
         },
         // Only the DSN key is mounted from the database Secret.
         Mount {
@@ -226,20 +224,29 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
 }
 
 /// The pool's live channel: its ServiceAccount may read and watch exactly
-/// its JWKS and revocation list, nothing else (docs/pool-contract.md).
+/// its JWKS ConfigMap and the namespace's RevocationLists (RBAC cannot
+/// narrow by label, and their names come and go; they hold no secret),
+/// nothing else (docs/pool-contract.md).
 fn live_channel_role(valid: &ValidPool, component: &Component) -> Role {
+    let read: Vec<String> = ["get", "list", "watch"].map(String::from).into();
     Role {
         metadata: workload::owned_meta(&valid.pool, &component.name, component.selector()),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".into()]),
-            resource_names: Some(vec![
-                names::jwks(&valid.name),
-                names::revocations(&valid.name),
-            ]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            non_resource_urls: None,
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![names::jwks(&valid.name)]),
+                verbs: read.clone(),
+                non_resource_urls: None,
+            },
+            PolicyRule {
+                api_groups: Some(vec![RevocationList::group(&()).into_owned()]),
+                resources: Some(vec![RevocationList::plural(&()).into_owned()]),
+                resource_names: None,
+                verbs: read,
+                non_resource_urls: None,
+            },
+        ]),
     }
 }
 

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::api::pool::{PrivacyMode, TierStatus};
 
 use super::{
-    build::{DB_DIR, JWKS_DIR, REVOCATIONS_DIR, ROUTING_DIR, TLS_DIR},
+    build::{DB_DIR, JWKS_DIR, ROUTING_DIR, TLS_DIR},
     validate::ValidPool,
 };
 
@@ -59,15 +59,19 @@ pub fn render_config(valid: &ValidPool) -> String {
             "algorithms": ["EdDSA"],
             "jwksFile": format!("{JWKS_DIR}/{}", crate::tokens::JWKS_KEY),
             "policyFile": format!("{JWKS_DIR}/{}", crate::tokens::POLICY_KEY),
-            // One file per revoked jti, holding its exp (the kubelet
-            // refreshes it within about a minute).
-            "revocationListDir": REVOCATIONS_DIR,
-            // The same two objects, live: the pool's ServiceAccount token
-            // may get and watch exactly these (cellule-verifier does).
+            // Watched live with the pool's ServiceAccount token, which
+            // may read exactly these (cellule-verifier does): the JWKS
+            // ConfigMap (the files above are its kubelet-refreshed copy,
+            // about a minute late) and the revocation lists, which exist
+            // only on the API server.
             "live": {
                 "namespace": valid.namespace,
                 "jwksConfigMap": crate::names::jwks(&valid.name),
-                "revocationsConfigMap": crate::names::revocations(&valid.name),
+                "revocationLists": {
+                    "apiVersion": "cellule.ai/v1alpha1",
+                    "kind": "RevocationList",
+                    "labelSelector": format!("{}={}", crate::tokens::revocations::POOL_LABEL, valid.name),
+                },
             },
         },
         "failover": spec.failover,

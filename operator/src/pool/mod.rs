@@ -160,10 +160,9 @@ pub fn api_server_endpoints(
 async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let generation = pool.metadata.generation;
     let now = Timestamp::now();
-    // The revocation record in the status is the revocation store's alone
-    // (its own field manager, entry by entry): this reconcile sees and
-    // writes the status without it, so its writes stay small and never
-    // race a revocation.
+    // A revocation record an earlier version left in the status is the
+    // revocation store's to move (its own field manager): this reconcile
+    // sees and writes the status without it.
     let pool = &Pool {
         status: pool.status.clone().map(|status| crate::api::PoolStatus {
             revoked_tokens: Default::default(),
@@ -175,11 +174,11 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let mut next = current.cloned().unwrap_or_default();
     next.common.observed_generation = generation;
 
-    // Revocations first, whatever else is wrong with the pool: a list
-    // that lost an entry is restored even while the pool is stalled.
+    // Revocations first, whatever else is wrong with the pool: expired
+    // lists go and older records move in even while the pool is stalled.
     let namespace = pool.namespace().unwrap_or_default();
     let next_revocation_expiry = revocations::store(ctx, &namespace, &pool.name_any())
-        .sync(pool, now.as_second())
+        .sync(now.as_second())
         .await?;
 
     let refs = Cached { ctx, namespace };
@@ -211,7 +210,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let component = build::pool_component(&valid.name);
     desired
         .config_maps
-        .extend(tokens::published(pool, &ring, component.selector())?);
+        .push(tokens::published(pool, &ring, component.selector())?);
     next.signing_keys = ring.status(
         tokens::ring::RingPolicy::of(pool).pre_publication,
         now.as_second(),
@@ -333,7 +332,7 @@ async fn sync_published_keys(
     let mut sync = OwnerSync::new(&ctx.client, &namespace, uid);
     sync.some(
         &ctx.owned.config_maps,
-        tokens::published(pool, &ring, labels)?,
+        vec![tokens::published(pool, &ring, labels)?],
     )
     .await;
     let (changes, synced) = sync.finish();

@@ -204,18 +204,36 @@ fn the_rendered_config_names_the_issuer_and_audience_tokens_carry() {
 }
 
 #[test]
-fn the_live_channel_reads_exactly_two_objects_and_reaches_only_the_api_server() {
+fn the_live_channel_reads_its_jwks_and_revocation_lists_and_reaches_only_the_api_server() {
     let pool = sample_pool();
     let desired = desired(&pool);
-    let rule = &desired.roles[0].rules.as_ref().unwrap()[0];
+    let rules: Vec<_> = desired.roles[0]
+        .rules
+        .iter()
+        .flatten()
+        .map(|r| {
+            assert_eq!(r.verbs, ["get", "list", "watch"]);
+            (
+                r.api_groups.clone().unwrap(),
+                r.resources.clone().unwrap(),
+                r.resource_names.clone(),
+            )
+        })
+        .collect();
     assert_eq!(
-        rule.resource_names.as_deref(),
-        Some(&["paris-jwks".to_owned(), "paris-revocations".to_owned()][..])
-    );
-    assert_eq!(rule.verbs, ["get", "list", "watch"]);
-    assert_eq!(
-        rule.resources.as_deref(),
-        Some(&["configmaps".to_owned()][..])
+        rules,
+        [
+            (
+                vec![String::new()],
+                vec!["configmaps".to_owned()],
+                Some(vec!["paris-jwks".to_owned()])
+            ),
+            (
+                vec!["cellule.ai".to_owned()],
+                vec!["revocationlists".to_owned()],
+                None
+            ),
+        ]
     );
     let binding = &desired.role_bindings[0];
     assert_eq!(

@@ -36,6 +36,7 @@ pub struct OwnedStores {
     pub network_policies: Store<NetworkPolicy>,
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
+    pub revocation_lists: Store<crate::tokens::revocations::RevocationList>,
     /// Only the operator's own Secrets (signing keys, worker tokens).
     pub secrets: Store<Secret>,
 }

@@ -22,7 +22,7 @@ use kube::{Api, ResourceExt, api::PostParams, runtime::reflector::ObjectRef};
 pub use cellule_verifier::jwt;
 pub use jwt::{
     Claims, LEEWAY_SECS, PoolKey, VerifierPolicy, VerifyError, fingerprint, new_jti,
-    parse_revocations, unverified_claims, verify,
+    unverified_claims, verify,
 };
 pub use ring::KeyRing;
 
@@ -133,50 +133,38 @@ pub async fn sync_ring(ctx: &Context, pool: &Pool, now: i64) -> Result<(KeyRing,
     Ok((next, next_look))
 }
 
-/// What `pool` publishes for verifiers: the JWKS ConfigMap (with the
-/// verifier policy) and the revocation list ConfigMap (data-less here: its
-/// entries are the revocation store's).
+/// What `pool` publishes for verifiers besides its revocation lists: the
+/// JWKS ConfigMap, with the verifier policy.
 pub fn published(
     pool: &Pool,
     ring: &KeyRing,
     labels: BTreeMap<String, String>,
-) -> Result<Vec<ConfigMap>> {
+) -> Result<ConfigMap> {
     let name = pool.name_any();
     let policy = VerifierPolicy {
         audience: audience(&pool.namespace().unwrap_or_default(), &name),
         max_ttl_seconds: i64::try_from(pool.spec.tokens.max_ttl.0.as_secs()).unwrap_or(i64::MAX),
         leeway_seconds: LEEWAY_SECS as i64,
     };
-    Ok(vec![
-        ConfigMap {
-            metadata: workload::owned_meta(pool, &names::jwks(&name), labels.clone()),
-            data: Some(BTreeMap::from([
-                (JWKS_KEY.to_owned(), pretty("the JWKS", &ring.jwks())?),
-                (
-                    POLICY_KEY.to_owned(),
-                    pretty("the verifier policy", &policy)?,
-                ),
-            ])),
-            ..Default::default()
-        },
-        ConfigMap {
-            metadata: workload::owned_meta(pool, &names::revocations(&name), labels),
-            ..Default::default()
-        },
-    ])
+    Ok(ConfigMap {
+        metadata: workload::owned_meta(pool, &names::jwks(&name), labels),
+        data: Some(BTreeMap::from([
+            (JWKS_KEY.to_owned(), pretty("the JWKS", &ring.jwks())?),
+            (
+                POLICY_KEY.to_owned(),
+                pretty("the verifier policy", &policy)?,
+            ),
+        ])),
+        ..Default::default()
+    })
 }
 
 fn pretty(what: &'static str, value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|source| Error::Serialize { what, source })
 }
 
-/// The key of `ring` that signs `pool`'s new tokens now, once the pool
-/// can also revoke them (its revocation list exists).
-pub fn signer(ctx: &Context, pool: &Pool, ring: &KeyRing, now: i64) -> Option<PoolKey> {
-    let list = names::revocations(&pool.name_any());
-    ctx.owned
-        .config_maps
-        .get(&ObjectRef::new(&list).within(&pool.namespace()?))?;
+/// The key of `ring` that signs `pool`'s new tokens now.
+pub fn signer(pool: &Pool, ring: &KeyRing, now: i64) -> Option<PoolKey> {
     ring.signer(ring::RingPolicy::of(pool).pre_publication, now)
 }
 

@@ -1,78 +1,222 @@
-//! The revocation store: every revoked `jti` is kept with its `exp` in a
-//! durable record the operator owns (the Pool's `status.revokedTokens`),
-//! and delivered to the pool's verifiers as a list (`<pool>-revocations`,
-//! `jti` → `exp`) rewritten from that record, so deleting or editing the
-//! list un-revokes nothing. Reconcilers see [`RevocationStore`] only: how
-//! revocations reach the pool can change behind it.
+//! The revocation store: a pool's revoked tokens in `RevocationList`
+//! objects (see [`cellule_verifier::revocations`] for what a verifier
+//! reads), which the operator alone may write (no built-in role is given
+//! them), so they are both the durable record and what the pool watches.
+//!
+//! Layout, for 100,000 grants per pool: an entry (`jti`, `exp`) goes into
+//! the list of the time bucket its `exp` falls in (a 32nd of the pool's
+//! `maxTtl`, between 5 minutes and a day), filling parts of about a
+//! thousand entries. Entries are appended with a JSON patch and never
+//! rewritten; a list is deleted whole once its bucket has ended (plus the
+//! leeway), when none of its tokens verifies anyway. So a revocation
+//! writes one object of at most [`PART_CAPACITY`] entries whatever the
+//! pool's size, no list outlives its tokens by more than a bucket, and
+//! the object count stays near 32 plus one per thousand live entries.
+//!
+//! Reconcilers see [`RevocationStore`] only.
 
 use std::{collections::BTreeMap, future::Future};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::reflector::ObjectRef,
+};
+
+pub use cellule_verifier::revocations::{
+    PART_CAPACITY, POOL_LABEL, RevocationList, RevocationListSpec, RevokedToken,
 };
 
 use super::jwt::LEEWAY_SECS;
 use crate::{
     api::Pool,
     names,
-    reconcile::{Context, Result},
+    reconcile::{Context, Error, Result},
+    workload,
 };
 
-/// Field manager of revocation entries: each is a key of the ConfigMap's
-/// data (and of the record), added and removed with merge patches, never
-/// read-modify-written.
+/// Field manager of the revocation store's writes.
 pub const REVOCATION_MANAGER: &str = "cellule-operator-revocations";
 
 /// Where a pool's revocations are kept and how they reach its verifiers.
 pub trait RevocationStore {
-    /// Records `jti` (valid until `exp`) as revoked, durably first, then
-    /// delivers it; a failure after the record is completed by [`sync`].
-    ///
-    /// [`sync`]: RevocationStore::sync
+    /// Records `jti` (valid until `exp`) as revoked: once this returns,
+    /// the pool's verifiers are told.
     fn revoke(&self, jti: &str, exp: i64) -> impl Future<Output = Result<()>> + Send;
 
-    /// Prunes expired entries and brings what the verifiers read back in
-    /// step with the record. Returns when the next entry expires.
-    fn sync(&self, pool: &Pool, now: i64) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// Deletes what has expired and takes in revocations kept the way an
+    /// earlier version of the operator kept them. Returns when the next
+    /// list expires.
+    fn sync(&self, now: i64) -> impl Future<Output = Result<Option<i64>>> + Send;
 }
 
-/// The store of `pool` in `namespace`: the record in the Pool's status,
-/// the list in a ConfigMap.
+/// The store of `pool` in `namespace`.
 pub fn store<'a>(ctx: &'a Context, namespace: &str, pool: &str) -> impl RevocationStore + 'a {
-    ConfigMapStore {
+    ListStore {
         ctx,
         namespace: namespace.to_owned(),
         pool: pool.to_owned(),
     }
 }
 
-struct ConfigMapStore<'a> {
+/// Width of the time buckets of a pool whose tokens live at most
+/// `max_ttl` seconds: about 32 buckets span every live token.
+pub fn bucket_width(max_ttl: i64) -> i64 {
+    (max_ttl / 32).clamp(300, 86_400)
+}
+
+/// The end of the bucket `exp` falls in (`exp` < end).
+pub fn bucket_end(exp: i64, width: i64) -> i64 {
+    exp.div_euclid(width)
+        .saturating_add(1)
+        .saturating_mul(width)
+}
+
+/// A write of the store (pure description).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Appends to an existing list.
+    Append {
+        name: String,
+        entries: Vec<RevokedToken>,
+    },
+    /// Makes a new part of a bucket.
+    Create {
+        name: String,
+        expires_at: i64,
+        entries: Vec<RevokedToken>,
+    },
+}
+
+/// Where `entries` go, given `lists` (the pool's, as cached): entries
+/// already in their bucket are left out; each goes to the first part of its
+/// bucket with room, or a new part.
+pub fn place(
+    pool: &str,
+    lists: &[(String, RevocationListSpec)],
+    entries: &[RevokedToken],
+    width: i64,
+) -> Vec<Write> {
+    // Per bucket: its parts (name, entry count), in part order.
+    let mut buckets: BTreeMap<i64, Vec<(String, usize)>> = BTreeMap::new();
+    let mut writes: BTreeMap<String, Write> = BTreeMap::new();
+    for entry in entries {
+        let end = bucket_end(entry.exp, width);
+        let parts = buckets.entry(end).or_insert_with(|| {
+            let mut parts: Vec<(u32, String, usize)> = lists
+                .iter()
+                .filter_map(|(name, list)| {
+                    let (p, e, part) = names::parse_revocation_list(name)?;
+                    (p == pool && e == end).then(|| (part, name.clone(), list.entries.len()))
+                })
+                .collect();
+            parts.sort();
+            parts
+                .into_iter()
+                .map(|(_, name, len)| (name, len))
+                .collect()
+        });
+        // Already there (a retry, or a reconcile from an older copy).
+        let listed = lists.iter().any(|(name, list)| {
+            parts.iter().any(|(n, _)| n == name) && list.entries.iter().any(|e| e.jti == entry.jti)
+        }) || writes
+            .values()
+            .any(|w| w.entries().iter().any(|e| e.jti == entry.jti));
+        if listed {
+            continue;
+        }
+        let name = match parts.iter_mut().find(|(_, len)| *len < PART_CAPACITY) {
+            Some((name, len)) => {
+                *len += 1;
+                name.clone()
+            }
+            None => {
+                let name = names::revocation_list(pool, end, parts.len() as u32);
+                parts.push((name.clone(), 1));
+                writes.insert(
+                    name.clone(),
+                    Write::Create {
+                        name: name.clone(),
+                        expires_at: end,
+                        entries: Vec::new(),
+                    },
+                );
+                name
+            }
+        };
+        writes
+            .entry(name.clone())
+            .or_insert_with(|| Write::Append {
+                name,
+                entries: Vec::new(),
+            })
+            .entries_mut()
+            .push(entry.clone());
+    }
+    writes.into_values().collect()
+}
+
+impl Write {
+    fn entries(&self) -> &[RevokedToken] {
+        match self {
+            Write::Append { entries, .. } | Write::Create { entries, .. } => entries,
+        }
+    }
+
+    fn entries_mut(&mut self) -> &mut Vec<RevokedToken> {
+        match self {
+            Write::Append { entries, .. } | Write::Create { entries, .. } => entries,
+        }
+    }
+}
+
+/// The lists to delete at `now` (their bucket has ended, plus the
+/// leeway) and when the next one will be due.
+pub fn expired(lists: &[(String, RevocationListSpec)], now: i64) -> (Vec<String>, Option<i64>) {
+    let leeway = LEEWAY_SECS as i64;
+    let mut due = Vec::new();
+    let mut next: Option<i64> = None;
+    for (name, list) in lists {
+        let at = list.expires_at.saturating_add(leeway);
+        if at < now {
+            due.push(name.clone());
+        } else {
+            next = Some(next.map_or(at + 1, |n| n.min(at + 1)));
+        }
+    }
+    (due, next)
+}
+
+struct ListStore<'a> {
     ctx: &'a Context,
     namespace: String,
     pool: String,
 }
 
-impl ConfigMapStore<'_> {
-    /// The record's expiry of `jti`, as the cache has it.
-    fn recorded(&self, jti: &str) -> Option<i64> {
-        let pool = self
-            .ctx
+impl ListStore<'_> {
+    fn cached_pool(&self) -> Option<std::sync::Arc<Pool>> {
+        self.ctx
             .pools
-            .get(&ObjectRef::new(&self.pool).within(&self.namespace))?;
-        pool.status.as_ref()?.revoked_tokens.get(jti).copied()
+            .get(&ObjectRef::new(&self.pool).within(&self.namespace))
     }
 
-    /// The list's entry for `jti`, as the cache has it.
-    fn listed(&self, jti: &str) -> Option<String> {
-        let list = self
-            .ctx
+    /// The pool's lists as the cache has them.
+    fn lists(&self) -> Vec<(String, RevocationListSpec)> {
+        self.ctx
             .owned
-            .config_maps
-            .get(&ObjectRef::new(&names::revocations(&self.pool)).within(&self.namespace))?;
-        list.data.as_ref()?.get(jti).cloned()
+            .revocation_lists
+            .state()
+            .into_iter()
+            .filter(|l| {
+                l.namespace().as_deref() == Some(&self.namespace) && l.spec.pool == self.pool
+            })
+            .map(|l| (l.name_any(), l.spec.clone()))
+            .collect()
+    }
+
+    fn api(&self) -> Api<RevocationList> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
     }
 
     fn params() -> PatchParams {
@@ -82,144 +226,152 @@ impl ConfigMapStore<'_> {
         }
     }
 
-    async fn patch_record(&self, entries: serde_json::Value) -> Result<Pool> {
-        Ok(
-            Api::<Pool>::namespaced(self.ctx.client.clone(), &self.namespace)
-                .patch_status(
-                    &self.pool,
-                    &Self::params(),
-                    &Patch::Merge(serde_json::json!({"status": {"revokedTokens": entries}})),
-                )
-                .await?,
-        )
+    /// Appends `entries` to the pool's lists (one write per list touched).
+    async fn append(&self, entries: &[RevokedToken]) -> Result<()> {
+        let Some(pool) = self.cached_pool() else {
+            // The pool is gone: nobody accepts its tokens any more.
+            return Ok(());
+        };
+        let max_ttl = i64::try_from(pool.spec.tokens.max_ttl.0.as_secs()).unwrap_or(i64::MAX);
+        let lists = self.lists();
+        for write in place(&self.pool, &lists, entries, bucket_width(max_ttl)) {
+            match write {
+                Write::Append { name, entries } => self.patch(&name, &entries).await?,
+                Write::Create {
+                    name,
+                    expires_at,
+                    entries,
+                } => {
+                    let mut labels = BTreeMap::from([(POOL_LABEL.to_owned(), self.pool.clone())]);
+                    labels.extend(crate::pool::build::pool_component(&self.pool).selector());
+                    let list = RevocationList {
+                        metadata: workload::owned_meta(pool.as_ref(), &name, labels),
+                        spec: RevocationListSpec {
+                            pool: self.pool.clone(),
+                            expires_at,
+                            entries: entries.clone(),
+                        },
+                    };
+                    let params = PostParams {
+                        field_manager: Some(REVOCATION_MANAGER.into()),
+                        ..Default::default()
+                    };
+                    match self.api().create(&params, &list).await {
+                        Ok(_) => {}
+                        // Made since the cache was read (a retry after a
+                        // lost reply): append instead.
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            self.patch(&name, &entries).await?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
-    async fn patch_list(&self, entries: serde_json::Value) -> Result<()> {
-        Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.namespace)
-            .patch(
-                &names::revocations(&self.pool),
-                &Self::params(),
-                &Patch::Merge(serde_json::json!({ "data": entries })),
-            )
+    /// Appends `entries` to the list `name` on the API server, whatever it
+    /// holds there (JSON patch: no read, no conflict).
+    async fn patch(&self, name: &str, entries: &[RevokedToken]) -> Result<()> {
+        let ops: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| serde_json::json!({"op": "add", "path": "/spec/entries/-", "value": e}))
+            .collect();
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+            .map_err(|source| Error::Serialize {
+                what: "a revocation patch",
+                source,
+            })?;
+        self.api()
+            .patch(name, &Self::params(), &Patch::<()>::Json(patch))
             .await?;
         Ok(())
     }
-}
 
-impl RevocationStore for ConfigMapStore<'_> {
-    async fn revoke(&self, jti: &str, exp: i64) -> Result<()> {
-        // Already in both, as the caches show them: a reconcile from a
-        // copy that predates its own last write makes no second write.
-        if self.recorded(jti) == Some(exp) && self.listed(jti) == Some(exp.to_string()) {
-            return Ok(());
-        }
-        // The record first: a failure before the list is written is
-        // completed by the Pool's reconcile, which restores the list.
-        self.patch_record(serde_json::json!({ jti: exp })).await?;
-        self.patch_list(serde_json::json!({ jti: exp.to_string() }))
-            .await
-    }
-
-    async fn sync(&self, pool: &Pool, now: i64) -> Result<Option<i64>> {
-        let name = names::revocations(&self.pool);
-        let live = self
+    /// Revocations an earlier version kept in the Pool's
+    /// `status.revokedTokens` and the `<pool>-revocations` ConfigMap: moved
+    /// into the lists, then removed there.
+    async fn migrate(&self, now: i64) -> Result<()> {
+        let record = self
+            .cached_pool()
+            .and_then(|p| p.status.clone())
+            .map(|s| s.revoked_tokens)
+            .unwrap_or_default();
+        let legacy = names::legacy_revocations(&self.pool);
+        let config_maps: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let listed = self
             .ctx
             .owned
             .config_maps
-            .get(&ObjectRef::new(&name).within(&self.namespace));
-        let list = live
-            .as_ref()
-            .and_then(|list| list.data.clone())
+            .get(&ObjectRef::new(&legacy).within(&self.namespace))
+            .and_then(|cm| cm.data.clone())
             .unwrap_or_default();
-        // The record as the cache has it now, not as this reconcile started
-        // with: a grant may have added to it since (a reconcile takes seconds).
-        let record = self
-            .ctx
-            .pools
-            .get(&ObjectRef::new(&self.pool).within(&self.namespace))
-            .and_then(|p| p.status.clone())
-            .map(|status| status.revoked_tokens)
-            .unwrap_or_default();
-        let max_ttl = i64::try_from(pool.spec.tokens.max_ttl.0.as_secs()).unwrap_or(i64::MAX);
-        let changes = revocation_changes(&record, &list, max_ttl, now);
-        // The record first: it is what the list is restored from.
-        if !changes.record.is_empty() {
-            self.patch_record(serde_json::json!(changes.record)).await?;
+        if record.is_empty() && listed.is_empty() {
+            return Ok(());
         }
-        // Not made yet (or not ours): the record waits, and the list is
-        // filled from it once the Pool's apply has made it.
-        if !changes.list.is_empty() && live.is_some() {
-            let restored = changes.list.values().filter(|v| v.is_some()).count();
-            if restored > 0 {
-                tracing::info!(pool = %pool.name_any(), restored, "revocation list entries restored from the record");
-            }
-            self.patch_list(serde_json::json!(changes.list)).await?;
+        let leeway = LEEWAY_SECS as i64;
+        let mut entries: BTreeMap<String, i64> = record;
+        for (jti, exp) in listed {
+            // An entry that is not a time outlives any token (fail closed).
+            let exp = exp.parse::<i64>().unwrap_or(i64::MAX);
+            let slot = entries.entry(jti).or_insert(exp);
+            *slot = (*slot).max(exp);
         }
-        Ok(changes.next_expiry)
+        let entries: Vec<RevokedToken> = entries
+            .into_iter()
+            .filter(|(_, exp)| exp.saturating_add(leeway) >= now)
+            .map(|(jti, exp)| RevokedToken {
+                jti,
+                // Within what the lists can hold: no token outlives it.
+                exp: exp.min(now.saturating_add(self.max_ttl())),
+            })
+            .collect();
+        self.append(&entries).await?;
+        tracing::info!(pool = %self.pool, moved = entries.len(), "revocations moved to RevocationLists");
+        Api::<Pool>::namespaced(self.ctx.client.clone(), &self.namespace)
+            .patch_status(
+                &self.pool,
+                &Self::params(),
+                &Patch::Merge(serde_json::json!({"status": {"revokedTokens": null}})),
+            )
+            .await?;
+        gone(config_maps.delete(&legacy, &DeleteParams::default()).await)
+    }
+
+    fn max_ttl(&self) -> i64 {
+        self.cached_pool()
+            .and_then(|p| i64::try_from(p.spec.tokens.max_ttl.0.as_secs()).ok())
+            .unwrap_or(i64::MAX)
     }
 }
 
-/// What the revocation list and its record must change at `now` (pure).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct RevocationChanges {
-    /// List entries to set (`Some`) or drop (`None`).
-    pub list: BTreeMap<String, Option<String>>,
-    /// Record entries to set or drop.
-    pub record: BTreeMap<String, Option<i64>>,
-    /// When the next entry expires.
-    pub next_expiry: Option<i64>,
+/// A delete's outcome: gone already counts as done.
+fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
+    match deleted {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Brings the list (`jti` → `exp` as text, as the ConfigMap holds it) and
-/// the record (the Pool's `status.revokedTokens`) together: each revoked
-/// jti is kept with the later of its two expiries until that has passed;
-/// an entry deleted, lowered or garbled by hand is restored from the
-/// record; a garbled entry the record lacks (verifiers refuse every token
-/// while it is there) is rewritten to `now + maxTtl`, the latest a token of
-/// the pool issued before now can live; entries only on the list enter the
-/// record.
-pub fn revocation_changes(
-    record: &BTreeMap<String, i64>,
-    list: &BTreeMap<String, String>,
-    max_ttl: i64,
-    now: i64,
-) -> RevocationChanges {
-    let leeway = LEEWAY_SECS as i64;
-    let mut changes = RevocationChanges::default();
-    let jtis: std::collections::BTreeSet<&String> = record.keys().chain(list.keys()).collect();
-    for jti in jtis {
-        // A garbled list entry says nothing: the record's expiry if it has
-        // one, else the latest any token of the pool can live.
-        // So is an expiry beyond any token's reach (it would overflow).
-        let latest = now.saturating_add(max_ttl);
-        let listed = list
-            .get(jti)
-            .map(|v| v.parse::<i64>().ok().filter(|e| *e <= latest));
-        let exp = match (record.get(jti).copied(), listed) {
-            (Some(a), Some(Some(b))) => a.max(b),
-            (Some(e), _) | (None, Some(Some(e))) => e,
-            (None, Some(None)) => latest,
-            (None, None) => continue,
-        };
-        if exp.saturating_add(leeway) < now {
-            if list.contains_key(jti) {
-                changes.list.insert(jti.clone(), None);
-            }
-            if record.contains_key(jti) {
-                changes.record.insert(jti.clone(), None);
-            }
-            continue;
-        }
-        if list.get(jti) != Some(&exp.to_string()) {
-            changes.list.insert(jti.clone(), Some(exp.to_string()));
-        }
-        if record.get(jti) != Some(&exp) {
-            changes.record.insert(jti.clone(), Some(exp));
-        }
-        let expiry = exp.saturating_add(leeway + 1);
-        changes.next_expiry = Some(changes.next_expiry.map_or(expiry, |n| n.min(expiry)));
+impl RevocationStore for ListStore<'_> {
+    async fn revoke(&self, jti: &str, exp: i64) -> Result<()> {
+        self.append(&[RevokedToken {
+            jti: jti.to_owned(),
+            exp,
+        }])
+        .await
     }
-    changes
+
+    async fn sync(&self, now: i64) -> Result<Option<i64>> {
+        self.migrate(now).await?;
+        let (due, next) = expired(&self.lists(), now);
+        for name in due {
+            gone(self.api().delete(&name, &DeleteParams::default()).await)?;
+        }
+        Ok(next)
+    }
 }
 
 #[cfg(test)]
@@ -227,84 +379,103 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000;
-    const MAX_TTL: i64 = 90 * 86400;
+    const WIDTH: i64 = 3600;
 
-    fn list(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
-        entries
-            .iter()
-            .map(|(j, e)| (j.to_string(), e.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn a_deleted_or_lowered_entry_is_restored_from_the_record() {
-        let record = BTreeMap::from([("a".to_owned(), NOW + 100), ("b".to_owned(), NOW + 200)]);
-        let changes = revocation_changes(&record, &list(&[("b", "5")]), MAX_TTL, NOW);
-        assert_eq!(changes.list["a"], Some((NOW + 100).to_string()));
-        assert_eq!(changes.list["b"], Some((NOW + 200).to_string()));
-        assert!(changes.record.is_empty());
-        assert_eq!(
-            changes.next_expiry,
-            Some(NOW + 100 + LEEWAY_SECS as i64 + 1)
-        );
-    }
-
-    #[test]
-    fn expired_entries_leave_both_and_listed_ones_enter_the_record() {
-        let record = BTreeMap::from([("old".to_owned(), NOW - 3600)]);
-        let entries = list(&[
-            ("old", &(NOW - 3600).to_string()),
-            ("new", &(NOW + 60).to_string()),
-        ]);
-        let changes = revocation_changes(&record, &entries, MAX_TTL, NOW);
-        assert_eq!(changes.list.get("old"), Some(&None));
-        assert_eq!(changes.record.get("old"), Some(&None));
-        assert_eq!(changes.record.get("new"), Some(&Some(NOW + 60)));
-        assert!(!changes.list.contains_key("new"));
-    }
-
-    #[test]
-    fn a_garbled_entry_is_rewritten_to_outlive_any_token() {
-        for garbled in ["revoked", "", " 1795642470"] {
-            let changes =
-                revocation_changes(&BTreeMap::new(), &list(&[("x", garbled)]), MAX_TTL, NOW);
-            assert_eq!(
-                changes.list["x"],
-                Some((NOW + MAX_TTL).to_string()),
-                "{garbled:?}"
-            );
-            assert_eq!(changes.record["x"], Some(NOW + MAX_TTL));
+    fn token(jti: &str, exp: i64) -> RevokedToken {
+        RevokedToken {
+            jti: jti.into(),
+            exp,
         }
     }
 
-    #[test]
-    fn a_garbled_entry_the_record_has_takes_the_record_expiry() {
-        let record = BTreeMap::from([("x".to_owned(), NOW + 100)]);
-        let changes = revocation_changes(&record, &list(&[("x", "revoked")]), MAX_TTL, NOW);
-        assert_eq!(changes.list["x"], Some((NOW + 100).to_string()));
-        assert!(changes.record.is_empty());
+    fn list(end: i64, part: u32, entries: Vec<RevokedToken>) -> (String, RevocationListSpec) {
+        (
+            names::revocation_list("paris", end, part),
+            RevocationListSpec {
+                pool: "paris".into(),
+                expires_at: end,
+                entries,
+            },
+        )
     }
 
     #[test]
-    fn an_absurd_expiry_on_the_list_does_not_expire_the_entry() {
-        let record = BTreeMap::from([("x".to_owned(), NOW + 100)]);
-        let max = i64::MAX.to_string();
-        let changes = revocation_changes(&record, &list(&[("x", &max)]), MAX_TTL, NOW);
-        assert_eq!(changes.list["x"], Some((NOW + 100).to_string()));
-        assert!(changes.record.is_empty());
-        let changes = revocation_changes(&BTreeMap::new(), &list(&[("y", &max)]), MAX_TTL, NOW);
-        assert_eq!(changes.list["y"], Some((NOW + MAX_TTL).to_string()));
+    fn buckets_hold_their_expiries_and_span_max_ttl_in_about_32() {
+        for exp in [NOW, NOW + 1, NOW + WIDTH - 1, 0, -5] {
+            let end = bucket_end(exp, WIDTH);
+            assert!(end > exp && end - exp <= WIDTH, "{exp}");
+            assert_eq!(end % WIDTH, 0);
+        }
+        assert_eq!(bucket_width(90 * 86_400), 86_400);
+        assert_eq!(bucket_width(86_400), 2_700);
+        assert_eq!(bucket_width(60), 300);
+        assert!(bucket_end(i64::MAX, WIDTH) >= i64::MAX - WIDTH);
     }
 
     #[test]
-    fn a_list_in_step_with_its_record_changes_nothing() {
-        let record = BTreeMap::from([("a".to_owned(), NOW + 100)]);
-        let changes = revocation_changes(
-            &record,
-            &list(&[("a", &(NOW + 100).to_string())]),
-            MAX_TTL,
-            NOW,
+    fn a_revocation_goes_to_its_bucket_once() {
+        let end = bucket_end(NOW, WIDTH);
+        let writes = place("paris", &[], &[token("a", NOW), token("a", NOW)], WIDTH);
+        assert_eq!(
+            writes,
+            vec![Write::Create {
+                name: names::revocation_list("paris", end, 0),
+                expires_at: end,
+                entries: vec![token("a", NOW)],
+            }]
         );
-        assert!(changes.list.is_empty() && changes.record.is_empty());
+        let lists = [list(end, 0, vec![token("a", NOW)])];
+        assert!(place("paris", &lists, &[token("a", NOW)], WIDTH).is_empty());
+        assert_eq!(
+            place("paris", &lists, &[token("b", NOW + 1)], WIDTH),
+            vec![Write::Append {
+                name: names::revocation_list("paris", end, 0),
+                entries: vec![token("b", NOW + 1)],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_full_part_continues_in_the_next_and_other_pools_lists_are_not_touched() {
+        let end = bucket_end(NOW, WIDTH);
+        let full = (0..PART_CAPACITY)
+            .map(|i| token(&format!("j{i}"), NOW))
+            .collect();
+        let mut lyon = list(end, 1, vec![]);
+        lyon.0 = names::revocation_list("lyon", end, 1);
+        lyon.1.pool = "lyon".into();
+        let lists = [list(end, 0, full), lyon];
+        let fresh: Vec<RevokedToken> = (0..PART_CAPACITY + 1)
+            .map(|i| token(&format!("k{i}"), NOW))
+            .collect();
+        let writes = place("paris", &lists, &fresh, WIDTH);
+        let sizes: Vec<(String, usize)> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Create { name, .. } => (name.clone(), w.entries().len()),
+                Write::Append { .. } => panic!("appended to a full part"),
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                (names::revocation_list("paris", end, 1), PART_CAPACITY),
+                (names::revocation_list("paris", end, 2), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_go_once_their_bucket_and_the_leeway_have_passed() {
+        let leeway = LEEWAY_SECS as i64;
+        let lists = [
+            list(NOW - leeway - 1, 0, vec![]),
+            list(NOW - leeway, 0, vec![]),
+            list(NOW + 10, 0, vec![]),
+        ];
+        let (due, next) = expired(&lists, NOW);
+        assert_eq!(due, vec![lists[0].0.clone()]);
+        assert_eq!(next, Some(NOW + 1));
+        assert_eq!(expired(&[], NOW), (vec![], None));
     }
 }

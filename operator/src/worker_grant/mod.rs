@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Secret},
+    api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
@@ -220,14 +220,13 @@ pub fn controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> BoxFuture<'static, ()> {
     let grants = caches.grants.store();
-    let (for_rings, for_lists, for_pools) = (grants.clone(), grants.clone(), grants.clone());
+    let (for_rings, for_pools) = (grants.clone(), grants.clone());
     let controller = caches
         .grants
         .controller(config)
         .owns_shared_stream(caches.secrets.subscribe())
-        // A pool's key ring or revocation list changing wakes only the
-        // grants it concerns (see `concerned_by_keys`): the list changes
-        // at every revocation and must not wake every grant of the pool.
+        // A pool's key ring changing wakes only the grants it concerns
+        // (see `concerned_by_keys`). Revocation lists wake no grant.
         .watches_shared_stream(caches.secrets.subscribe(), move |secret: Arc<Secret>| {
             let pool = crate::names::pool_of_signing_keys(&secret.name_any()).map(str::to_owned);
             let ring = secret
@@ -239,15 +238,6 @@ pub fn controller(
                 concerned_by_keys(g, ring.as_ref())
             })
         })
-        .watches_shared_stream(
-            caches.config_maps.subscribe(),
-            move |list: Arc<ConfigMap>| {
-                let pool = crate::names::pool_of_revocations(&list.name_any()).map(str::to_owned);
-                grants_of(&for_lists, list.namespace(), pool, |g| {
-                    concerned_by_keys(g, None)
-                })
-            },
-        )
         // A pool's tiers or token policy changing concerns each of its grants.
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
@@ -277,12 +267,12 @@ fn grants_of(
         .collect()
 }
 
-/// Why a grant waits for its pool's signing key and revocation list.
+/// Why a grant waits for its pool's signing key.
 pub const SIGNING_KEY_PENDING: &str = "SigningKeyPending";
 
-/// Whether a change of its pool's key ring (`ring`, as changed) or
-/// revocation list (`None`) concerns `grant`: it waits for them, or the key
-/// of its token is no longer published. Nothing else does: every other
+/// Whether a change of its pool's key ring (`ring`, as changed; `None`
+/// when unreadable) concerns `grant`: it waits for a signing key, or the
+/// key of its token is no longer published. Nothing else does: every other
 /// decision about the grant is made at its own changes and wake-ups.
 pub fn concerned_by_keys(grant: &WorkerGrant, ring: Option<&tokens::KeyRing>) -> bool {
     let Some(status) = &grant.status else {
@@ -574,7 +564,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             // exists) and verify it (its key is published).
             let key = ring
                 .as_ref()
-                .and_then(|ring| tokens::signer(ctx, &pool, ring, now.as_second()));
+                .and_then(|ring| tokens::signer(&pool, ring, now.as_second()));
             let Some(key) = key else {
                 let summary = Summary::Progressing {
                     reason: SIGNING_KEY_PENDING,
