@@ -11,6 +11,6 @@ cargo build --locked --release -p cellule-e2e --bin bench
 state=$(mktemp -d "${TMPDIR:-/tmp}/cellule-bench.XXXXXX")
 trap 'bash e2e/scripts/down.sh "$state" >/dev/null 2>&1 || true' EXIT
 bash e2e/scripts/up.sh "$state"
-RUST_LOG=info bash e2e/scripts/start-operator.sh "$state" "$root/target/release/cellule-operator"
+RUST_LOG=info,cellule_operator::reconciles=debug bash e2e/scripts/start-operator.sh "$state" "$root/target/release/cellule-operator"
 set -a; source "$state/env"; set +a
 "$root/target/release/bench"

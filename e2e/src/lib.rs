@@ -588,6 +588,32 @@ pub async fn token_of(client: &Client, ns: &str, grant: &str) -> anyhow::Result<
     )?)
 }
 
+/// `pool`'s revocation lists in `ns` as `kubectl get revocationlists -l
+/// cellule.ai/pool=<pool> -o json` prints them.
+pub async fn revocation_lists_json(
+    client: &Client,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<String> {
+    use cellule_verifier::revocations::{POOL_LABEL, RevocationList};
+    let lists = Api::<RevocationList>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(&format!("{POOL_LABEL}={pool}")))
+        .await?;
+    Ok(serde_json::to_string(
+        &serde_json::json!({"kind": "List", "items": lists.items}),
+    )?)
+}
+
+/// Every token revoked in `pool`'s lists, `jti` → `exp`.
+pub async fn revoked(
+    client: &Client,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let text = revocation_lists_json(client, ns, pool).await?;
+    Ok(cellule_verifier::revocations::parse_lists(&text, pool)?.to_map())
+}
+
 /// The fault: an admission policy that refuses every write of Secret
 /// `secret` in `ns` (as a full quota or a policy would), in force when this
 /// returns; call the returned closure to lift it.
@@ -596,13 +622,90 @@ pub async fn deny_secret_writes(
     ns: &str,
     secret: &str,
 ) -> anyhow::Result<impl AsyncFnOnce()> {
-    use k8s_openapi::api::{
-        admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
-        core::v1::Secret,
-    };
+    use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Patch, PatchParams};
     use serde_json::json;
-    let name = format!("cellule-e2e-deny-token-{ns}");
+    let lift = deny_writes(
+        client,
+        ns,
+        "token",
+        json!({"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}),
+        &format!("object.metadata.name != '{secret}'"),
+        "e2e: token Secret writes refused",
+    )
+    .await?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    eventually("the fault in force", Duration::from_secs(60), || async {
+        let probe = json!({"metadata": {"annotations": {"e2e.cellule.ai/probe": jiff::Timestamp::now().to_string()}}});
+        let dry = PatchParams { dry_run: true, ..Default::default() };
+        match secrets.patch(secret, &dry, &Patch::Merge(&probe)).await {
+            Err(kube::Error::Api(s)) if s.message.contains("token Secret writes refused") => Ok(()),
+            other => Err(format!("{:?}", other.map(|_| "accepted"))),
+        }
+    })
+    .await?;
+    Ok(lift)
+}
+
+/// The fault: an admission policy that refuses every write of a
+/// RevocationList in `ns`, in force when this returns; call the returned
+/// closure to lift it.
+pub async fn deny_revocation_writes(
+    client: &Client,
+    ns: &str,
+) -> anyhow::Result<impl AsyncFnOnce()> {
+    use cellule_verifier::revocations::{RevocationList, RevocationListSpec};
+    use kube::api::PostParams;
+    use serde_json::json;
+    let lift = deny_writes(
+        client,
+        ns,
+        "revocations",
+        json!({"apiGroups": ["cellule.ai"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["revocationlists"]}),
+        "false",
+        "e2e: revocation list writes refused",
+    )
+    .await?;
+    let lists = Api::<RevocationList>::namespaced(client.clone(), ns);
+    let probe = RevocationList::new(
+        "e2e-probe-revoked-1-0",
+        RevocationListSpec {
+            pool: "e2e-probe".into(),
+            expires_at: 1,
+            entries: vec![],
+        },
+    );
+    eventually("the fault in force", Duration::from_secs(60), || async {
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        match lists.create(&dry, &probe).await {
+            Err(kube::Error::Api(s)) if s.message.contains("revocation list writes refused") => {
+                Ok(())
+            }
+            other => Err(format!("{:?}", other.map(|_| "accepted"))),
+        }
+    })
+    .await?;
+    Ok(lift)
+}
+
+/// A ValidatingAdmissionPolicy, bound to `ns`, refusing the writes of
+/// `rule` where `expression` is false; the closure returned removes it.
+async fn deny_writes(
+    client: &Client,
+    ns: &str,
+    tag: &str,
+    rule: serde_json::Value,
+    expression: &str,
+    message: &str,
+) -> anyhow::Result<impl AsyncFnOnce() + use<>> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    use serde_json::json;
+    let name = format!("cellule-e2e-deny-{tag}-{ns}");
     let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
     let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
     policies
@@ -612,8 +715,8 @@ pub async fn deny_secret_writes(
                 "metadata": {"name": name},
                 "spec": {
                     "failurePolicy": "Fail",
-                    "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
-                    "validations": [{"expression": format!("object.metadata.name != '{secret}'"), "message": "e2e: token Secret writes refused"}],
+                    "matchConstraints": {"resourceRules": [rule]},
+                    "validations": [{"expression": expression, "message": message}],
                 }
             }))?,
         )
@@ -628,16 +731,6 @@ pub async fn deny_secret_writes(
             }))?,
         )
         .await?;
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    eventually("the fault in force", Duration::from_secs(60), || async {
-        let probe = json!({"metadata": {"annotations": {"e2e.cellule.ai/probe": jiff::Timestamp::now().to_string()}}});
-        let dry = PatchParams { dry_run: true, ..Default::default() };
-        match secrets.patch(secret, &dry, &Patch::Merge(&probe)).await {
-            Err(kube::Error::Api(s)) if s.message.contains("token Secret writes refused") => Ok(()),
-            other => Err(format!("{:?}", other.map(|_| "accepted"))),
-        }
-    })
-    .await?;
     Ok(async move || {
         let _ = bindings.delete(&name, &Default::default()).await;
         let _ = policies.delete(&name, &Default::default()).await;

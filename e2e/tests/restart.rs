@@ -12,7 +12,7 @@ use anyhow::{Context as _, ensure};
 use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace};
 use cellule_operator::tokens;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, Client, api::DeleteParams};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::process::Child;
 
@@ -107,7 +107,10 @@ async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
 
         // 1. Killed between the two writes of a rotation: the status names
         // the new token, the Secret (refused) still holds the old one.
+        // Revocation list writes are refused too, so the old token cannot
+        // be revoked before the kill.
         let lift = cellule_e2e::deny_secret_writes(&client, &ns, "laptop-alice-token").await?;
+        let lift_lists = cellule_e2e::deny_revocation_writes(&client, &ns).await?;
         cellule_e2e::merge_patch(&client, &ns, "WorkerGrant", "laptop-alice", json!({"spec": {"rotation": 1}})).await?;
         eventually("the new jti in status while the Secret is refused", WAIT, || async {
             let status = grant_status(&client, &ns).await.map_err(|e| e.to_string())?;
@@ -116,22 +119,20 @@ async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
                 .ok_or(status.to_string())
         })
         .await?;
+        let listed = cellule_e2e::revoked(&client, &ns, "paris").await?;
+        ensure!(!listed.contains_key(&first), "the old token revoked despite the fault: {listed:?}");
         kill(operator).await?;
-        // While it is down: the fault goes, the revocation list is deleted,
-        // and a key rotation is asked for.
+        // While it is down, the faults go.
         lift().await;
-        Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .delete("paris-revocations", &DeleteParams::default())
-            .await?;
+        lift_lists().await;
 
         let restarted = std::time::Instant::now();
         let operator = start_operator(2).await?;
         let ready = restarted.elapsed();
-        // The list comes back with the old token on it...
-        eventually("the revocation list restored with the old jti", WAIT, || async {
-            let list = config_map(&client, &ns, "paris-revocations").await.map_err(|e| e.to_string())?;
-            let data = list.and_then(|l| l.data).unwrap_or_default();
-            data.contains_key(&first).then_some(()).ok_or(format!("{data:?}"))
+        // The old token is on the revocation lists...
+        eventually("the old jti revoked", WAIT, || async {
+            let list = cellule_e2e::revoked(&client, &ns, "paris").await.map_err(|e| e.to_string())?;
+            list.contains_key(&first).then_some(()).ok_or(format!("{list:?}"))
         })
         .await?;
         let list_back = restarted.elapsed();
@@ -149,17 +150,16 @@ async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
         let agreed = restarted.elapsed();
         let jwks_cm = config_map(&client, &ns, "paris-jwks").await?.context("jwks")?;
         let data = jwks_cm.data.context("jwks data")?;
-        let list: BTreeMap<String, String> = config_map(&client, &ns, "paris-revocations").await?.and_then(|l| l.data).unwrap_or_default();
         let claims = tokens::verify(
             &held_token(&client, &ns).await?.context("token")?,
             &serde_json::from_str(&data["jwks.json"])?,
-            &tokens::parse_revocations(&list)?,
+            &cellule_e2e::revoked(&client, &ns, "paris").await?,
             &serde_json::from_str(&data["policy.json"])?,
             jiff::Timestamp::now().as_second(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         ensure!(claims.jti == jti);
-        println!("restart 1: ready in {ready:?}; revocation list restored {list_back:?} and Secret/status agreeing {agreed:?} after the start");
+        println!("restart 1: ready in {ready:?}; old jti revoked {list_back:?} and Secret/status agreeing {agreed:?} after the start");
 
         // 2. Killed while a new key waits out its pre-publication: it
         // signs once that is over, after the restart, and the old key's

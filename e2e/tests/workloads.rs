@@ -79,12 +79,7 @@ async fn samples_become_running_workloads_with_owner_references() {
         );
         assert_eq!(
             names::<ConfigMap>(&client, &ns).await?,
-            [
-                "paris-config",
-                "paris-jwks",
-                "paris-revocations",
-                "paris-routing"
-            ]
+            ["paris-config", "paris-jwks", "paris-routing"]
         );
         assert_eq!(names::<ServiceAccount>(&client, &ns).await?, ["paris-pool"]);
         assert_eq!(

@@ -191,7 +191,9 @@ fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
     // The pool's lists only: the audience is `<namespace>/<pool>`.
     let pool = policy.audience.rsplit('/').next().unwrap_or_default();
     let revoked = match &args.revocations {
-        Some(path) => cellule_verifier::revocations::parse_lists(&std::fs::read_to_string(path)?, pool),
+        Some(path) => {
+            cellule_verifier::revocations::parse_lists(&std::fs::read_to_string(path)?, pool)
+        }
         None => Ok(Default::default()),
     };
     let mut token = String::new();

@@ -173,7 +173,11 @@ mod tests {
     fn longest_names_fit_a_dns_label() {
         let p = "p".repeat(POOL_NAME_MAX);
         let s = "s".repeat(CPU_WORKER_SET_MAX);
-        for name in [cpu_workers(&p, &s), signing_keys(&p), legacy_revocations(&p)] {
+        for name in [
+            cpu_workers(&p, &s),
+            signing_keys(&p),
+            legacy_revocations(&p),
+        ] {
             assert!(name.len() <= 63, "{name}");
         }
         assert!(npu_server(&"n".repeat(NPU_SERVER_NAME_MAX)).len() <= 63);

@@ -1,7 +1,7 @@
 //! Worker-token verification for Cellule PRO pools, as the pool software
 //! must do it (docs/pool-contract.md): [`jwt`] holds the rules (and the
 //! signing the operator uses), [`live`] keeps a pool's JWKS, verifier
-//! policy and revocation list current from the API server, failing closed
+//! policy and revocation lists current from the API server, failing closed
 //! when they are missing, unreadable or stale. The `cellule-verifier`
 //! binary serves it on localhost for a pool that is not written in Rust.
 #![forbid(unsafe_code)]

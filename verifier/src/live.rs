@@ -27,7 +27,7 @@ use kube::{
 
 use crate::{
     jwt::{self, Claims, VerifierPolicy, VerifyError},
-    revocations::{POOL_LABEL, RevocationList, Revoked},
+    revocations::{POOL_LABEL, RevocationList, Revoked, list_key},
 };
 
 /// Keys of the `<pool>-jwks` ConfigMap.
@@ -251,25 +251,30 @@ async fn watch_lists(api: Api<RevocationList>, pool: String, state: Arc<RwLock<S
     let mut events = watcher(api, config).default_backoff().boxed();
     // A (re)list: its snapshot is whole, so a list it lacks was deleted
     // meanwhile; the union is current as of when it was asked for.
-    let mut relist: Option<(Instant, HashSet<String>)> = None;
+    let mut relist: Option<(Instant, u64, HashSet<String>)> = None;
     while let Some(event) = events.next().await {
         let mut state = write(&state);
         match event {
-            Ok(watcher::Event::Init) => relist = Some((Instant::now(), HashSet::new())),
+            Ok(watcher::Event::Init) => {
+                let mark = revoked(&mut state).mark();
+                relist = Some((Instant::now(), mark, HashSet::new()))
+            }
             Ok(watcher::Event::InitApply(list)) => {
-                if let Some((_, seen)) = relist.as_mut() {
-                    seen.insert(list.name_any());
+                if let Some((_, _, seen)) = relist.as_mut() {
+                    seen.insert(list_key(&list.metadata));
                 }
                 apply_list(&mut state, &pool, &list)
             }
             Ok(watcher::Event::InitDone) => {
-                if let Some((asked, seen)) = relist.take() {
-                    revoked(&mut state).retain(&seen);
+                if let Some((asked, mark, seen)) = relist.take() {
+                    revoked(&mut state).retain(&seen, mark);
                     state.revoked.confirmed = Some(asked);
                 }
             }
             Ok(watcher::Event::Apply(list)) => apply_list(&mut state, &pool, &list),
-            Ok(watcher::Event::Delete(list)) => revoked(&mut state).remove(&list.name_any()),
+            Ok(watcher::Event::Delete(list)) => {
+                revoked(&mut state).remove(&list_key(&list.metadata))
+            }
             Err(error) => tracing::warn!(%pool, %error, "revocation list watch failed; retrying"),
         }
     }
@@ -288,13 +293,14 @@ fn apply_list(state: &mut State, pool: &str, list: &RevocationList) {
     if list.spec.pool != pool {
         return;
     }
-    revoked(state).apply(&list.name_any(), &list.spec);
+    revoked(state).apply(list);
 }
 
-/// Reads every list of the pool every `period` from etcd and takes it in:
-/// the union then holds at least everything on the API server at the
-/// read, so it counts as confirmed at that instant. A list the read lacks
-/// is left to the watch: it may be newer than the read.
+/// Confirms every `period` that the union is current: reads the lists'
+/// metadata from etcd, fetches the few whose version was not applied last,
+/// and forgets those seen before the read that it lacks (deleted). The
+/// union then holds at least everything on the API server when the read
+/// was sent, so it counts as confirmed at that instant.
 async fn confirm_lists(
     api: Api<RevocationList>,
     pool: String,
@@ -304,22 +310,36 @@ async fn confirm_lists(
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let started = Instant::now();
-        match api
-            .list(&ListParams::default().labels(&of_pool(&pool)))
-            .await
-        {
-            Ok(lists) => {
-                let mut state = write(&state);
-                for list in &lists.items {
-                    apply_list(&mut state, &pool, list);
-                }
-                // Confirmed as of when the read was sent, not when it came back.
-                state.revoked.confirmed = Some(started);
-            }
-            Err(error) => tracing::warn!(%pool, %error, "reading the revocation lists failed"),
+        if let Err(error) = confirm_once(&api, &pool, &state).await {
+            tracing::warn!(%pool, %error, "reading the revocation lists failed");
         }
     }
+}
+
+async fn confirm_once(
+    api: &Api<RevocationList>,
+    pool: &str,
+    state: &RwLock<State>,
+) -> kube::Result<()> {
+    let started = Instant::now();
+    let mark = revoked(&mut write(state)).mark();
+    let metas = api
+        .list_metadata(&ListParams::default().labels(&of_pool(pool)))
+        .await?;
+    let mut keys = HashSet::new();
+    for meta in &metas.items {
+        let key = list_key(&meta.metadata);
+        let current =
+            revoked(&mut write(state)).holds(&key, meta.metadata.resource_version.as_deref());
+        if !current && let Some(list) = api.get_opt(&meta.name_any()).await? {
+            apply_list(&mut write(state), pool, &list);
+        }
+        keys.insert(key);
+    }
+    let mut state = write(state);
+    revoked(&mut state).retain(&keys, mark);
+    state.revoked.confirmed = Some(started);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -70,22 +70,47 @@ pub struct RevokedToken {
 }
 
 /// The union of a pool's revocation lists, kept current from their
-/// versions as they arrive in any order: entries seen in any version of
-/// a list stay until the list is deleted.
+/// versions as they arrive in any order: entries seen in any version of a
+/// list stay until the list is deleted. Lists are told apart by uid, so a
+/// late deletion of one never touches another of the same name.
 #[derive(Debug, Default)]
 pub struct Revoked {
     /// jti → (exp, how many lists hold it).
     entries: HashMap<String, (i64, u32)>,
-    /// List name → the jtis it holds.
-    lists: HashMap<String, HashSet<String>>,
+    /// List uid → what it holds.
+    lists: HashMap<String, Held>,
+    /// Counts applies: tells lists seen before a full read from later ones.
+    applied: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    jtis: HashSet<String>,
+    first_applied: u64,
+    resource_version: Option<String>,
+}
+
+/// How [`Revoked`] tells lists apart: the uid (the name for a list that
+/// has none, as in a file).
+pub fn list_key(meta: &kube::api::ObjectMeta) -> String {
+    meta.uid
+        .clone()
+        .or_else(|| meta.name.clone())
+        .unwrap_or_default()
 }
 
 impl Revoked {
     /// Takes in a version of `list` (older or newer than any seen).
-    pub fn apply(&mut self, name: &str, list: &RevocationListSpec) {
-        let held = self.lists.entry(name.to_owned()).or_default();
-        for entry in &list.entries {
-            if held.insert(entry.jti.clone()) {
+    pub fn apply(&mut self, list: &RevocationList) {
+        self.applied += 1;
+        let held = self.lists.entry(list_key(&list.metadata)).or_insert(Held {
+            jtis: HashSet::new(),
+            first_applied: self.applied,
+            resource_version: None,
+        });
+        held.resource_version = list.metadata.resource_version.clone();
+        for entry in &list.spec.entries {
+            if held.jtis.insert(entry.jti.clone()) {
                 let slot = self
                     .entries
                     .entry(entry.jti.clone())
@@ -96,9 +121,9 @@ impl Revoked {
         }
     }
 
-    /// Forgets the list `name` (deleted).
-    pub fn remove(&mut self, name: &str) {
-        for jti in self.lists.remove(name).unwrap_or_default() {
+    /// Forgets the list `key` (deleted).
+    pub fn remove(&mut self, key: &str) {
+        for jti in self.lists.remove(key).map(|h| h.jtis).unwrap_or_default() {
             if let Some(slot) = self.entries.get_mut(&jti) {
                 slot.1 -= 1;
                 if slot.1 == 0 {
@@ -108,17 +133,32 @@ impl Revoked {
         }
     }
 
-    /// Forgets every list not in `names` (a full read showed them gone).
-    pub fn retain(&mut self, names: &HashSet<String>) {
+    /// A mark to take before a full read (see [`Revoked::retain`]).
+    pub fn mark(&self) -> u64 {
+        self.applied
+    }
+
+    /// After a full read sent at `mark` returned the lists `keys`: forgets
+    /// the lists it lacks that were seen before `mark` (deleted since). A
+    /// list first seen after the mark may be newer than the read: kept.
+    pub fn retain(&mut self, keys: &HashSet<String>, mark: u64) {
         let gone: Vec<String> = self
             .lists
-            .keys()
-            .filter(|name| !names.contains(*name))
-            .cloned()
+            .iter()
+            .filter(|(key, held)| held.first_applied <= mark && !keys.contains(*key))
+            .map(|(key, _)| key.clone())
             .collect();
-        for name in gone {
-            self.remove(&name);
+        for key in gone {
+            self.remove(&key);
         }
+    }
+
+    /// Whether the version `resource_version` of list `key` was applied
+    /// last (so reading it again would add nothing).
+    pub fn holds(&self, key: &str, resource_version: Option<&str>) -> bool {
+        self.lists.get(key).is_some_and(|h| {
+            resource_version.is_some() && h.resource_version.as_deref() == resource_version
+        })
     }
 
     /// The `exp` of a revoked `jti`.
@@ -167,8 +207,7 @@ pub fn parse_lists(json: &str, pool: &str) -> Result<Revoked, crate::jwt::Verify
     };
     let mut revoked = Revoked::default();
     for list in lists.iter().filter(|l| l.spec.pool == pool) {
-        let name = list.metadata.name.clone().unwrap_or_default();
-        revoked.apply(&name, &list.spec);
+        revoked.apply(list);
     }
     Ok(revoked)
 }
@@ -177,43 +216,67 @@ pub fn parse_lists(json: &str, pool: &str) -> Result<Revoked, crate::jwt::Verify
 mod tests {
     use super::*;
 
-    fn list(entries: &[(&str, i64)]) -> RevocationListSpec {
-        RevocationListSpec {
-            pool: "paris".into(),
-            expires_at: 2_000_000_000,
-            entries: entries
-                .iter()
-                .map(|(jti, exp)| RevokedToken {
-                    jti: (*jti).into(),
-                    exp: *exp,
-                })
-                .collect(),
-        }
+    fn list(uid: &str, rv: &str, entries: &[(&str, i64)]) -> RevocationList {
+        let mut list = RevocationList::new(
+            "paris-revoked-1-0",
+            RevocationListSpec {
+                pool: "paris".into(),
+                expires_at: 2_000_000_000,
+                entries: entries
+                    .iter()
+                    .map(|(jti, exp)| RevokedToken {
+                        jti: (*jti).into(),
+                        exp: *exp,
+                    })
+                    .collect(),
+            },
+        );
+        list.metadata.uid = Some(uid.into());
+        list.metadata.resource_version = Some(rv.into());
+        list
     }
 
     #[test]
     fn an_older_version_of_a_list_unrevokes_nothing() {
         let mut revoked = Revoked::default();
-        revoked.apply("a-0", &list(&[("x", 10), ("y", 20)]));
-        revoked.apply("a-0", &list(&[("x", 10)]));
+        revoked.apply(&list("a", "2", &[("x", 10), ("y", 20)]));
+        revoked.apply(&list("a", "1", &[("x", 10)]));
         assert_eq!(revoked.get("y"), Some(20));
         assert_eq!(revoked.len(), 2);
+        assert!(revoked.holds("a", Some("1")) && !revoked.holds("a", Some("2")));
+        assert!(!revoked.holds("a", None) && !revoked.holds("b", Some("1")));
     }
 
     #[test]
     fn a_jti_in_two_lists_stays_until_both_are_gone() {
         let mut revoked = Revoked::default();
-        revoked.apply("a-0", &list(&[("x", 10)]));
-        revoked.apply("a-1", &list(&[("x", 12), ("z", 5)]));
+        revoked.apply(&list("a", "1", &[("x", 10)]));
+        revoked.apply(&list("b", "1", &[("x", 12), ("z", 5)]));
         assert_eq!(revoked.get("x"), Some(12));
-        revoked.remove("a-0");
+        revoked.remove("a");
         assert_eq!(revoked.get("x"), Some(12));
-        revoked.retain(&HashSet::from(["a-0".to_owned()]));
+        revoked.retain(&HashSet::from(["a".to_owned()]), revoked.mark());
         assert_eq!(revoked.get("x"), None);
         assert!(revoked.is_empty());
         // Removing what is not there changes nothing.
-        revoked.remove("a-1");
+        revoked.remove("b");
         assert!(revoked.is_empty());
+    }
+
+    #[test]
+    fn a_full_read_drops_only_lists_seen_before_it_was_sent() {
+        let mut revoked = Revoked::default();
+        revoked.apply(&list("old", "1", &[("x", 10)]));
+        let mark = revoked.mark();
+        // Made after the read's snapshot, delivered by the watch before
+        // the read came back: the read lacks it, and it stays.
+        revoked.apply(&list("new", "1", &[("y", 10)]));
+        revoked.retain(&HashSet::new(), mark);
+        assert_eq!((revoked.get("x"), revoked.get("y")), (None, Some(10)));
+        // A deleted list and a newer one of the same name are two lists.
+        revoked.apply(&list("new-again", "1", &[("y", 10), ("w", 3)]));
+        revoked.remove("new");
+        assert_eq!((revoked.get("y"), revoked.get("w")), (Some(10), Some(3)));
     }
 
     #[test]

@@ -5,7 +5,13 @@
 //!   store) and (b) the token refused by the reference verifier running
 //!   with the pool's ServiceAccount credentials (end to end), same run;
 //! - time to issue 1,000 grants until every one is Active, then to revoke
-//!   them all at once until the verifier (as the pool) refuses every token;
+//!   them all at once until the verifier (as the pool) refuses every token,
+//!   and the WorkerGrant reconciles that took;
+//! - the revocation store filled with 1,000 / 10,000 / 100,000 entries
+//!   through its own interface (the operator's code, against the real API
+//!   server, without that many grants): objects, bytes per object, bytes
+//!   rewritten and time per revocation, and how long a verifier starting
+//!   then takes to read it all;
 //! - the cost of signing and verifying one token (in process).
 
 use std::{
@@ -17,13 +23,25 @@ use std::{
 use anyhow::Context as _;
 use cellule_e2e::{admin_client, apply_sample_site, cellule_api, install_crds};
 use cellule_operator::tokens::{self, Claims, PoolKey};
+use cellule_operator::{
+    api::Pool,
+    reconcile::{
+        Context,
+        context::{OwnedStores, Stores},
+    },
+    tokens::revocations::{self, RevocationList, RevocationStore, RevokedToken},
+};
 use cellule_verifier::live::Live;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client,
     api::{DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, watcher},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
 };
 use serde_json::json;
 
@@ -138,10 +156,10 @@ async fn revocation_latency(
         );
     }
     let live = verifier_as_pool(client, ns).await?;
-    // Watch the revocation list; note when each jti first appears.
+    // Watch the revocation lists; note when each jti first appears.
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let lists: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let config = watcher::Config::default().fields("metadata.name=paris-revocations");
+    let lists: Api<RevocationList> = Api::namespaced(client.clone(), ns);
+    let config = watcher::Config::default().labels("cellule.ai/pool=paris");
     let recorder = {
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -149,8 +167,8 @@ async fn revocation_latency(
             while let Some(Ok(list)) = stream.next().await {
                 let now = Instant::now();
                 let mut seen = seen.lock().unwrap();
-                for jti in list.data.unwrap_or_default().into_keys() {
-                    seen.entry(jti).or_insert(now);
+                for entry in list.spec.entries {
+                    seen.entry(entry.jti).or_insert(now);
                 }
             }
         })
@@ -258,6 +276,165 @@ async fn mass_revocation(client: &Client, ns: &str, names: &[String]) -> anyhow:
     took
 }
 
+fn empty<K>() -> Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    reflector::store().0
+}
+
+/// The operator's own revocation store for the sample pool in `ns`: a
+/// context whose caches hold that Pool and, kept current by a watch, the
+/// namespace's revocation lists (what the operator's caches hold).
+async fn store_context(client: &Client, ns: &str) -> anyhow::Result<Arc<Context>> {
+    let pool = Api::<Pool>::namespaced(client.clone(), ns)
+        .get("paris")
+        .await?;
+    let (pools, mut pool_writer) = reflector::store();
+    pool_writer.apply_watcher_event(&watcher::Event::Apply(pool));
+    let (lists, writer) = reflector::store();
+    let api = Api::<RevocationList>::namespaced(client.clone(), ns);
+    tokio::spawn(
+        reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .for_each(|_| futures::future::ready(())),
+    );
+    lists.wait_until_ready().await?;
+    let owned = OwnedStores {
+        deployments: empty(),
+        services: empty(),
+        config_maps: empty(),
+        service_accounts: empty(),
+        pod_disruption_budgets: empty(),
+        network_policies: empty(),
+        roles: empty(),
+        role_bindings: empty(),
+        revocation_lists: lists,
+        secrets: empty(),
+    };
+    Ok(Context::new(
+        client.clone(),
+        Stores {
+            owned,
+            secret_metadata: empty(),
+            api_server: empty(),
+            npu_servers: empty(),
+            pools,
+            grants: empty(),
+        },
+    ))
+}
+
+/// Revoked tokens with expiries spread evenly over the next `span` seconds.
+fn spread(count: usize, span: i64, now: i64) -> Vec<RevokedToken> {
+    (0..count)
+        .map(|i| RevokedToken {
+            jti: tokens::new_jti(),
+            exp: now + 60 + (i as i64 * span) / count.max(1) as i64,
+        })
+        .collect()
+}
+
+/// Fills the store of `ns` up to `fill` entries, then measures `samples`
+/// single revocations; prints the figures.
+async fn store_cost(
+    client: &Client,
+    ns: &str,
+    ctx: &Context,
+    filled: &mut usize,
+    fill: usize,
+    samples: usize,
+) -> anyhow::Result<()> {
+    let pool = Api::<Pool>::namespaced(client.clone(), ns)
+        .get("paris")
+        .await?;
+    let max_ttl = pool.spec.tokens.max_ttl.0.as_secs() as i64;
+    let now = jiff::Timestamp::now().as_second();
+    let store = revocations::store(ctx, ns, "paris");
+    let started = Instant::now();
+    for batch in spread(fill - *filled, max_ttl - 120, now).chunks(1000) {
+        store.revoke_all(batch).await?;
+        // The next batch is placed from a cache that has this one.
+        let last = &batch[batch.len() - 1].jti;
+        while !ctx
+            .owned
+            .revocation_lists
+            .state()
+            .iter()
+            .any(|l| l.spec.entries.iter().any(|e| &e.jti == last))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let fill_took = started.elapsed();
+    *filled = fill;
+    let (mut times, mut rewritten) = (vec![], vec![]);
+    for token in spread(samples, max_ttl - 120, now) {
+        let started = Instant::now();
+        store.revoke(&token.jti, token.exp).await?;
+        times.push(started.elapsed());
+        // The object that took it, as written (what etcd stores whole).
+        let holder = loop {
+            let holder = ctx
+                .owned
+                .revocation_lists
+                .state()
+                .into_iter()
+                .find(|l| l.spec.entries.iter().any(|e| e.jti == token.jti));
+            if let Some(holder) = holder {
+                break holder;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        rewritten.push(serde_json::to_vec(holder.as_ref())?.len());
+    }
+    *filled += samples;
+    times.sort();
+    let lists = Api::<RevocationList>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let sizes: Vec<usize> = lists
+        .items
+        .iter()
+        .map(|l| serde_json::to_vec(l).map(|v| v.len()))
+        .collect::<Result<_, _>>()?;
+    let total: usize = sizes.iter().sum();
+    let entries: usize = lists.items.iter().map(|l| l.spec.entries.len()).sum();
+    println!(
+        "  {fill} entries ({entries} listed, filled in {fill_took:?}): {} objects, {} KB in all, largest {} KB, mean {} KB",
+        sizes.len(),
+        total / 1024,
+        sizes.iter().max().copied().unwrap_or_default() / 1024,
+        total / sizes.len().max(1) / 1024
+    );
+    println!(
+        "    per revocation, over {samples}: one object rewritten, {} KB mean, {} KB max; time {}",
+        rewritten.iter().sum::<usize>() / rewritten.len().max(1) / 1024,
+        rewritten.iter().max().copied().unwrap_or_default() / 1024,
+        summary(&times)
+    );
+    let started = Instant::now();
+    let live = verifier_as_pool(client, ns).await?;
+    println!(
+        "    a verifier starting as the pool reads them all and is ready in {:?}",
+        started.elapsed()
+    );
+    drop(live);
+    Ok(())
+}
+
+/// WorkerGrant reconciles so far, from the operator's log (its debug line
+/// per reconcile, target `cellule_operator::reconciles`).
+fn grant_reconciles() -> Option<usize> {
+    let log = std::env::var("CELLULE_E2E_OPERATOR_LOG").ok()?;
+    let text = std::fs::read_to_string(log).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.contains("reconciled") && l.contains("WorkerGrant"))
+            .count(),
+    )
+}
+
 fn summary(latencies: &[Duration]) -> String {
     format!(
         "p50 {:?}, p95 {:?}, p99 {:?}, max {:?}",
@@ -336,12 +513,32 @@ async fn main() -> anyhow::Result<()> {
     let names: Vec<String> = (0..1000).map(|i| format!("laptop-{i}")).collect();
     let took = create_and_wait_active(&client, &ns_many, &names).await?;
     println!("1000 grants created and Active in {took:?}");
+    let before = grant_reconciles();
     let took = mass_revocation(&client, &ns_many, &names).await?;
     println!(
         "1000 grants revoked at once: all refused by the verifier running as the pool {took:?} after the first update was sent"
     );
+    // The reconciles that follow the revocations (token Secret deleted,
+    // status written) land within a few seconds.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    match before.zip(grant_reconciles()) {
+        Some((before, after)) => println!(
+            "  WorkerGrant reconciles from the first update to 5 s after the last refusal: {}",
+            after - before
+        ),
+        None => println!("  WorkerGrant reconciles: no operator log to count them in"),
+    }
 
-    for ns in [ns, ns_many] {
+    let ns_store = format!("bench-store-{suffix}");
+    namespace(&client, &ns_store).await?;
+    let ctx = store_context(&client, &ns_store).await?;
+    println!("revocation store of one pool (its maxTtl spread over the entries' expiries):");
+    let mut filled = 0;
+    for fill in [1_000, 10_000, 100_000] {
+        store_cost(&client, &ns_store, &ctx, &mut filled, fill, 50).await?;
+    }
+
+    for ns in [ns, ns_many, ns_store] {
         Api::<Namespace>::all(client.clone())
             .delete(&ns, &DeleteParams::background())
             .await?;

@@ -32,7 +32,7 @@ use crate::{
         pool::{ImageStatus, TierServing},
     },
     conditions::{self, Desired, Summary},
-    controller::{Caches, drive},
+    controller::{Caches, created, drive},
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
     tokens::{
         self,
@@ -66,6 +66,9 @@ pub fn controller(
         .owns_shared_stream(caches.roles.subscribe())
         .owns_shared_stream(caches.role_bindings.subscribe())
         .owns_shared_stream(caches.secrets.subscribe())
+        // A new revocation list: the pool learns when it expires. Not at
+        // every revocation (an append to a list).
+        .owns_shared_stream(created(caches.revocation_lists.subscribe()))
         .watches_shared_stream(caches.secret_metadata.subscribe(), move |secret| {
             pools_referencing_secret(&pools, &secret)
         })
@@ -313,7 +316,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
 }
 
 /// For a stalled pool: brings the key ring up to date and applies the
-/// JWKS (and the revocation list's object) alone, pruning nothing. Returns
+/// JWKS alone, pruning nothing. Returns
 /// when the ring next needs a look.
 async fn sync_published_keys(
     ctx: &Context,

@@ -15,12 +15,15 @@
 //!
 //! Reconcilers see [`RevocationStore`] only.
 
-use std::{collections::BTreeMap, future::Future};
+use std::{
+    collections::{BTreeMap, HashSet},
+    future::Future,
+};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::reflector::ObjectRef,
 };
 
@@ -40,10 +43,22 @@ use crate::{
 pub const REVOCATION_MANAGER: &str = "cellule-operator-revocations";
 
 /// Where a pool's revocations are kept and how they reach its verifiers.
-pub trait RevocationStore {
+pub trait RevocationStore: Sync {
     /// Records `jti` (valid until `exp`) as revoked: once this returns,
     /// the pool's verifiers are told.
-    fn revoke(&self, jti: &str, exp: i64) -> impl Future<Output = Result<()>> + Send;
+    fn revoke(&self, jti: &str, exp: i64) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            self.revoke_all(&[RevokedToken {
+                jti: jti.to_owned(),
+                exp,
+            }])
+            .await
+        }
+    }
+
+    /// Records every token of `tokens` as revoked, in one write per list
+    /// touched.
+    fn revoke_all(&self, tokens: &[RevokedToken]) -> impl Future<Output = Result<()>> + Send;
 
     /// Deletes what has expired and takes in revocations kept the way an
     /// earlier version of the operator kept them. Returns when the next
@@ -89,51 +104,69 @@ pub enum Write {
     },
 }
 
-/// Where `entries` go, given `lists` (the pool's, as cached): entries
-/// already in their bucket are left out; each goes to the first part of its
-/// bucket with room, or a new part.
+/// Where `entries` go, given `lists` (the pool's, as cached) and `taken`
+/// (every list name of the namespace: a new part never reuses one, not
+/// even one of an earlier pool of the same name still being deleted):
+/// entries already in their bucket are left out; each goes to the first
+/// part of its bucket with room, or a new part.
 pub fn place(
     pool: &str,
     lists: &[(String, RevocationListSpec)],
+    taken: &HashSet<String>,
     entries: &[RevokedToken],
     width: i64,
 ) -> Vec<Write> {
-    // Per bucket: its parts (name, entry count), in part order.
-    let mut buckets: BTreeMap<i64, Vec<(String, usize)>> = BTreeMap::new();
+    struct Bucket {
+        /// Its parts: name and entry count, in part order.
+        parts: Vec<(String, usize)>,
+        listed: HashSet<String>,
+    }
+    let mut buckets: BTreeMap<i64, Bucket> = BTreeMap::new();
     let mut writes: BTreeMap<String, Write> = BTreeMap::new();
+    let mut placed: HashSet<&str> = HashSet::new();
     for entry in entries {
         let end = bucket_end(entry.exp, width);
-        let parts = buckets.entry(end).or_insert_with(|| {
-            let mut parts: Vec<(u32, String, usize)> = lists
+        let bucket = buckets.entry(end).or_insert_with(|| {
+            let mut parts: Vec<(u32, &String, &RevocationListSpec)> = lists
                 .iter()
                 .filter_map(|(name, list)| {
                     let (p, e, part) = names::parse_revocation_list(name)?;
-                    (p == pool && e == end).then(|| (part, name.clone(), list.entries.len()))
+                    (p == pool && e == end).then_some((part, name, list))
                 })
                 .collect();
-            parts.sort();
-            parts
-                .into_iter()
-                .map(|(_, name, len)| (name, len))
-                .collect()
+            parts.sort_by_key(|(part, ..)| *part);
+            Bucket {
+                listed: parts
+                    .iter()
+                    .flat_map(|(.., l)| l.entries.iter().map(|e| e.jti.clone()))
+                    .collect(),
+                parts: parts
+                    .into_iter()
+                    .map(|(_, name, l)| (name.clone(), l.entries.len()))
+                    .collect(),
+            }
         });
         // Already there (a retry, or a reconcile from an older copy).
-        let listed = lists.iter().any(|(name, list)| {
-            parts.iter().any(|(n, _)| n == name) && list.entries.iter().any(|e| e.jti == entry.jti)
-        }) || writes
-            .values()
-            .any(|w| w.entries().iter().any(|e| e.jti == entry.jti));
-        if listed {
+        if bucket.listed.contains(&entry.jti) || !placed.insert(&entry.jti) {
             continue;
         }
-        let name = match parts.iter_mut().find(|(_, len)| *len < PART_CAPACITY) {
+        let name = match bucket
+            .parts
+            .iter_mut()
+            .find(|(_, len)| *len < PART_CAPACITY)
+        {
             Some((name, len)) => {
                 *len += 1;
                 name.clone()
             }
             None => {
-                let name = names::revocation_list(pool, end, parts.len() as u32);
-                parts.push((name.clone(), 1));
+                let name = (0..)
+                    .map(|part| names::revocation_list(pool, end, part))
+                    .find(|name| {
+                        !taken.contains(name) && !bucket.parts.iter().any(|(n, _)| n == name)
+                    })
+                    .expect("some part number is free");
+                bucket.parts.push((name.clone(), 1));
                 writes.insert(
                     name.clone(),
                     Write::Create {
@@ -158,6 +191,7 @@ pub fn place(
 }
 
 impl Write {
+    #[cfg(test)]
     fn entries(&self) -> &[RevokedToken] {
         match self {
             Write::Append { entries, .. } | Write::Create { entries, .. } => entries,
@@ -182,7 +216,8 @@ pub fn expired(lists: &[(String, RevocationListSpec)], now: i64) -> (Vec<String>
         if at < now {
             due.push(name.clone());
         } else {
-            next = Some(next.map_or(at + 1, |n| n.min(at + 1)));
+            let at = at.saturating_add(1);
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
     }
     (due, next)
@@ -201,18 +236,24 @@ impl ListStore<'_> {
             .get(&ObjectRef::new(&self.pool).within(&self.namespace))
     }
 
-    /// The pool's lists as the cache has them.
-    fn lists(&self) -> Vec<(String, RevocationListSpec)> {
-        self.ctx
+    /// The lists of this pool (this very Pool: its uid) as the cache has
+    /// them, and every list name taken in the namespace.
+    fn lists(&self, pool: &Pool) -> (Vec<(String, RevocationListSpec)>, HashSet<String>) {
+        let all: Vec<_> = self
+            .ctx
             .owned
             .revocation_lists
             .state()
             .into_iter()
-            .filter(|l| {
-                l.namespace().as_deref() == Some(&self.namespace) && l.spec.pool == self.pool
-            })
+            .filter(|l| l.namespace().as_deref() == Some(&self.namespace))
+            .collect();
+        let taken = all.iter().map(|l| l.name_any()).collect();
+        let ours = all
+            .into_iter()
+            .filter(|l| owned_by(&l.metadata, pool))
             .map(|l| (l.name_any(), l.spec.clone()))
-            .collect()
+            .collect();
+        (ours, taken)
     }
 
     fn api(&self) -> Api<RevocationList> {
@@ -233,8 +274,8 @@ impl ListStore<'_> {
             return Ok(());
         };
         let max_ttl = i64::try_from(pool.spec.tokens.max_ttl.0.as_secs()).unwrap_or(i64::MAX);
-        let lists = self.lists();
-        for write in place(&self.pool, &lists, entries, bucket_width(max_ttl)) {
+        let (lists, taken) = self.lists(&pool);
+        for write in place(&self.pool, &lists, &taken, entries, bucket_width(max_ttl)) {
             match write {
                 Write::Append { name, entries } => self.patch(&name, &entries).await?,
                 Write::Create {
@@ -258,10 +299,16 @@ impl ListStore<'_> {
                     };
                     match self.api().create(&params, &list).await {
                         Ok(_) => {}
-                        // Made since the cache was read (a retry after a
-                        // lost reply): append instead.
+                        // Made since the cache was read: ours (a retry
+                        // after a lost reply) takes the entries; another's
+                        // waits for the cache to show the name taken.
                         Err(kube::Error::Api(s)) if s.code == 409 => {
-                            self.patch(&name, &entries).await?
+                            match self.api().get_opt(&name).await? {
+                                Some(live) if owned_by(&live.metadata, &pool) => {
+                                    self.patch(&name, &entries).await?
+                                }
+                                _ => return Err(kube::Error::Api(s).into()),
+                            }
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -293,24 +340,37 @@ impl ListStore<'_> {
     /// `status.revokedTokens` and the `<pool>-revocations` ConfigMap: moved
     /// into the lists, then removed there.
     async fn migrate(&self, now: i64) -> Result<()> {
-        let record = self
-            .cached_pool()
-            .and_then(|p| p.status.clone())
-            .map(|s| s.revoked_tokens)
+        let Some(pool) = self.cached_pool() else {
+            return Ok(());
+        };
+        let record = pool
+            .status
+            .as_ref()
+            .map(|s| s.revoked_tokens.clone())
             .unwrap_or_default();
         let legacy = names::legacy_revocations(&self.pool);
         let config_maps: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let listed = self
+        // Only the list this pool's operator made (owner label): a
+        // ConfigMap of that name made by anyone else is not ours to read
+        // or delete.
+        let ours = self
             .ctx
             .owned
             .config_maps
             .get(&ObjectRef::new(&legacy).within(&self.namespace))
+            .filter(|cm| {
+                cm.labels().get(crate::reconcile::labels::OWNER_UID) == pool.uid().as_ref()
+            });
+        let listed = ours
+            .as_ref()
             .and_then(|cm| cm.data.clone())
             .unwrap_or_default();
-        if record.is_empty() && listed.is_empty() {
+        if record.is_empty() && ours.is_none() {
             return Ok(());
         }
         let leeway = LEEWAY_SECS as i64;
+        let moved_from_record: BTreeMap<String, Option<i64>> =
+            record.keys().map(|jti| (jti.clone(), None)).collect();
         let mut entries: BTreeMap<String, i64> = record;
         for (jti, exp) in listed {
             // An entry that is not a time outlives any token (fail closed).
@@ -323,8 +383,8 @@ impl ListStore<'_> {
             .filter(|(_, exp)| exp.saturating_add(leeway) >= now)
             .map(|(jti, exp)| RevokedToken {
                 jti,
-                // Within what the lists can hold: no token outlives it.
-                exp: exp.min(now.saturating_add(self.max_ttl())),
+                // No token of any pool outlives it (and it stays a time).
+                exp: exp.min(now.saturating_add(LONGEST_TTL)),
             })
             .collect();
         self.append(&entries).await?;
@@ -333,18 +393,41 @@ impl ListStore<'_> {
             .patch_status(
                 &self.pool,
                 &Self::params(),
-                &Patch::Merge(serde_json::json!({"status": {"revokedTokens": null}})),
+                &Patch::Merge(serde_json::json!({"status": {"revokedTokens": moved_from_record}})),
             )
             .await?;
-        gone(config_maps.delete(&legacy, &DeleteParams::default()).await)
-    }
-
-    fn max_ttl(&self) -> i64 {
-        self.cached_pool()
-            .and_then(|p| i64::try_from(p.spec.tokens.max_ttl.0.as_secs()).ok())
-            .unwrap_or(i64::MAX)
+        // Only the version read: an entry added since stays for the next
+        // reconcile to move.
+        if let Some(cm) = ours {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: cm.resource_version(),
+                    uid: cm.uid(),
+                }),
+                ..Default::default()
+            };
+            match config_maps.delete(&legacy, &params).await {
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                other => gone(other)?,
+            }
+        }
+        Ok(())
     }
 }
+
+/// Whether a list was made for `pool` (this uid, not an earlier Pool of
+/// the same name).
+fn owned_by(meta: &kube::api::ObjectMeta, pool: &Pool) -> bool {
+    let owner = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::reconcile::labels::OWNER_UID));
+    owner.is_some() && owner == pool.metadata.uid.as_ref()
+}
+
+/// The longest `maxTtl` a Pool may have (its CRD's bound): no token of any
+/// pool lives longer.
+const LONGEST_TTL: i64 = 8760 * 3600;
 
 /// A delete's outcome: gone already counts as done.
 fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
@@ -356,17 +439,16 @@ fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
 }
 
 impl RevocationStore for ListStore<'_> {
-    async fn revoke(&self, jti: &str, exp: i64) -> Result<()> {
-        self.append(&[RevokedToken {
-            jti: jti.to_owned(),
-            exp,
-        }])
-        .await
+    async fn revoke_all(&self, tokens: &[RevokedToken]) -> Result<()> {
+        self.append(tokens).await
     }
 
     async fn sync(&self, now: i64) -> Result<Option<i64>> {
         self.migrate(now).await?;
-        let (due, next) = expired(&self.lists(), now);
+        let Some(pool) = self.cached_pool() else {
+            return Ok(None);
+        };
+        let (due, next) = expired(&self.lists(&pool).0, now);
         for name in due {
             gone(self.api().delete(&name, &DeleteParams::default()).await)?;
         }
@@ -415,7 +497,13 @@ mod tests {
     #[test]
     fn a_revocation_goes_to_its_bucket_once() {
         let end = bucket_end(NOW, WIDTH);
-        let writes = place("paris", &[], &[token("a", NOW), token("a", NOW)], WIDTH);
+        let writes = place(
+            "paris",
+            &[],
+            &HashSet::new(),
+            &[token("a", NOW), token("a", NOW)],
+            WIDTH,
+        );
         assert_eq!(
             writes,
             vec![Write::Create {
@@ -425,9 +513,15 @@ mod tests {
             }]
         );
         let lists = [list(end, 0, vec![token("a", NOW)])];
-        assert!(place("paris", &lists, &[token("a", NOW)], WIDTH).is_empty());
+        assert!(place("paris", &lists, &HashSet::new(), &[token("a", NOW)], WIDTH).is_empty());
         assert_eq!(
-            place("paris", &lists, &[token("b", NOW + 1)], WIDTH),
+            place(
+                "paris",
+                &lists,
+                &HashSet::new(),
+                &[token("b", NOW + 1)],
+                WIDTH
+            ),
             vec![Write::Append {
                 name: names::revocation_list("paris", end, 0),
                 entries: vec![token("b", NOW + 1)],
@@ -448,7 +542,9 @@ mod tests {
         let fresh: Vec<RevokedToken> = (0..PART_CAPACITY + 1)
             .map(|i| token(&format!("k{i}"), NOW))
             .collect();
-        let writes = place("paris", &lists, &fresh, WIDTH);
+        // Part 2's name is taken (an earlier pool's list, being deleted).
+        let taken = HashSet::from([names::revocation_list("paris", end, 2)]);
+        let writes = place("paris", &lists, &taken, &fresh, WIDTH);
         let sizes: Vec<(String, usize)> = writes
             .iter()
             .map(|w| match w {
@@ -460,7 +556,7 @@ mod tests {
             sizes,
             vec![
                 (names::revocation_list("paris", end, 1), PART_CAPACITY),
-                (names::revocation_list("paris", end, 2), 1),
+                (names::revocation_list("paris", end, 3), 1),
             ]
         );
     }

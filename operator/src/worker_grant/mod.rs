@@ -13,11 +13,7 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 use futures::future::BoxFuture;
 
 use jiff::Timestamp;
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -211,8 +207,8 @@ pub fn decide(
 }
 
 /// The WorkerGrant controller: reconciled when the grant or its token
-/// Secret changes, and when its pool's key ring, revocation list or spec
-/// changes (a status write of the Pool wakes no grant).
+/// Secret changes, and when its pool's key ring or spec changes (a status
+/// write of the Pool, or a revocation, wakes no grant).
 pub fn controller(
     caches: &Caches,
     ctx: Arc<Context>,
@@ -560,17 +556,14 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
             Some(*renew_at),
         ),
         Decision::Issue { exp, why } => {
-            // No token before the pool can revoke it (its revocation list
-            // exists) and verify it (its key is published).
+            // No token before the pool can verify it (its key is published).
             let key = ring
                 .as_ref()
                 .and_then(|ring| tokens::signer(&pool, ring, now.as_second()));
             let Some(key) = key else {
                 let summary = Summary::Progressing {
                     reason: SIGNING_KEY_PENDING,
-                    message: format!(
-                        "Pool {pool_name:?} has no published signing key or revocation list yet"
-                    ),
+                    message: format!("Pool {pool_name:?} has no published signing key yet"),
                 };
                 conditions::set_summary(&mut next.common.conditions, summary, generation, now);
                 reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;

@@ -1,7 +1,7 @@
 //! `cellule-verifier`: the pool's token verifier as a localhost service,
 //! for pool software not written in Rust. It runs with the pool's
 //! credentials (in-cluster, or `KUBECONFIG`), keeps the pool's JWKS and
-//! revocation list current (see `cellule_verifier::live`), and answers:
+//! revocation lists current (see `cellule_verifier::live`), and answers:
 //!
 //! - `POST /verify` with the token as the body: 200 and the claims (JSON),
 //!   or 401 and why it is refused;
