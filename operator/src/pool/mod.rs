@@ -221,7 +221,10 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let ns = &valid.namespace;
     let owned = &ctx.owned;
-    let mut sync = OwnerSync::new(&ctx.client, ns, uid);
+    // The ConfigMap an earlier version kept revocations in is the
+    // revocation store's to move, then delete: never pruned unread.
+    let mut sync =
+        OwnerSync::new(&ctx.client, ns, uid).keep(crate::names::legacy_revocations(&valid.name));
     // NetworkPolicies first: the egress and ingress rules matter most.
     sync.kind(&owned.network_policies, desired.network_policies)
         .await;

@@ -45,6 +45,9 @@ pub struct OwnerSync<'a> {
     client: &'a kube::Client,
     namespace: &'a str,
     owner_uid: String,
+    /// Names never pruned: objects another part of the reconcile deletes
+    /// once it has read them.
+    kept: BTreeSet<String>,
     changes: Vec<Change>,
     failed: Option<Error>,
 }
@@ -55,9 +58,16 @@ impl<'a> OwnerSync<'a> {
             client,
             namespace,
             owner_uid,
+            kept: BTreeSet::new(),
             changes: Vec::new(),
             failed: None,
         }
+    }
+
+    /// Never prunes an object named `name`, of any kind.
+    pub fn keep(mut self, name: String) -> Self {
+        self.kept.insert(name);
+        self
     }
 
     /// What changed, and the first failure if any kind failed.
@@ -84,7 +94,7 @@ impl<'a> OwnerSync<'a> {
             self.namespace,
             &self.owner_uid,
             desired,
-            prune,
+            prune.then_some(&self.kept),
             &mut self.changes,
         )
         .await;
@@ -134,7 +144,7 @@ async fn sync<K: Owned>(
     namespace: &str,
     owner_uid: &str,
     desired: Vec<K>,
-    prune: bool,
+    prune_except: Option<&BTreeSet<String>>,
     changes: &mut Vec<Change>,
 ) -> Result<()> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
@@ -176,13 +186,14 @@ async fn sync<K: Owned>(
         });
         wanted.insert(name);
     }
-    if !prune {
+    let Some(kept) = prune_except else {
         return Ok(());
-    }
+    };
     let orphans = store.state_filter(|o| {
         o.namespace().as_deref() == Some(namespace)
             && o.labels().get(labels::OWNER_UID).map(String::as_str) == Some(owner_uid)
             && !wanted.contains(&o.name_any())
+            && !kept.contains(&o.name_any())
     });
     for orphan in orphans {
         let name = orphan.name_any();
