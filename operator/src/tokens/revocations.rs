@@ -1,7 +1,8 @@
 //! The revocation store: a pool's revoked tokens in `RevocationList`
 //! objects (see [`cellule_verifier::revocations`] for what a verifier
-//! reads), which the operator alone may write (no built-in role is given
-//! them), so they are both the durable record and what the pool watches.
+//! reads), which the operator alone may write (built-in roles may only
+//! read them), so they are both the durable record and what the pool
+//! watches.
 //!
 //! Layout, for 100,000 grants per pool: an entry (`jti`, `exp`) goes into
 //! the list of the time bucket its `exp` falls in (a 32nd of the pool's
