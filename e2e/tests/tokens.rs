@@ -58,6 +58,18 @@ async fn revocations(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<Strin
     cellule_e2e::revoked(client, ns, "paris").await
 }
 
+/// The name of the pool's revocation list that holds `jti`.
+async fn list_holding(client: &Client, ns: &str, jti: &str) -> anyhow::Result<String> {
+    Api::<RevocationList>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("cellule.ai/pool=paris"))
+        .await?
+        .items
+        .into_iter()
+        .find(|l| l.spec.entries.iter().any(|e| e.jti == jti))
+        .and_then(|l| l.metadata.name)
+        .context("the list holding the jti")
+}
+
 /// No revocation list at all.
 const NO_LISTS: &str = r#"{"kind":"List","items":[]}"#;
 
@@ -888,14 +900,7 @@ async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
             .await?;
         revoked_eventually(&client, &ns, &jti).await?;
         let lists = Api::<RevocationList>::namespaced(client.clone(), &ns);
-        let name = lists
-            .list(&ListParams::default().labels("cellule.ai/pool=paris"))
-            .await?
-            .items
-            .into_iter()
-            .find(|l| l.spec.entries.iter().any(|e| e.jti == jti))
-            .and_then(|l| l.metadata.name)
-            .context("the list holding the jti")?;
+        let name = list_holding(&client, &ns, &jti).await?;
         for (what, entry) in [
             ("an expiry that is not a time", json!({"jti": "x", "exp": "revoked"})),
             ("a jti with a space", json!({"jti": "a b", "exp": 1})),
@@ -1034,14 +1039,7 @@ async fn a_namespace_admin_cannot_unrevoke_a_token() {
             )
             .await?;
         revoked_eventually(&client, &ns, &jti).await?;
-        let name = Api::<RevocationList>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default().labels("cellule.ai/pool=paris"))
-            .await?
-            .items
-            .into_iter()
-            .find(|l| l.spec.entries.iter().any(|e| e.jti == jti))
-            .and_then(|l| l.metadata.name)
-            .context("the list holding the jti")?;
+        let name = list_holding(&client, &ns, &jti).await?;
 
         // alice administers the namespace (the built-in `admin` role)...
         Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)

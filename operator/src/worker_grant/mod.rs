@@ -357,6 +357,30 @@ async fn cleanup(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
 /// Puts the current token, if still valid, on the pool's revocation list,
 /// and deletes its Secret. Returns whether there was one.
 async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result<bool> {
+    let revoked = revoke_tokens(grant, ctx, why).await?;
+    if let Some(token) = grant.status.as_ref().and_then(|s| s.token.as_ref()) {
+        let ns = grant.namespace().unwrap_or_default();
+        delete_token_secret(ctx, &ns, &token.secret_name).await?;
+    }
+    Ok(revoked)
+}
+
+/// Deletes the token Secret `name` (gone counts as done).
+async fn delete_token_secret(ctx: &Context, ns: &str, name: &str) -> Result<()> {
+    match Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Puts the current token, if still valid, and a renewed one still in its
+/// grace on the pool's revocation list. Returns whether there was a
+/// current token.
+async fn revoke_tokens(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result<bool> {
     let ns = grant.namespace().unwrap_or_default();
     let pool = &grant.spec.pool_ref.name;
     // A renewed token still in its grace goes too.
@@ -379,14 +403,6 @@ async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result
     };
     revoke_jti(ctx, &ns, pool, &token.jti, token.expires_at.0.as_second()).await?;
     tracing::info!(grant = %grant.name_any(), jti = %token.jti, why, "token revoked");
-    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .delete(&token.secret_name, &DeleteParams::background())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
     Ok(true)
 }
 
@@ -491,7 +507,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
         Decision::PendingApproval => {
             // Only reachable with a token when the pool started requiring
             // approval after the token was issued: it goes.
-            revoke_current(grant, ctx, "PendingApproval").await?;
+            revoke_tokens(grant, ctx, "PendingApproval").await?;
             next.token = None;
             next.retiring_token = None;
             // An approval withdrawn: the next one is a new approval.
@@ -523,7 +539,7 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
                     "past expiresAt: no valid token",
                 ),
             };
-            if revoke_current(grant, ctx, reason).await? {
+            if revoke_tokens(grant, ctx, reason).await? {
                 ctx.event(
                     grant,
                     EventType::Normal,
@@ -655,6 +671,21 @@ async fn apply_grant(grant: &WorkerGrant, ctx: &Context) -> Result<Action> {
     next.phase = Some(phase);
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
     reconcile::status::write(&ctx.client, grant, grant.status.as_ref(), &next).await?;
+    // A grant without a token keeps no token Secret. Deleted only once the
+    // status says so: the reconcile this deletion wakes then finds the
+    // grant settled, instead of revoking again from a copy that predates
+    // the status write (what made a mass revocation cost ~3 reconciles a
+    // grant). A restart between the two writes deletes it here too.
+    let secret = crate::names::token(&grant.name_any());
+    if next.token.is_none()
+        && ctx
+            .owned
+            .secrets
+            .get(&ObjectRef::new(&secret).within(&ns))
+            .is_some()
+    {
+        delete_token_secret(ctx, &ns, &secret).await?;
+    }
     Ok(wake_at(wake, &next, now))
 }
 
