@@ -6,13 +6,13 @@
 //!
 //! Layout, for 100,000 grants per pool: an entry (`jti`, `exp`) goes into
 //! the list of the time bucket its `exp` falls in (a 32nd of the pool's
-//! `maxTtl`, between 5 minutes and a day), filling parts of about a
-//! thousand entries. Entries are appended with a JSON patch and never
+//! `maxTtl`, between 5 minutes and a day), filling parts of
+//! [`PART_CAPACITY`] entries. Entries are appended with a JSON patch and never
 //! rewritten; a list is deleted whole once its bucket has ended (plus the
 //! leeway), when none of its tokens verifies anyway. So a revocation
 //! writes one object of at most [`PART_CAPACITY`] entries whatever the
 //! pool's size, no list outlives its tokens by more than a bucket, and
-//! the object count stays near 32 plus one per thousand live entries.
+//! the object count stays near 32 plus one per part of live entries.
 //!
 //! Reconcilers see [`RevocationStore`] only.
 
