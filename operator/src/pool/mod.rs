@@ -319,8 +319,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
 }
 
 /// For a stalled pool: brings the key ring up to date and applies the
-/// JWKS alone, pruning nothing. Returns
-/// when the ring next needs a look.
+/// JWKS alone, pruning nothing. Returns when the ring next needs a look.
 async fn sync_published_keys(
     ctx: &Context,
     pool: &Pool,
