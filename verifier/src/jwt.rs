@@ -127,6 +127,16 @@ pub fn public_jwk(kid: &str, x: &str) -> Jwk {
 }
 
 /// A fresh random `jti`: 128 bits, hex.
+/// Whether `jti` could be put on a revocation list (the RevocationList
+/// schema's pattern: 1–253 of `A-Za-z0-9._-`). A token whose `jti` could
+/// not be listed could not be revoked, so it is refused.
+pub fn listable_jti(jti: &str) -> bool {
+    (1..=253).contains(&jti.len())
+        && jti
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
 pub fn new_jti() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
@@ -254,6 +264,11 @@ pub fn verify(
     if now + leeway < claims.nbf {
         return Err(VerifyError::Invalid("ImmatureSignature".into()));
     }
+    if !listable_jti(&claims.jti) {
+        return Err(VerifyError::Invalid(
+            "a jti that no revocation list could hold".into(),
+        ));
+    }
     if revoked.is_revoked(&claims.jti) {
         return Err(VerifyError::Revoked { jti: claims.jti });
     }
@@ -333,6 +348,28 @@ mod tests {
             ..claims()
         };
         assert!(verify(&sign(&key, &longest), &jwks, &none(), &policy(AUD), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_jti_no_list_could_hold_is_refused() {
+        let (key, jwks) = setup();
+        for jti in ["", "bad jti!/x", &"a".repeat(254)] {
+            let token = sign(
+                &key,
+                &Claims {
+                    jti: jti.into(),
+                    ..claims()
+                },
+            );
+            assert!(
+                matches!(
+                    verify(&token, &jwks, &none(), &policy(AUD), NOW),
+                    Err(VerifyError::Invalid(_))
+                ),
+                "{jti:?}"
+            );
+        }
+        assert!(listable_jti(&new_jti()));
     }
 
     fn none() -> BTreeMap<String, i64> {

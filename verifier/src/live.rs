@@ -165,6 +165,15 @@ impl Live {
 }
 
 fn parse_keys(cm: &ConfigMap) -> Result<Keys, String> {
+    // The operator's JWKS is owned by its Pool. One that no Pool owns is
+    // left over (the Pool deleted with its dependents orphaned: its
+    // revocations are no longer written) or made by someone else.
+    let owned = cm.metadata.owner_references.iter().flatten().any(|o| {
+        o.kind == "Pool" && o.api_version.starts_with("cellule.ai/") && o.controller == Some(true)
+    });
+    if !owned {
+        return Err("no Pool owns it".into());
+    }
     let data = cm.data.clone().unwrap_or_default();
     let jwks = data.get(JWKS_KEY).ok_or("no jwks.json")?;
     let policy = data.get(POLICY_KEY).ok_or("no policy.json")?;
@@ -350,6 +359,16 @@ mod tests {
     fn config_map(rv: &str, data: &[(&str, &str)]) -> ConfigMap {
         let mut cm = ConfigMap::default();
         cm.metadata.resource_version = Some(rv.into());
+        cm.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "cellule.ai/v1alpha1".into(),
+                kind: "Pool".into(),
+                name: "p".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
         cm.data = Some(
             data.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -418,6 +437,15 @@ mod tests {
         // ...a read of the same one does.
         state.keys.confirm(Some("7".into()));
         assert!(state.keys.usable("keys", BOUND).is_ok());
+    }
+
+    #[test]
+    fn a_jwks_no_pool_owns_is_not_used() {
+        let policy = r#"{"audience":"ns/p","maxTtlSeconds":3600,"leewaySeconds":30}"#;
+        let mut orphan = config_map("1", &[(JWKS_KEY, r#"{"keys":[]}"#), (POLICY_KEY, policy)]);
+        assert!(parse_keys(&orphan).is_ok());
+        orphan.metadata.owner_references = None;
+        assert!(parse_keys(&orphan).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::{
     future::Future,
 };
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
@@ -275,48 +276,69 @@ impl ListStore<'_> {
             return Ok(());
         };
         let max_ttl = i64::try_from(pool.spec.tokens.max_ttl.0.as_secs()).unwrap_or(i64::MAX);
+        let entries = storable(entries, Timestamp::now().as_second());
         let (lists, taken) = self.lists(&pool);
-        for write in place(&self.pool, &lists, &taken, entries, bucket_width(max_ttl)) {
+        for write in place(&self.pool, &lists, &taken, &entries, bucket_width(max_ttl)) {
             match write {
                 Write::Append { name, entries } => self.patch(&name, &entries).await?,
                 Write::Create {
                     name,
                     expires_at,
                     entries,
-                } => {
-                    let mut labels = BTreeMap::from([(POOL_LABEL.to_owned(), self.pool.clone())]);
-                    labels.extend(crate::pool::build::pool_component(&self.pool).selector());
-                    let list = RevocationList {
-                        metadata: workload::owned_meta(pool.as_ref(), &name, labels),
-                        spec: RevocationListSpec {
-                            pool: self.pool.clone(),
-                            expires_at,
-                            entries: entries.clone(),
-                        },
-                    };
-                    let params = PostParams {
-                        field_manager: Some(REVOCATION_MANAGER.into()),
-                        ..Default::default()
-                    };
-                    match self.api().create(&params, &list).await {
-                        Ok(_) => {}
-                        // Made since the cache was read: ours (a retry
-                        // after a lost reply) takes the entries; another's
-                        // waits for the cache to show the name taken.
-                        Err(kube::Error::Api(s)) if s.code == 409 => {
-                            match self.api().get_opt(&name).await? {
-                                Some(live) if owned_by(&live.metadata, &pool) => {
-                                    self.patch(&name, &entries).await?
-                                }
-                                _ => return Err(kube::Error::Api(s).into()),
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                } => self.create(&pool, &name, expires_at, entries).await?,
             }
         }
         Ok(())
+    }
+
+    /// Makes the part `name` holding `entries`, or the next free part of
+    /// its bucket when that name is taken by a list that is not ours (made
+    /// by hand, or unlabelled, so the cache did not show it).
+    async fn create(
+        &self,
+        pool: &Pool,
+        name: &str,
+        expires_at: i64,
+        entries: Vec<RevokedToken>,
+    ) -> Result<()> {
+        const ATTEMPTS: u32 = 16;
+        let first = names::parse_revocation_list(name).map_or(0, |(_, _, part)| part);
+        let params = PostParams {
+            field_manager: Some(REVOCATION_MANAGER.into()),
+            ..Default::default()
+        };
+        let mut labels = BTreeMap::from([(POOL_LABEL.to_owned(), self.pool.clone())]);
+        labels.extend(crate::pool::build::pool_component(&self.pool).selector());
+        for part in first..first.saturating_add(ATTEMPTS) {
+            let name = names::revocation_list(&self.pool, expires_at, part);
+            let list = RevocationList {
+                metadata: workload::owned_meta(pool, &name, labels.clone()),
+                spec: RevocationListSpec {
+                    pool: self.pool.clone(),
+                    expires_at,
+                    entries: entries.clone(),
+                },
+            };
+            match self.api().create(&params, &list).await {
+                Ok(_) => return Ok(()),
+                // Made since the cache was read: ours (a retry after a
+                // lost reply) takes the entries; another's, the next part.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    if let Some(live) = self.api().get_opt(&name).await?
+                        && owned_by(&live.metadata, pool)
+                    {
+                        return self.patch(&name, &entries).await;
+                    }
+                    tracing::warn!(pool = %self.pool, list = %name, "a RevocationList that is not this pool's holds the name: trying the next part");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::NameConflict {
+            kind: "RevocationList".into(),
+            name: name.into(),
+            by: format!("someone else (and the next {ATTEMPTS} parts too)"),
+        })
     }
 
     /// Appends `entries` to the list `name` on the API server, whatever it
@@ -374,7 +396,8 @@ impl ListStore<'_> {
             record.keys().map(|jti| (jti.clone(), None)).collect();
         let mut entries: BTreeMap<String, i64> = record;
         for (jti, exp) in listed {
-            // An entry that is not a time outlives any token (fail closed).
+            // An entry that is not a time outlives any token (fail closed;
+            // the store brings it within reach).
             let exp = exp.parse::<i64>().unwrap_or(i64::MAX);
             let slot = entries.entry(jti).or_insert(exp);
             *slot = (*slot).max(exp);
@@ -382,11 +405,7 @@ impl ListStore<'_> {
         let entries: Vec<RevokedToken> = entries
             .into_iter()
             .filter(|(_, exp)| exp.saturating_add(leeway) >= now)
-            .map(|(jti, exp)| RevokedToken {
-                jti,
-                // No token of any pool outlives it (and it stays a time).
-                exp: exp.min(now.saturating_add(LONGEST_TTL)),
-            })
+            .map(|(jti, exp)| RevokedToken { jti, exp })
             .collect();
         self.append(&entries).await?;
         tracing::info!(pool = %self.pool, moved = entries.len(), "revocations moved to RevocationLists");
@@ -429,6 +448,30 @@ fn owned_by(meta: &kube::api::ObjectMeta, pool: &Pool) -> bool {
 /// The longest `maxTtl` a Pool may have (its CRD's bound): no token of any
 /// pool lives longer.
 const LONGEST_TTL: i64 = 8760 * 3600;
+
+/// What of `entries` a list can hold: a `jti` no list could hold names no
+/// token a verifier accepts (it refuses those), and an `exp` beyond any
+/// token's reach is brought within it (such claims come, at worst, from a
+/// token Secret someone overwrote by hand).
+fn storable(entries: &[RevokedToken], now: i64) -> Vec<RevokedToken> {
+    entries
+        .iter()
+        .filter(|e| {
+            let listable = super::jwt::listable_jti(&e.jti);
+            if !listable {
+                tracing::warn!(
+                    jti_len = e.jti.len(),
+                    "not listing a jti no verifier accepts"
+                );
+            }
+            listable
+        })
+        .map(|e| RevokedToken {
+            jti: e.jti.clone(),
+            exp: e.exp.min(now.saturating_add(LONGEST_TTL)),
+        })
+        .collect()
+}
 
 /// A delete's outcome: gone already counts as done.
 fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
@@ -560,6 +603,19 @@ mod tests {
                 (names::revocation_list("paris", end, 3), 1),
             ]
         );
+    }
+
+    #[test]
+    fn what_no_verifier_accepts_is_not_listed_and_expiries_stay_in_reach() {
+        let stored = storable(
+            &[
+                token("bad jti!/x", NOW),
+                token("", NOW),
+                token("ok", i64::MAX),
+            ],
+            NOW,
+        );
+        assert_eq!(stored, vec![token("ok", NOW + LONGEST_TTL)]);
     }
 
     #[test]
