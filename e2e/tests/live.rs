@@ -131,6 +131,18 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
         }
         let (code, body) = verdict(&addr, &alice).await.map_err(anyhow::Error::msg)?;
         ensure!(code == 200, "a valid token after a restart: {code} {body}");
+
+        // The Pool deleted with its dependents orphaned: the JWKS stays,
+        // but no revocation would be written any more. A JWKS no Pool owns
+        // verifies nothing.
+        cellule_api(&client, &ns, "Pool")
+            .delete("paris", &kube::api::DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..Default::default() })
+            .await?;
+        cellule_e2e::eventually("every token refused once the JWKS is orphaned", Duration::from_secs(60), || async {
+            let (code, body) = verdict(&addr, &alice).await?;
+            (code == 401 && body.contains("no Pool owns it")).then_some(()).ok_or(format!("{code} {body}"))
+        })
+        .await?;
         Ok(())
     })
     .await;

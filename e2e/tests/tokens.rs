@@ -1389,3 +1389,73 @@ async fn revocations_an_earlier_version_recorded_move_into_revocation_lists() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
+    in_namespace("blockers", |client: Client, ns: String| async move {
+        apply_sample_site(&client, &ns).await?;
+        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
+        let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
+        let exp: jiff::Timestamp = status["token"]["expiresAt"].as_str().context("exp")?.parse()?;
+
+        // Whoever may write Secrets overwrites the token Secret with an
+        // unsigned token whose jti no list could hold and whose exp is the
+        // end of time...
+        let claims = json!({"iss": "x", "sub": "x", "aud": "x", "iat": 0, "nbf": 0, "exp": i64::MAX,
+                            "jti": "bad jti!/x", "tiers": []});
+        let forged = format!(
+            "{}.{}.",
+            base64_url(br#"{"alg":"none"}"#),
+            base64_url(claims.to_string().as_bytes())
+        );
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .patch(
+                "laptop-alice-token",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {"token": forged}})),
+            )
+            .await?;
+        // ...and a cluster administrator makes, by hand, the list the
+        // operator would make next for the real token (unlabelled, for
+        // another pool).
+        let pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
+        let max_ttl: cellule_operator::api::common::Duration =
+            serde_json::from_value(pool.data["spec"]["tokens"]["maxTtl"].clone())?;
+        let width = tokens::revocations::bucket_width(max_ttl.0.as_secs() as i64);
+        let end = tokens::revocations::bucket_end(exp.as_second(), width);
+        let squatted = cellule_operator::names::revocation_list("paris", end, 0);
+        let squatter: RevocationList = serde_json::from_value(json!({
+            "apiVersion": "cellule.ai/v1alpha1", "kind": "RevocationList",
+            "metadata": {"name": squatted},
+            "spec": {"pool": "lyon", "expiresAt": end, "entries": []},
+        }))?;
+        Api::<RevocationList>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &squatter)
+            .await?;
+
+        // The revocation still happens: the real jti is listed, in a list
+        // of this pool, and no list reaches past any token's life.
+        cellule_api(&client, &ns, "WorkerGrant")
+            .patch(
+                "laptop-alice",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revoked": true}})),
+            )
+            .await?;
+        revoked_eventually(&client, &ns, &jti).await?;
+        let holder = list_holding(&client, &ns, &jti).await?;
+        ensure!(holder != squatted, "listed in the hand-made list");
+        phase(&client, &ns, "laptop-alice", "Revoked").await?;
+        let lists = Api::<RevocationList>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
+        let far = now() + 2 * 8760 * 3600;
+        ensure!(
+            lists.items.iter().all(|l| l.spec.expires_at < far),
+            "a list that would outlive every token: {:?}",
+            lists.items.iter().map(|l| (&l.metadata.name, l.spec.expires_at)).collect::<Vec<_>>()
+        );
+        Ok(())
+    })
+    .await;
+}
