@@ -1396,7 +1396,10 @@ async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
         apply_sample_site(&client, &ns).await?;
         let status = phase(&client, &ns, "laptop-alice", "Active").await?;
         let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
-        let exp: jiff::Timestamp = status["token"]["expiresAt"].as_str().context("exp")?.parse()?;
+        let exp: jiff::Timestamp = status["token"]["expiresAt"]
+            .as_str()
+            .context("exp")?
+            .parse()?;
 
         // Whoever may write Secrets overwrites the token Secret with an
         // unsigned token whose jti no list could hold and whose exp is the
@@ -1453,7 +1456,11 @@ async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
         ensure!(
             lists.items.iter().all(|l| l.spec.expires_at < far),
             "a list that would outlive every token: {:?}",
-            lists.items.iter().map(|l| (&l.metadata.name, l.spec.expires_at)).collect::<Vec<_>>()
+            lists
+                .items
+                .iter()
+                .map(|l| (&l.metadata.name, l.spec.expires_at))
+                .collect::<Vec<_>>()
         );
         Ok(())
     })
