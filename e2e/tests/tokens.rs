@@ -1401,6 +1401,8 @@ async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
             .context("exp")?
             .parse()?;
 
+        // The Secret is written just after the status that names it.
+        token_of(&client, &ns, "laptop-alice").await?;
         // Whoever may write Secrets overwrites the token Secret with an
         // unsigned token whose jti no list could hold and whose exp is the
         // end of time...
