@@ -58,6 +58,31 @@ async fn revocations(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<Strin
     cellule_e2e::revoked(client, ns, "paris").await
 }
 
+/// The sample site in `ns`, once laptop-alice is Active: its token's jti
+/// and expiry.
+async fn alice_active(client: &Client, ns: &str) -> anyhow::Result<(String, jiff::Timestamp)> {
+    apply_sample_site(client, ns).await?;
+    let status = phase(client, ns, "laptop-alice", "Active").await?;
+    let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
+    let exp = status["token"]["expiresAt"]
+        .as_str()
+        .context("exp")?
+        .parse()?;
+    Ok((jti, exp))
+}
+
+/// laptop-alice revoked, once its `jti` is listed.
+async fn revoke_alice(client: &Client, ns: &str, jti: &str) -> anyhow::Result<()> {
+    cellule_api(client, ns, "WorkerGrant")
+        .patch(
+            "laptop-alice",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"revoked": true}})),
+        )
+        .await?;
+    revoked_eventually(client, ns, jti).await
+}
+
 /// The name of the pool's revocation list that holds `jti`.
 async fn list_holding(client: &Client, ns: &str, jti: &str) -> anyhow::Result<String> {
     Api::<RevocationList>::namespaced(client.clone(), ns)
@@ -832,9 +857,7 @@ async fn a_token_shorter_than_the_renewal_window_is_issued_once() {
 #[tokio::test]
 async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
     in_namespace("forged", |client: Client, ns: String| async move {
-        apply_sample_site(&client, &ns).await?;
-        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
-        let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
+        let (jti, _) = alice_active(&client, &ns).await?;
         let token = token_of(&client, &ns, "laptop-alice").await?;
         let (jwks_text, _) = jwks(&client, &ns).await?;
         let (policy_text, policy) = policy(&client, &ns).await?;
@@ -891,14 +914,7 @@ async fn a_forged_long_lived_token_and_a_garbled_revocation_list_are_refused() {
         // Revoke it. Garbled revocation data cannot reach a verifier
         // through the API server (its schema refuses it), and read from a
         // file it makes the verifier refuse every token.
-        cellule_api(&client, &ns, "WorkerGrant")
-            .patch(
-                "laptop-alice",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"revoked": true}})),
-            )
-            .await?;
-        revoked_eventually(&client, &ns, &jti).await?;
+        revoke_alice(&client, &ns, &jti).await?;
         let lists = Api::<RevocationList>::namespaced(client.clone(), &ns);
         let name = list_holding(&client, &ns, &jti).await?;
         for (what, entry) in [
@@ -1028,17 +1044,8 @@ async fn approval_binds_the_token_and_one_grant_holds_a_worker_id() {
 #[tokio::test]
 async fn a_namespace_admin_cannot_unrevoke_a_token() {
     in_namespace("durable", |client: Client, ns: String| async move {
-        apply_sample_site(&client, &ns).await?;
-        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
-        let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
-        cellule_api(&client, &ns, "WorkerGrant")
-            .patch(
-                "laptop-alice",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"revoked": true}})),
-            )
-            .await?;
-        revoked_eventually(&client, &ns, &jti).await?;
+        let (jti, _) = alice_active(&client, &ns).await?;
+        revoke_alice(&client, &ns, &jti).await?;
         let name = list_holding(&client, &ns, &jti).await?;
 
         // alice administers the namespace (the built-in `admin` role)...
@@ -1393,13 +1400,7 @@ async fn revocations_an_earlier_version_recorded_move_into_revocation_lists() {
 #[tokio::test]
 async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
     in_namespace("blockers", |client: Client, ns: String| async move {
-        apply_sample_site(&client, &ns).await?;
-        let status = phase(&client, &ns, "laptop-alice", "Active").await?;
-        let jti = status["token"]["jti"].as_str().context("jti")?.to_owned();
-        let exp: jiff::Timestamp = status["token"]["expiresAt"]
-            .as_str()
-            .context("exp")?
-            .parse()?;
+        let (jti, exp) = alice_active(&client, &ns).await?;
 
         // The Secret is written just after the status that names it.
         token_of(&client, &ns, "laptop-alice").await?;
@@ -1440,14 +1441,7 @@ async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
 
         // The revocation still happens: the real jti is listed, in a list
         // of this pool, and no list reaches past any token's life.
-        cellule_api(&client, &ns, "WorkerGrant")
-            .patch(
-                "laptop-alice",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"revoked": true}})),
-            )
-            .await?;
-        revoked_eventually(&client, &ns, &jti).await?;
+        revoke_alice(&client, &ns, &jti).await?;
         let holder = list_holding(&client, &ns, &jti).await?;
         ensure!(holder != squatted, "listed in the hand-made list");
         phase(&client, &ns, "laptop-alice", "Revoked").await?;
