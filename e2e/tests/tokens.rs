@@ -1402,28 +1402,9 @@ async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
     in_namespace("blockers", |client: Client, ns: String| async move {
         let (jti, exp) = alice_active(&client, &ns).await?;
 
-        // The Secret is written just after the status that names it.
-        token_of(&client, &ns, "laptop-alice").await?;
-        // Whoever may write Secrets overwrites the token Secret with an
-        // unsigned token whose jti no list could hold and whose exp is the
-        // end of time...
-        let claims = json!({"iss": "x", "sub": "x", "aud": "x", "iat": 0, "nbf": 0, "exp": i64::MAX,
-                            "jti": "bad jti!/x", "tiers": []});
-        let forged = format!(
-            "{}.{}.",
-            base64_url(br#"{"alg":"none"}"#),
-            base64_url(claims.to_string().as_bytes())
-        );
-        Api::<Secret>::namespaced(client.clone(), &ns)
-            .patch(
-                "laptop-alice-token",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"stringData": {"token": forged}})),
-            )
-            .await?;
-        // ...and a cluster administrator makes, by hand, the list the
-        // operator would make next for the real token (unlabelled, for
-        // another pool).
+        // A cluster administrator makes, by hand, the list the operator
+        // would make next for the real token (unlabelled, for another
+        // pool)...
         let pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
         let max_ttl: cellule_operator::api::common::Duration =
             serde_json::from_value(pool.data["spec"]["tokens"]["maxTtl"].clone())?;
@@ -1439,6 +1420,25 @@ async fn a_token_secret_or_a_list_made_by_hand_cannot_block_a_revocation() {
             .create(&Default::default(), &squatter)
             .await?;
 
+        // The Secret is written just after the status that names it.
+        token_of(&client, &ns, "laptop-alice").await?;
+        // ...and whoever may write Secrets overwrites the token Secret
+        // with an unsigned token whose jti no list could hold and whose
+        // exp is the end of time.
+        let claims = json!({"iss": "x", "sub": "x", "aud": "x", "iat": 0, "nbf": 0, "exp": i64::MAX,
+                            "jti": "bad jti!/x", "tiers": []});
+        let forged = format!(
+            "{}.{}.",
+            base64_url(br#"{"alg":"none"}"#),
+            base64_url(claims.to_string().as_bytes())
+        );
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .patch(
+                "laptop-alice-token",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {"token": forged}})),
+            )
+            .await?;
         // The revocation still happens: the real jti is listed, in a list
         // of this pool, and no list reaches past any token's life.
         revoke_alice(&client, &ns, &jti).await?;
