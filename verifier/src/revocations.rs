@@ -36,7 +36,6 @@ pub const PART_CAPACITY: usize = 250;
     kind = "RevocationList",
     namespaced,
     doc = "Revoked worker tokens of one pool whose expiry falls before spec.expiresAt, written by the operator alone and read by the pool's verifiers.",
-    category = "cellule",
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "ExpiresAt", type_ = "integer", json_path = ".spec.expiresAt"),
     printcolumn(
