@@ -1063,7 +1063,11 @@ async fn a_namespace_admin_cannot_unrevoke_a_token() {
         let alice_client = alice.clone();
         // ...so she may read and write ConfigMaps...
         let her_config_maps = Api::<ConfigMap>::namespaced(alice.clone(), &ns);
-        her_config_maps.get("paris-jwks").await?;
+        // (once the API server's authorizer has seen the new binding)
+        eventually("alice bound as admin", WAIT, || async {
+            her_config_maps.get("paris-jwks").await.map(drop).map_err(|e| e.to_string())
+        })
+        .await?;
         her_config_maps
             .create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": "alice-notes"}}))?)
             .await?;
