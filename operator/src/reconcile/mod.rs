@@ -224,6 +224,15 @@ pub async fn report_changes<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// A delete's outcome: gone already counts as done.
+pub fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
+    match deleted {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The error policy of every controller: log, then back off per object.
 pub fn error_policy<K: kube::Resource<DynamicType = ()> + kube::ResourceExt>(
     obj: std::sync::Arc<K>,

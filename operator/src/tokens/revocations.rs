@@ -428,7 +428,7 @@ impl ListStore<'_> {
             };
             match config_maps.delete(&legacy, &params).await {
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                other => gone(other)?,
+                other => crate::reconcile::gone(other)?,
             }
         }
         Ok(())
@@ -473,15 +473,6 @@ fn storable(entries: &[RevokedToken], now: i64) -> Vec<RevokedToken> {
         .collect()
 }
 
-/// A delete's outcome: gone already counts as done.
-fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
-    match deleted {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl RevocationStore for ListStore<'_> {
     async fn revoke_all(&self, tokens: &[RevokedToken]) -> Result<()> {
         self.append(tokens).await
@@ -494,7 +485,7 @@ impl RevocationStore for ListStore<'_> {
         };
         let (due, next) = expired(&self.lists(&pool).0, now);
         for name in due {
-            gone(self.api().delete(&name, &DeleteParams::default()).await)?;
+            crate::reconcile::gone(self.api().delete(&name, &DeleteParams::default()).await)?;
         }
         Ok(next)
     }

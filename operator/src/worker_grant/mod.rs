@@ -367,14 +367,11 @@ async fn revoke_current(grant: &WorkerGrant, ctx: &Context, why: &str) -> Result
 
 /// Deletes the token Secret `name` (gone counts as done).
 async fn delete_token_secret(ctx: &Context, ns: &str, name: &str) -> Result<()> {
-    match Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .delete(name, &DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    reconcile::gone(
+        Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .delete(name, &DeleteParams::background())
+            .await,
+    )
 }
 
 /// Puts the current token, if still valid, and a renewed one still in its
