@@ -44,12 +44,14 @@ use crate::{
 const BUFFER: usize = 256;
 
 /// What the operator watches, and how hard it works.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Watch only these namespaces (empty: the whole cluster).
     pub namespaces: Vec<String>,
     /// Reconciles of one kind running at once (0: unbounded).
     pub concurrency: u16,
+    /// What images are verified with (shared by every scope: one cache).
+    pub images: Arc<dyn crate::images::Verify>,
 }
 
 impl Options {
@@ -384,7 +386,7 @@ pub async fn run(
     let mut controllers = Vec::new();
     for scope in scopes {
         let caches = Caches::new(&client, scope);
-        let ctx = Context::new(client.clone(), caches.stores());
+        let ctx = Context::new(client.clone(), caches.stores(), options.images.clone());
         let config = options.controller_config();
         controllers.push(pool::controller(
             &caches,

@@ -87,6 +87,68 @@ struct RunArgs {
         global = true
     )]
     concurrency: u16,
+    #[command(flatten)]
+    registries: RegistryArgs,
+}
+
+/// How images are resolved and their signatures verified. Registries are
+/// called only as the specs' image references name them, never a public
+/// TUF repository, Rekor or Fulcio.
+#[derive(clap::Args, Debug)]
+struct RegistryArgs {
+    /// Registries (`host[:port]`) spoken to over plain HTTP instead of TLS
+    /// (comma-separated). Only for a registry on loopback or a trusted link.
+    #[arg(long, env = "CELLULE_INSECURE_REGISTRIES", value_delimiter = ',', global = true)]
+    insecure_registries: Vec<String>,
+    /// If set, the only registries (`host[:port]`, comma-separated) the
+    /// operator calls; an image elsewhere is refused without a call.
+    #[arg(long, env = "CELLULE_ALLOWED_REGISTRIES", value_delimiter = ',', global = true)]
+    allowed_registries: Vec<String>,
+    /// PEM file of CA certificates trusted for registries, on top of the
+    /// system's (an intranet registry's CA).
+    #[arg(long, env = "CELLULE_REGISTRY_CA_FILE", global = true)]
+    registry_ca_file: Option<PathBuf>,
+    /// Bound on one registry operation (a resolve, a verification).
+    #[arg(long, env = "CELLULE_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    registry_timeout: std::time::Duration,
+    /// How long a positive verification decision is reused (per digest and
+    /// key set), including through a registry outage.
+    #[arg(long, env = "CELLULE_IMAGE_DECISION_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
+    image_decision_ttl: std::time::Duration,
+    /// Entries kept in each image cache (decisions, tag resolutions).
+    #[arg(long, env = "CELLULE_IMAGE_CACHE_SIZE", default_value_t = 4096, global = true)]
+    image_cache_size: u64,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<cellule_operator::api::common::Duration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+impl RegistryArgs {
+    fn verifier(self) -> anyhow::Result<std::sync::Arc<dyn cellule_operator::images::Verify>> {
+        use cellule_operator::images::{cache::Cached, registry};
+        let ca_bundle = match &self.registry_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the registry CA file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let lower = |v: Vec<String>| v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
+        let registry = registry::Registry::new(registry::RegistryConfig {
+            insecure: lower(self.insecure_registries),
+            allowed: lower(self.allowed_registries),
+            ca_bundle,
+            timeout: self.registry_timeout,
+        });
+        Ok(std::sync::Arc::new(Cached::new(
+            registry,
+            self.image_decision_ttl,
+            self.image_cache_size,
+        )))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,6 +210,9 @@ impl From<StatementArgs> for handshake::Statement {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // sigstore links rustls' aws-lc backend, kube uses ring: with both,
+    // rustls cannot pick one by itself and the first TLS client panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.run).await,
@@ -231,6 +296,7 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
+    let images = args.registries.verifier()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let readiness = health::Readiness::default();
@@ -265,6 +331,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = controller::Options {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,
+        images,
     };
     controller::run(client, options, shutdown, move || ready.set_ready(true)).await;
     readiness.set_ready(false);

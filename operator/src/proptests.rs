@@ -436,6 +436,7 @@ fn signed_image() -> BoxedStrategy<SignedImage> {
             reference,
             verification: ImageVerification { keys },
             pull_secrets,
+            refresh_interval: Duration::from_secs(300),
         })
         .boxed()
 }
@@ -971,7 +972,31 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
                 spec.tiers.iter().map(|t| &t.name).collect::<Vec<_>>()
             );
             let _ = routing::summary(&tiers);
-            let desired = build::desired(&valid, &tiers);
+            // Some images refused (which ones depends on the generated
+            // names): their Deployments are neither rendered nor pruned.
+            let mut running = crate::pool::all_verified(pool);
+            let refused: Vec<String> = running
+                .0
+                .keys()
+                .filter(|name| name.len() % 3 == 0)
+                .cloned()
+                .collect();
+            for name in &refused {
+                running.0.remove(name);
+            }
+            let desired = build::desired(&valid, &tiers, &running);
+            prop_assert_eq!(
+                desired.kept.len() + desired.deployments.len(),
+                1 + spec.cpu_workers.len()
+            );
+            for deployment in &desired.deployments {
+                prop_assert!(!desired.kept.contains(deployment.metadata.name.as_ref().unwrap()));
+                let pod = deployment.spec.as_ref().and_then(|s| s.template.spec.as_ref()).unwrap();
+                for container in &pod.containers {
+                    let image = container.image.as_deref().unwrap_or_default();
+                    prop_assert!(image.contains("@sha256:"), "a tag reached a pod spec: {image}");
+                }
+            }
             let mut seen = BTreeSet::new();
             // The pool name passed validation, so every name is a DNS label.
             let max = Some(63);
@@ -1054,12 +1079,15 @@ fn npu_server() -> BoxedStrategy<NpuServer> {
 
 /// Property 3: the NpuServer's objects.
 fn check_npu(npu: &NpuServer, dns: &DnsSpec) -> Result<(), TestCaseError> {
-    let desired = crate::npu_server::desired(npu, dns);
+    let image = crate::images::test_image(&npu.spec.image.reference);
+    let desired = crate::npu_server::desired(npu, dns, Some(&image));
+    prop_assert!(crate::npu_server::desired(npu, dns, None).deployment.is_none());
+    let deployment = desired.deployment.as_ref().expect("a verified image renders a Deployment");
     let name = npu.metadata.name.as_deref().unwrap_or_default();
     // A name the CEL rule accepts makes names that are DNS labels.
     let max = (cel_name_ok(name, names::NPU_SERVER_NAME_MAX)).then_some(63);
     let mut seen = BTreeSet::new();
-    check_owned("Deployment", &desired.deployment.metadata, &mut seen, max)?;
+    check_owned("Deployment", &deployment.metadata, &mut seen, max)?;
     check_owned("Service", &desired.service.metadata, &mut seen, max)?;
     check_owned(
         "NetworkPolicy",
@@ -1069,15 +1097,14 @@ fn check_npu(npu: &NpuServer, dns: &DnsSpec) -> Result<(), TestCaseError> {
     )?;
     check_policy(&desired.network_policy)?;
     let spec = &npu.spec;
-    let replicas = desired.deployment.spec.as_ref().and_then(|s| s.replicas);
+    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
     // Serving replicas plus hot spares (saturating: a stored object may
     // hold values admission refuses).
     prop_assert_eq!(
         replicas,
         Some(spec.replicas.saturating_add(spec.hot_spares))
     );
-    let limits = desired
-        .deployment
+    let limits = deployment
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())

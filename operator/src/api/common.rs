@@ -16,7 +16,7 @@ pub const GROUP: &str = "cellule.ai";
 /// `1h30m`, `720h`). Parsing follows Go's `time.ParseDuration` (through
 /// kube's `Duration`); it is written back in the largest whole unit, so a
 /// default shows as `720h`, not `2592000s`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
@@ -230,6 +230,38 @@ pub struct SignedImage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub pull_secrets: Vec<LocalObjectRef>,
+    /// How often a tag is resolved again: a tag moved to another digest is
+    /// verified before it runs (and refused, keeping the running digest, if
+    /// its signature does not hold). Unused for a digest reference.
+    #[serde(default = "default_refresh_interval")]
+    #[x_kube(validation = duration_rule("30s", "24h", "refreshInterval"))]
+    pub refresh_interval: Duration,
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// An image that runs: what the spec named, the verified digest pinned in
+/// the pod spec, and which key verified it, when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageStatus {
+    /// Which image of the object (`pool`, `cpuWorkers[light-workers]`, `npuServer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The reference as written in the spec.
+    pub reference: String,
+    /// The verified digest the pods run (`sha256:…`).
+    pub digest: String,
+    /// First 12 hex digits of the digest, for `kubectl get`.
+    pub short_digest: String,
+    /// The key that verified the signature (where it is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
+    /// When the registry was read for that verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Cosign verification of an image.

@@ -41,6 +41,12 @@ use crate::names;
         json_path = ".spec.accelerator.resourceName"
     ),
     printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.image.shortDigest",
+        description = "Verified image digest"
+    ),
+    printcolumn(
         name = "Model",
         type_ = "string",
         json_path = ".spec.model",
@@ -140,9 +146,9 @@ pub struct NpuServerStatus {
     /// `ready/desired`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<String>,
-    /// The verified image digest the pods run.
+    /// The verified image the pods run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_digest: Option<String>,
+    pub image: Option<crate::api::common::ImageStatus>,
 }
 
 pub mod defaults {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::common::{
-    CommonStatus, Duration, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_check,
+    CommonStatus, Duration, ImageStatus, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_check,
     cidr_rule, derived_name_rule, duration_rule,
 };
 use crate::names;
@@ -528,18 +528,6 @@ pub struct TierStatus {
     pub via: Option<String>,
 }
 
-/// The image that actually runs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageStatus {
-    /// The reference as written in the spec.
-    pub reference: String,
-    /// The verified digest the pods run (`sha256:…`).
-    pub digest: String,
-    /// First 12 hex digits of the digest, for `kubectl get`.
-    pub short_digest: String,
-}
-
 /// Observed state of a Pool.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -549,6 +537,9 @@ pub struct PoolStatus {
     /// The verified image the orchestrator runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageStatus>,
+    /// The verified images the in-cluster CPU worker sets run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_images: Vec<ImageStatus>,
     /// Routing of each tier.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<TierStatus>,

@@ -23,7 +23,7 @@ use crate::{
     api::{NpuServer, Pool, pool::DnsSpec},
     conditions::{self, Desired, Summary},
     controller::{Caches, drive, spec_changes},
-    images,
+    images::{self, ResolvedImage},
     netpol::{dns_egress, ingress, policy, tcp},
     pool::netpol::from_pool_pods,
     reconcile::{self, Context, Result, apply::OwnerSync, status},
@@ -53,18 +53,21 @@ fn resources(npu: &NpuServer) -> ResourceRequirements {
 }
 
 pub struct DesiredNpu {
-    pub deployment: k8s_openapi::api::apps::v1::Deployment,
+    /// `None` without a verified image: the Deployment is left as it is.
+    pub deployment: Option<k8s_openapi::api::apps::v1::Deployment>,
     pub service: k8s_openapi::api::core::v1::Service,
     pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
 }
 
-/// The objects an NpuServer wants (pure); `dns` is its pool's.
-pub fn desired(npu: &NpuServer, dns: &DnsSpec) -> DesiredNpu {
+/// The objects an NpuServer wants (pure); `dns` is its pool's, `image`
+/// its verified image, if any.
+pub fn desired(npu: &NpuServer, dns: &DnsSpec, image: Option<&ResolvedImage>) -> DesiredNpu {
     let spec = &npu.spec;
     let component = component(npu);
-    let mut pod = workload::restricted_pod(
+    let deployment = image.map(|image| {
+        let mut pod = workload::restricted_pod(
         ContainerSpec {
-            image: images::resolve(&spec.image),
+            image: image.clone(),
             args: vec![
                 format!("--model={}", spec.model),
                 format!("--port={}", spec.port),
@@ -76,16 +79,18 @@ pub fn desired(npu: &NpuServer, dns: &DnsSpec) -> DesiredNpu {
         },
         None,
     );
-    pod.node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
-    pod.tolerations = (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone());
-    DesiredNpu {
-        deployment: workload::deployment(
+        pod.node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
+        pod.tolerations = (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone());
+        workload::deployment(
             npu,
             &component,
             spec.replicas.saturating_add(spec.hot_spares),
             pod,
             BTreeMap::new(),
-        ),
+        )
+    });
+    DesiredNpu {
+        deployment,
         service: workload::service(npu, &component, spec.port),
         network_policy: policy(
             npu,
@@ -160,14 +165,31 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     };
 
-    let desired = desired(npu, &pool.spec.dns);
+    // The image, before anything is rendered from it.
+    let named = [images::Named {
+        name: images::NPU_SERVER.into(),
+        field: "spec.image".into(),
+        image: &npu.spec.image,
+    }];
+    let checked = images::check(&ctx.client, ctx.images.as_ref(), &ns, &named).await?;
+    let (running, statuses) = images::settle_all(
+        &checked,
+        npu.status.as_ref().and_then(|s| s.image.as_ref()),
+    );
+    next.image = statuses.into_iter().next();
+
+    let desired = desired(npu, &pool.spec.dns, running.0.get(images::NPU_SERVER));
     let uid = npu.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let owned = &ctx.owned;
+    let name = crate::names::npu_server(&npu.name_any());
     let mut sync = OwnerSync::new(&ctx.client, &ns, uid);
+    if desired.deployment.is_none() {
+        sync = sync.keep(name.clone());
+    }
     sync.kind(&owned.network_policies, vec![desired.network_policy])
         .await;
     sync.kind(&owned.services, vec![desired.service]).await;
-    sync.kind(&owned.deployments, vec![desired.deployment])
+    sync.kind(&owned.deployments, desired.deployment.into_iter().collect())
         .await;
     let (changes, synced) = sync.finish();
     reconcile::report_changes(ctx, npu, &changes).await;
@@ -175,7 +197,6 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         return status::stall_on(ctx, npu, next, error).await;
     }
 
-    let name = crate::names::npu_server(&npu.name_any());
     let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));
     let ready = deployment
         .as_ref()
@@ -205,7 +226,12 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
     let became_unhealthy = !healthy.status
         && conditions::get(&next.common.conditions, HEALTHY).is_some_and(|c| c.status == "True");
     conditions::set(&mut next.common.conditions, healthy, generation, now);
-    let summary = if crate::pool::rollout_complete(deployment.as_deref(), want) {
+    let image_verified = images::condition(&checked);
+    let refused = images::refused(&image_verified);
+    conditions::set(&mut next.common.conditions, image_verified, generation, now);
+    let summary = if let Some(refused) = &refused {
+        images::summary(refused)
+    } else if crate::pool::rollout_complete(deployment.as_deref(), want) {
         Summary::Ready {
             reason: "Available",
             message: format!("{ready}/{want} replicas ready"),
@@ -227,5 +253,13 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(Action::await_change())
+    if let Some(refused) = refused {
+        // Backoff, and a Warning Event, from the error policy.
+        return Err(refused);
+    }
+    Ok(images::next_refresh(&named, now.as_second()).map_or_else(Action::await_change, |at| {
+        Action::requeue(std::time::Duration::from_secs(
+            (at - now.as_second()).max(1) as u64,
+        ))
+    }))
 }

@@ -23,7 +23,8 @@ use kube::Resource as _;
 
 use crate::{
     api::pool::TierStatus,
-    images, names,
+    images::{self, Running},
+    names,
     tokens::revocations::RevocationList,
     workload::{self, Component, ContainerSpec, Mount},
 };
@@ -50,6 +51,9 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
+    /// Deployments left exactly as they are (not created, not updated, not
+    /// pruned): their image has no verified digest.
+    pub kept: Vec<String>,
 }
 
 impl Desired {
@@ -89,7 +93,10 @@ pub fn cpu_worker_component(valid: &ValidPool, set: &str) -> Component {
     }
 }
 
-pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
+/// Everything `valid` wants; `images` has the verified image of each
+/// workload (`pool`, `cpuWorkers[<set>]`), and a workload without one is
+/// left as it is.
+pub fn desired(valid: &ValidPool, tiers: &[TierStatus], images: &Running) -> Desired {
     let pool = &valid.pool;
     let spec = &pool.spec;
     let component = pool_component(&valid.name);
@@ -129,30 +136,32 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
             path: DB_DIR.into(),
         },
     ];
-    let mut pod = workload::restricted_pod(
-        ContainerSpec {
-            image: valid.image.clone(),
-            args: vec![format!("--config={CONFIG_DIR}/{}", config::CONFIG_KEY)],
-            port: spec.workers.port,
-            resources: None,
-            mounts,
-            pull_secrets: spec.image.pull_secrets.clone(),
-        },
-        Some(component.name.clone()),
-    );
-    // The pool alone gets its ServiceAccount's (short-lived, projected)
-    // token: the live channel to its JWKS and revocation list.
-    pod.automount_service_account_token = Some(true);
     let checksum = BTreeMap::from([(CONFIG_CHECKSUM.to_owned(), config::checksum(&config_text))]);
+    let deployment = images.0.get(images::POOL).map(|image| {
+        let mut pod = workload::restricted_pod(
+            ContainerSpec {
+                image: image.clone(),
+                args: vec![format!("--config={CONFIG_DIR}/{}", config::CONFIG_KEY)],
+                port: spec.workers.port,
+                resources: None,
+                mounts,
+                pull_secrets: spec.image.pull_secrets.clone(),
+            },
+            Some(component.name.clone()),
+        );
+        // The pool alone gets its ServiceAccount's (short-lived, projected)
+        // token: the live channel to its JWKS and revocation list.
+        pod.automount_service_account_token = Some(true);
+        workload::deployment(pool, &component, spec.replicas, pod, checksum)
+    });
 
     let mut desired = Desired {
-        deployments: vec![workload::deployment(
-            pool,
-            &component,
-            spec.replicas,
-            pod,
-            checksum,
-        )],
+        kept: deployment
+            .is_none()
+            .then(|| component.name.clone())
+            .into_iter()
+            .collect(),
+        deployments: deployment.into_iter().collect(),
         services: vec![workload::service(pool, &component, spec.workers.port)],
         config_maps: vec![
             config_map(&config_name, config::CONFIG_KEY, config_text),
@@ -194,9 +203,16 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
             .find(|t| t.name == set.tier)
             .map(|t| t.model.clone())
             .unwrap_or_default();
+        desired
+            .services
+            .push(workload::service(pool, &worker, CPU_WORKER_PORT));
+        let Some(image) = images.0.get(&images::cpu_workers(&set.name)) else {
+            desired.kept.push(worker.name);
+            continue;
+        };
         let pod = workload::restricted_pod(
             ContainerSpec {
-                image: images::resolve(&set.image),
+                image: image.clone(),
                 args: vec![
                     format!("--tier={}", set.tier),
                     format!("--model={model}"),
@@ -216,9 +232,6 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus]) -> Desired {
             pod,
             BTreeMap::new(),
         ));
-        desired
-            .services
-            .push(workload::service(pool, &worker, CPU_WORKER_PORT));
     }
     desired
 }

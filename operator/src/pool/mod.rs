@@ -29,10 +29,11 @@ use kube::{
 use crate::{
     api::{
         NpuServer, Pool,
-        pool::{ImageStatus, TierServing},
+        pool::TierServing,
     },
     conditions::{self, Desired, Summary},
     controller::{Caches, created, drive},
+    images,
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
     tokens::{
         self,
@@ -86,6 +87,36 @@ pub fn controller(
             pools_for_npus.get(&pool).map(|_| pool)
         });
     drive(controller, shutdown, reconcile, ctx)
+}
+
+/// The images a Pool runs: its own, then each in-cluster CPU worker set's.
+fn images_of(pool: &Pool) -> Vec<images::Named<'_>> {
+    let own = images::Named {
+        name: images::POOL.into(),
+        field: "spec.image".into(),
+        image: &pool.spec.image,
+    };
+    let workers = pool.spec.cpu_workers.iter().enumerate().map(|(i, set)| images::Named {
+        name: images::cpu_workers(&set.name),
+        field: format!("spec.cpuWorkers[{i}].image"),
+        image: &set.image,
+    });
+    std::iter::once(own).chain(workers).collect()
+}
+
+/// Every image of `pool` as if verified (unit tests of the builders).
+#[cfg(test)]
+pub fn all_verified(pool: &Pool) -> images::Running {
+    images::Running(
+        images_of(pool)
+            .into_iter()
+            .map(|n| (n.name, images::test_image(&n.image.reference)))
+            .collect(),
+    )
+}
+
+fn ns_of(pool: &Pool) -> &str {
+    pool.metadata.namespace.as_deref().unwrap_or_default()
 }
 
 /// Pools in the Secret's namespace that reference it (database or TLS).
@@ -203,8 +234,18 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         }
     };
 
+    // Images, before anything is rendered from them.
+    let named = images_of(pool);
+    let checked = images::check(&ctx.client, ctx.images.as_ref(), ns_of(pool), &named).await?;
+    let (running, image_statuses) = images::settle_all(
+        &checked,
+        current
+            .into_iter()
+            .flat_map(|s| s.image.iter().chain(&s.worker_images)),
+    );
+
     let tiers = routing::tier_status(&valid.tiers);
-    let mut desired = build::desired(&valid, &tiers);
+    let mut desired = build::desired(&valid, &tiers, &running);
     // Token signing keys first: the JWKS published below comes from them.
     let (ring, next_key_change) = match tokens::sync_ring(ctx, pool, now.as_second()).await {
         Ok(ring) => ring,
@@ -225,6 +266,9 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     // revocation store's to move, then delete: never pruned unread.
     let mut sync =
         OwnerSync::new(&ctx.client, ns, uid).keep(crate::names::legacy_revocations(&valid.name));
+    for name in std::mem::take(&mut desired.kept) {
+        sync = sync.keep(name);
+    }
     // NetworkPolicies first: the egress and ingress rules matter most.
     sync.kind(&owned.network_policies, desired.network_policies)
         .await;
@@ -257,15 +301,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         .unwrap_or(0);
     next.ready_replicas = Some(ready);
     next.routing = Some(routing::summary(&tiers));
-    next.image = valid.image.digest.as_ref().map(|digest| ImageStatus {
-        reference: valid.image.reference.clone(),
-        short_digest: digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect(),
-        digest: digest.clone(),
-    });
+    let (pool_image, worker_images): (Vec<_>, Vec<_>) = image_statuses
+        .into_iter()
+        .partition(|s| s.name.as_deref() == Some(images::POOL));
+    next.image = pool_image.into_iter().next();
+    next.worker_images = worker_images;
+    let image_verified = images::condition(&checked);
     let degraded: Vec<String> = tiers
         .iter()
         .zip(&valid.tiers)
@@ -296,7 +337,11 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         now,
     );
     let want = pool.spec.replicas;
-    let summary = if rollout_complete(deployment.as_deref(), want) {
+    let refused = images::refused(&image_verified);
+    conditions::set(&mut next.common.conditions, image_verified, generation, now);
+    let summary = if let Some(refused) = &refused {
+        images::summary(refused)
+    } else if rollout_complete(deployment.as_deref(), want) {
         Summary::Ready {
             reason: "Available",
             message: format!("{ready}/{want} pool replicas ready"),
@@ -312,9 +357,22 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     };
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
     status::write(&ctx.client, pool, current, &next).await?;
-    // Come back for the next key rotation or retirement, or the next
-    // revocation entry to prune, whichever is first.
-    let wake = next_revocation_expiry.map_or(next_key_change, |e| e.min(next_key_change));
+    if let Some(refused) = refused {
+        // Backoff, and a Warning Event, from the error policy.
+        return Err(refused);
+    }
+    // Come back for the next key rotation or retirement, the next
+    // revocation entry to prune, or the next tag resolution, whichever is
+    // first.
+    let wake = [
+        Some(next_key_change),
+        next_revocation_expiry,
+        images::next_refresh(&named, now.as_second()),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(next_key_change);
     Ok(requeue_at(wake, now))
 }
 

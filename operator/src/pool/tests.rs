@@ -65,7 +65,11 @@ fn valid(pool: &Pool, npu: NpuState) -> ValidPool {
 
 fn desired(pool: &Pool) -> build::Desired {
     let valid = valid(pool, NpuState::Healthy);
-    build::desired(&valid, &routing::tier_status(&valid.tiers))
+    build::desired(
+        &valid,
+        &routing::tier_status(&valid.tiers),
+        &super::all_verified(pool),
+    )
 }
 
 #[test]
@@ -111,7 +115,11 @@ fn a_config_change_rolls_the_deployment_and_routing_does_not() {
     assert_ne!(checksum(&desired(&changed)), before);
 
     let unhealthy = valid(&pool, NpuState::Unhealthy);
-    let routed = build::desired(&unhealthy, &routing::tier_status(&unhealthy.tiers));
+    let routed = build::desired(
+        &unhealthy,
+        &routing::tier_status(&unhealthy.tiers),
+        &super::all_verified(&unhealthy.pool),
+    );
     assert_eq!(
         checksum(&routed),
         before,

@@ -12,7 +12,6 @@ use crate::{
         pool::{ModelTier, TierBackend, VerificationMode},
     },
     conditions,
-    images::{self, ResolvedImage},
     names, netpol,
     reconcile::{self, quantity},
 };
@@ -100,7 +99,6 @@ pub struct ValidPool {
     pub pool: Pool,
     pub name: String,
     pub namespace: String,
-    pub image: ResolvedImage,
     pub tiers: Vec<Tier>,
     /// The one database destination the pool's egress allows.
     pub database: NetworkPolicyPeer,
@@ -165,7 +163,6 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
     Ok(ValidPool {
         name,
         namespace,
-        image: images::resolve(&spec.image),
         tiers,
         database,
         api_server: refs.api_server(),

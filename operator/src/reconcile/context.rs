@@ -63,11 +63,17 @@ pub struct Context {
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
+    /// Image signature verification (a cache over the registries).
+    pub images: Arc<dyn crate::images::Verify>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, stores: Stores) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        images: Arc<dyn crate::images::Verify>,
+    ) -> Arc<Self> {
         let Stores {
             owned,
             secret_metadata,
@@ -89,6 +95,7 @@ impl Context {
             npu_servers,
             pools,
             grants,
+            images,
             failures: Mutex::default(),
         })
     }

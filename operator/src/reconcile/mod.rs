@@ -70,6 +70,14 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// An image is refused (unsigned, wrongly signed, unreachable): what
+    /// runs is left as it is, the status says why, and it is tried again
+    /// with backoff (a signature may be pushed, the registry come back).
+    #[error("{message}")]
+    ImageRefused {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl Error {
@@ -83,6 +91,7 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::NameConflict { .. } => "NameConflict",
             Error::ApplyRefused { .. } => "ApplyFailed",
+            Error::ImageRefused { reason, .. } => reason,
         }
     }
 
