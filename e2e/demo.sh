@@ -35,7 +35,12 @@ if compgen -G "config/samples/*.yaml" >/dev/null; then
   kubectl -n cellule-demo create secret tls paris-tls --cert "$state/tls.crt" --key "$state/tls.key" >/dev/null
   kubectl -n cellule-demo create secret generic paris-db \
     --from-literal dsn="postgres://cellule@postgresql.cellule-demo.svc:5432/cellule?sslmode=verify-full" >/dev/null
-  kubectl -n cellule-demo apply --server-side -f config/samples/
+  # The images the samples name were pushed to the local registry and
+  # signed by up.sh; the Pool and NpuServer verify them with this key.
+  kubectl -n cellule-demo create configmap cellule-signing --from-file cosign.pub="$CELLULE_E2E_COSIGN_PUB" >/dev/null
+  for sample in config/samples/*.yaml; do
+    sed "s#$CELLULE_E2E_SAMPLE_REGISTRY/#$CELLULE_E2E_REGISTRY/#g" "$sample"; echo ---
+  done | kubectl -n cellule-demo apply --server-side -f -
   kubectl -n cellule-demo wait --for condition=Ready --timeout 60s pool/paris npuserver/heavy >/dev/null || true
   echo
   kubectl -n cellule-demo get cellule -o wide

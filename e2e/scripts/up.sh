@@ -131,6 +131,27 @@ mkdir -p "$state/registry"
 start registry crane registry serve --address "127.0.0.1:$registry_port" --disk "$state/registry"
 wait_for registry 30 curl -fsS "http://127.0.0.1:$registry_port/v2/"
 
+# A port for a registry a test starts and stops itself (an outage), known
+# to the operator as plain HTTP like the first.
+spare_registry_port=$(free_port)
+
+# The images config/samples/ names, signed as a release pipeline would:
+# a cosign key pair (ECDSA P-256), one small image each, a signature in
+# cosign's tag scheme, no transparency log (offline). The samples name
+# registry.intra.example.com; what applies them points that at this one.
+log "pushing and signing the sample images"
+registry="127.0.0.1:$registry_port"
+(cd "$state" && COSIGN_PASSWORD='' cosign generate-key-pair --output-key-prefix cosign >/dev/null 2>&1)
+for image in pool worker npu-server; do
+  mkdir -p "$state/images/$image"
+  printf 'cellule %s\n' "$image" >"$state/images/$image/VERSION"
+  tar -C "$state/images/$image" -cf "$state/images/$image.tar" VERSION
+  crane append --oci-empty-base -f "$state/images/$image.tar" -t "$registry/cellule/$image:1.4.2" >/dev/null 2>&1
+  digest=$(crane digest "$registry/cellule/$image:1.4.2")
+  COSIGN_PASSWORD='' cosign sign --key "$state/cosign.key" --tlog-upload=false --allow-http-registry \
+    --yes "$registry/cellule/$image@$digest" >"$logs/cosign-$image.log" 2>&1
+done
+
 # Nodes and the default service account appear asynchronously.
 kubectl apply -f "$here/../kwok/nodes.yaml" >/dev/null
 wait_for "Ready fake nodes" 60 bash -c '[ "$(kubectl get nodes --no-headers 2>/dev/null | grep -cw Ready)" -ge 4 ]'
@@ -142,6 +163,12 @@ cat >"$state/env" <<ENV
 CELLULE_E2E_STATE=$state
 CELLULE_E2E_KUBECONFIG=$state/kubeconfig
 CELLULE_E2E_REGISTRY=127.0.0.1:$registry_port
+CELLULE_E2E_COSIGN_KEY=$state/cosign.key
+CELLULE_E2E_COSIGN_PUB=$state/cosign.pub
+CELLULE_E2E_SAMPLE_REGISTRY=registry.intra.example.com
+CELLULE_E2E_SPARE_REGISTRY=127.0.0.1:$spare_registry_port
+CELLULE_INSECURE_REGISTRIES=127.0.0.1:$registry_port,127.0.0.1:$spare_registry_port
+CELLULE_REGISTRY_TIMEOUT=3s
 CELLULE_E2E_BIN=$bin
 CELLULE_E2E_LOGS=$logs
 CELLULE_E2E_TOKENS=$pki/tokens.csv

@@ -44,7 +44,14 @@ pub async fn admin_client() -> Client {
     client_for(&Env::var("CELLULE_E2E_KUBECONFIG")).await
 }
 
+/// The operator crate links sigstore, whose rustls backend (aws-lc) and
+/// kube's (ring) leave rustls unable to choose: ring is installed first.
+fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 async fn client_for(kubeconfig_path: &str) -> Client {
+    tls_provider();
     let kubeconfig = Kubeconfig::read_from(kubeconfig_path)
         .unwrap_or_else(|e| panic!("reading kubeconfig {kubeconfig_path}: {e}"));
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -56,6 +63,7 @@ async fn client_for(kubeconfig_path: &str) -> Client {
 /// A client that authenticates as one of the static test users of
 /// `up.sh` (`alice`, `bob`) with a bearer token.
 pub async fn user_client(user: &str) -> Client {
+    tls_provider();
     let tokens =
         std::fs::read_to_string(Env::var("CELLULE_E2E_TOKENS")).expect("reading tokens.csv");
     let token = tokens
@@ -260,9 +268,45 @@ pub fn cellule_api(client: &Client, namespace: &str, kind: &str) -> Api<kube::ap
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-/// Server-side applies every object of `config/samples/` into `ns`.
+/// The documents of `config/samples/`, with the image registry they name
+/// pointed at the e2e registry, where `up.sh` pushed and signed them.
+pub fn sample_documents() -> Vec<(String, serde_json::Value)> {
+    let (from, to) = (Env::var("CELLULE_E2E_SAMPLE_REGISTRY"), Env::registry());
+    yaml_documents("config/samples")
+        .into_iter()
+        .map(|(file, doc)| {
+            let text = serde_json::to_string(&doc).unwrap().replace(&from, &to);
+            (file, serde_json::from_str(&text).unwrap())
+        })
+        .collect()
+}
+
+/// The ConfigMap `cellule-signing` the samples' images are verified with:
+/// the public half of `up.sh`'s cosign key pair.
+pub async fn apply_signing_key(client: &Client, ns: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let pem = std::fs::read_to_string(Env::var("CELLULE_E2E_COSIGN_PUB"))?;
+    let map = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cellule-signing"},
+        "data": {"cosign.pub": pem},
+    });
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            "cellule-signing",
+            &kube::api::PatchParams::apply("cellule-e2e").force(),
+            &kube::api::Patch::Apply(&map),
+        )
+        .await
+        .context("applying the cosign public key")?;
+    Ok(())
+}
+
+/// Server-side applies every object of `config/samples/` into `ns`, with
+/// the cosign key their images are verified with.
 pub async fn apply_samples(client: &Client, ns: &str) -> anyhow::Result<()> {
-    for (file, doc) in yaml_documents("config/samples") {
+    apply_signing_key(client, ns).await?;
+    for (file, doc) in sample_documents() {
         let name = doc["metadata"]["name"]
             .as_str()
             .context("sample without a name")?
@@ -786,4 +830,27 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<Client>
     )
     .await?;
     Ok(Client::try_from(config)?)
+}
+
+/// The Events of `ns` with `reason`, once there is one (an Event is
+/// recorded just after the status it goes with).
+pub async fn events_with(client: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    eventually(&format!("a {reason} Event"), Duration::from_secs(60), || async {
+        let list = events
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let found: Vec<k8s_openapi::api::events::v1::Event> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+        if found.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(found)
+        }
+    })
+    .await
 }

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{
-    allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret, eventually,
+    allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret, events_with, eventually,
     in_namespace, install_crds, merge_patch, run_tool, sample_site_ready, wait_condition,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Pod, Service},
-    events::v1::Event,
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -54,28 +53,6 @@ where
     .await
 }
 
-/// The Events of `ns` with `reason`, once there is one (an Event is
-/// recorded just after the status it goes with).
-async fn events_with(client: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<Event>> {
-    let events = Api::<Event>::namespaced(client.clone(), ns);
-    eventually(&format!("a {reason} Event"), WAIT, || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let found: Vec<Event> = list
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .collect();
-        if found.is_empty() {
-            Err("none yet".to_owned())
-        } else {
-            Ok(found)
-        }
-    })
-    .await
-}
 
 /// Ingress rows of the analyzer into the pool's pods, as `src conn`.
 async fn into_pool(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {

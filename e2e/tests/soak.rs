@@ -39,7 +39,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use cellule_e2e::{
     Env, POD_READY_ANNOTATION, apply_sample_site, cellule_api, create_secret, eventually,
-    in_namespace, wait_condition, yaml_documents,
+    in_namespace, wait_condition,
 };
 use futures::{FutureExt as _, future::BoxFuture};
 use k8s_openapi::{
@@ -271,7 +271,7 @@ async fn soak(targets: &[Soaked]) -> anyhow::Result<BTreeMap<String, usize>> {
 /// Secret `dsn_secret`, keeping only the tiers served by CPU workers (the
 /// sample NpuServer belongs to `paris`).
 fn another_pool(name: &str, dsn_secret: &str) -> anyhow::Result<DynamicObject> {
-    let (_, mut pool) = yaml_documents("config/samples")
+    let (_, mut pool) = cellule_e2e::sample_documents()
         .into_iter()
         .find(|(_, d)| d["kind"] == "Pool" && d["metadata"]["name"] == "paris")
         .context("no sample Pool paris")?;
@@ -295,7 +295,7 @@ fn another_pool(name: &str, dsn_secret: &str) -> anyhow::Result<DynamicObject> {
 /// The approved grant `laptop-alice` of config/samples/, renamed `name`,
 /// for the Pool `pool`.
 fn another_grant(name: &str, pool: &str) -> anyhow::Result<DynamicObject> {
-    let (_, mut grant) = yaml_documents("config/samples")
+    let (_, mut grant) = cellule_e2e::sample_documents()
         .into_iter()
         .find(|(_, d)| d["kind"] == "WorkerGrant" && d["metadata"]["name"] == "laptop-alice")
         .context("no sample WorkerGrant laptop-alice")?;

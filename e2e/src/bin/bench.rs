@@ -25,6 +25,10 @@ use cellule_e2e::{admin_client, apply_sample_site, cellule_api, install_crds};
 use cellule_operator::tokens::{self, Claims, PoolKey};
 use cellule_operator::{
     api::Pool,
+    images::{
+        cache::Cached,
+        registry::{Registry, RegistryConfig},
+    },
     reconcile::{
         Context,
         context::{OwnedStores, Stores},
@@ -322,6 +326,12 @@ async fn store_context(client: &Client, ns: &str) -> anyhow::Result<Arc<Context>
             pools,
             grants: empty(),
         },
+        // The revocation store reads no image.
+        Arc::new(Cached::new(
+            Registry::new(RegistryConfig::default()),
+            Duration::from_secs(60),
+            16,
+        )),
     ))
 }
 

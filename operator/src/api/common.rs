@@ -234,7 +234,7 @@ pub struct SignedImage {
     /// verified before it runs (and refused, keeping the running digest, if
     /// its signature does not hold). Unused for a digest reference.
     #[serde(default = "default_refresh_interval")]
-    #[x_kube(validation = duration_rule("30s", "24h", "refreshInterval"))]
+    #[x_kube(validation = duration_rule("10s", "24h", "refreshInterval"))]
     pub refresh_interval: Duration,
 }
 

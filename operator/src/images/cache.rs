@@ -165,7 +165,9 @@ impl<S: Source> Verify for Cached<S> {
                     Ok::<_, Refusal>(Verified {
                         digest: digest.clone(),
                         key,
-                        at: Timestamp::now(),
+                        // Whole seconds: what a status holds once read back.
+                        at: Timestamp::from_second(Timestamp::now().as_second())
+                            .unwrap_or(Timestamp::UNIX_EPOCH),
                         stale: None,
                     })
                 })
