@@ -57,5 +57,5 @@ step "e2e tests"
 cargo test --locked -p cellule-e2e -- --test-threads 4
 step "e2e: the operator killed and restarted (its own processes, the shared one stopped)"
 bash e2e/scripts/down.sh "$state" operator
-cargo test --locked -p cellule-e2e --test restart -- --ignored
+cargo test --locked -p cellule-e2e --test restart -- --ignored --test-threads 1
 step "all tests passed in $((SECONDS - started))s"

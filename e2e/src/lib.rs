@@ -2,6 +2,8 @@
 //! started by `e2e/scripts/up.sh`, which writes the variables read here.
 #![forbid(unsafe_code)]
 
+pub mod images;
+
 use std::{future::Future, panic::AssertUnwindSafe, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
@@ -834,23 +836,31 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<Client>
 
 /// The Events of `ns` with `reason`, once there is one (an Event is
 /// recorded just after the status it goes with).
-pub async fn events_with(client: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
+pub async fn events_with(
+    client: &Client,
+    ns: &str,
+    reason: &str,
+) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
-    eventually(&format!("a {reason} Event"), Duration::from_secs(60), || async {
-        let list = events
-            .list(&kube::api::ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let found: Vec<k8s_openapi::api::events::v1::Event> = list
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .collect();
-        if found.is_empty() {
-            Err("none yet".to_owned())
-        } else {
-            Ok(found)
-        }
-    })
+    eventually(
+        &format!("a {reason} Event"),
+        Duration::from_secs(60),
+        || async {
+            let list = events
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let found: Vec<k8s_openapi::api::events::v1::Event> = list
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .collect();
+            if found.is_empty() {
+                Err("none yet".to_owned())
+            } else {
+                Ok(found)
+            }
+        },
+    )
     .await
 }

@@ -6,155 +6,28 @@
 //! changed.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use cellule_e2e::{
-    Env, cellule_api, eventually, events_with, in_namespace, run_tool, sample_documents,
-    sample_site_ready, wait_condition,
+    Env, cellule_api, events_with, eventually,
+    images::{
+        apply, deployment_image, garble, image_verified, key_config_map, keypair, npu_server, push,
+        scratch, sig_tag, sign, spare_registry, wait_deployment_image,
+    },
+    in_namespace, run_tool, sample_documents, sample_site_ready, wait_condition,
 };
 use cellule_operator::names;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client,
-    api::{DynamicObject, Patch, PatchParams},
+    api::{Patch, PatchParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A scratch directory for one test's keys and image layers.
-fn scratch(ns: &str) -> PathBuf {
-    let dir = PathBuf::from(Env::var("CELLULE_E2E_STATE")).join("images").join(ns);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Pushes a one-file image with `content` to `reference` (a tag); returns
-/// its digest.
-async fn push(dir: &Path, reference: &str, content: &str) -> anyhow::Result<String> {
-    let layer = dir.join(format!("{}.d", reference.replace(['/', ':', '@'], "_")));
-    std::fs::create_dir_all(&layer)?;
-    std::fs::write(layer.join("CONTENT"), content)?;
-    let tar = layer.with_extension("tar");
-    let status = tokio::process::Command::new("tar")
-        .args(["-C", layer.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "CONTENT"])
-        .status()
-        .await?;
-    ensure!(status.success(), "tar failed");
-    run_tool("crane", &["append", "--oci-empty-base", "-f", tar.to_str().unwrap(), "-t", reference], &[]).await?;
-    Ok(run_tool("crane", &["digest", reference], &[]).await?.trim().to_owned())
-}
-
-/// A fresh cosign key pair in `dir`: (private key, public key PEM).
-async fn keypair(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, String)> {
-    let prefix = dir.join(name);
-    let status = tokio::process::Command::new(Env::bin("cosign"))
-        .args(["generate-key-pair", "--output-key-prefix", prefix.to_str().unwrap()])
-        .env("COSIGN_PASSWORD", "")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    ensure!(status.status.success(), "cosign generate-key-pair: {}", String::from_utf8_lossy(&status.stderr));
-    let public = std::fs::read_to_string(prefix.with_extension("pub"))?;
-    Ok((prefix.with_extension("key"), public))
-}
-
-/// `cosign sign` as a release pipeline does it, offline.
-async fn sign(key: &Path, image_at_digest: &str) -> anyhow::Result<()> {
-    run_tool(
-        "cosign",
-        &["sign", "--key", key.to_str().unwrap(), "--tlog-upload=false", "--allow-http-registry", "--yes", image_at_digest],
-        &[("COSIGN_PASSWORD", "")],
-    )
-    .await
-    .map(drop)
-}
-
-/// The signature tag of `digest` in `repository`.
-fn sig_tag(repository: &str, digest: &str) -> String {
-    format!("{repository}:{}.sig", digest.replace(':', "-"))
-}
-
-/// Replaces the signature in the signature manifest at `sig` with bytes
-/// that are base64 but no signature.
-async fn garble(dir: &Path, sig: &str) -> anyhow::Result<()> {
-    let manifest = run_tool("crane", &["manifest", sig], &[]).await?;
-    let mut manifest: Value = serde_json::from_str(&manifest)?;
-    for layer in manifest["layers"].as_array_mut().context("layers")? {
-        layer["annotations"]["dev.cosignproject.cosign/signature"] = json!("bm90IGEgc2lnbmF0dXJl");
-    }
-    let file = dir.join("garbled.json");
-    std::fs::write(&file, manifest.to_string())?;
-    let status = tokio::process::Command::new(Env::bin("crane"))
-        .args(["edit", "manifest", sig])
-        .stdin(std::fs::File::open(&file)?)
-        .output()
-        .await?;
-    ensure!(status.status.success(), "crane edit manifest: {}", String::from_utf8_lossy(&status.stderr));
-    Ok(())
-}
-
-async fn key_config_map(client: &Client, ns: &str, name: &str, pem: &str) -> anyhow::Result<()> {
-    let map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"cosign.pub": pem}});
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .patch(name, &PatchParams::apply("cellule-e2e").force(), &Patch::Apply(&map))
-        .await?;
-    Ok(())
-}
-
-/// The sample NpuServer renamed `name`, on `reference`, verified with the
-/// keys of these ConfigMaps (`cosign.pub` in each).
-fn npu_server(name: &str, reference: &str, key_maps: &[&str], refresh: &str) -> Value {
-    let (_, mut npu) = sample_documents()
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "NpuServer")
-        .expect("a sample NpuServer");
-    npu["metadata"] = json!({"name": name});
-    npu["spec"]["image"] = json!({
-        "reference": reference,
-        "refreshInterval": refresh,
-        "verification": {"keys": key_maps.iter().map(|m| json!({"configMapKeyRef": {"name": m, "key": "cosign.pub"}})).collect::<Vec<_>>()},
-    });
-    npu
-}
-
-async fn apply(client: &Client, ns: &str, object: &Value) -> anyhow::Result<DynamicObject> {
-    let kind = object["kind"].as_str().unwrap();
-    let name = object["metadata"]["name"].as_str().unwrap();
-    cellule_api(client, ns, kind)
-        .patch(name, &PatchParams::apply("cellule-e2e").force(), &Patch::Apply(object))
-        .await
-        .with_context(|| format!("applying {kind} {name}"))
-}
-
-/// The `ImageVerified` condition of `kind/name` once its reason is `reason`.
-async fn image_verified(client: &Client, ns: &str, kind: &str, name: &str, reason: &str) -> anyhow::Result<Value> {
-    let api = cellule_api(client, ns, kind);
-    eventually(&format!("{kind} {name} ImageVerified reason {reason}"), WAIT, || async {
-        let object = api.get(name).await.map_err(|e| e.to_string())?;
-        let condition = object.data["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "ImageVerified"))
-            .cloned()
-            .unwrap_or_default();
-        if condition["reason"] == reason {
-            Ok(condition)
-        } else {
-            Err(condition.to_string())
-        }
-    })
-    .await
-}
-
-async fn deployment_image(client: &Client, ns: &str, name: &str) -> anyhow::Result<Option<String>> {
-    Ok(Api::<Deployment>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await?
-        .map(|d| serde_json::to_value(d).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_owned()))
-}
 
 #[tokio::test]
 async fn signed_images_run_pinned_to_their_verified_digest_and_the_spec_stays_as_applied() {
@@ -166,19 +39,51 @@ async fn signed_images_run_pinned_to_their_verified_digest_and_the_spec_stays_as
             (names::cpu_workers("paris", "light-workers"), "worker"),
             (names::npu_server("heavy"), "npu-server"),
         ] {
-            let digest = run_tool("crane", &["digest", &format!("{registry}/cellule/{image}:1.4.2")], &[]).await?;
+            let digest = run_tool(
+                "crane",
+                &["digest", &format!("{registry}/cellule/{image}:1.4.2")],
+                &[],
+            )
+            .await?;
             let want = format!("{registry}/cellule/{image}@{}", digest.trim());
             let got = deployment_image(&client, &ns, &deployment).await?;
-            ensure!(got.as_deref() == Some(want.as_str()), "{deployment} runs {got:?}, not {want}");
+            ensure!(
+                got.as_deref() == Some(want.as_str()),
+                "{deployment} runs {got:?}, not {want}"
+            );
         }
         let pool = cellule_api(&client, &ns, "Pool").get("paris").await?;
         let image = &pool.data["status"]["image"];
-        ensure!(image["name"] == "pool" && image["verifiedBy"] == "ConfigMap cellule-signing[cosign.pub]", "{image}");
-        ensure!(image["reference"].as_str().unwrap().ends_with("/cellule/pool:1.4.2"), "{image}");
-        ensure!(image["digest"].as_str().unwrap().contains(image["shortDigest"].as_str().unwrap()), "{image}");
-        ensure!(pool.data["status"]["workerImages"][0]["name"] == "cpuWorkers[light-workers]", "{}", pool.data["status"]);
+        ensure!(
+            image["name"] == "pool"
+                && image["verifiedBy"] == "ConfigMap cellule-signing[cosign.pub]",
+            "{image}"
+        );
+        ensure!(
+            image["reference"]
+                .as_str()
+                .unwrap()
+                .ends_with("/cellule/pool:1.4.2"),
+            "{image}"
+        );
+        ensure!(
+            image["digest"]
+                .as_str()
+                .unwrap()
+                .contains(image["shortDigest"].as_str().unwrap()),
+            "{image}"
+        );
+        ensure!(
+            pool.data["status"]["workerImages"][0]["name"] == "cpuWorkers[light-workers]",
+            "{}",
+            pool.data["status"]
+        );
         let npu = cellule_api(&client, &ns, "NpuServer").get("heavy").await?;
-        ensure!(npu.data["status"]["image"]["verifiedAt"].is_string(), "{}", npu.data["status"]);
+        ensure!(
+            npu.data["status"]["image"]["verifiedAt"].is_string(),
+            "{}",
+            npu.data["status"]
+        );
         for kind in ["Pool", "NpuServer"] {
             let name = if kind == "Pool" { "paris" } else { "heavy" };
             image_verified(&client, &ns, kind, name, "Verified").await?;
@@ -186,17 +91,41 @@ async fn signed_images_run_pinned_to_their_verified_digest_and_the_spec_stays_as
             // spec manager is the applier, the generation never moved, and
             // applying the same document again (dry run) changes nothing.
             let object = cellule_api(&client, &ns, kind).get(name).await?;
-            ensure!(object.metadata.generation == Some(1), "{kind} generation {:?}", object.metadata.generation);
+            ensure!(
+                object.metadata.generation == Some(1),
+                "{kind} generation {:?}",
+                object.metadata.generation
+            );
             for entry in object.metadata.managed_fields.iter().flatten() {
-                let spec = entry.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").is_some());
-                ensure!(!spec || entry.manager.as_deref() == Some("cellule-e2e"), "{kind} spec managed by {:?}", entry.manager);
+                let spec = entry
+                    .fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:spec").is_some());
+                ensure!(
+                    !spec || entry.manager.as_deref() == Some("cellule-e2e"),
+                    "{kind} spec managed by {:?}",
+                    entry.manager
+                );
             }
-            let (_, doc) = sample_documents().into_iter().find(|(_, d)| d["kind"] == kind).unwrap();
+            let (_, doc) = sample_documents()
+                .into_iter()
+                .find(|(_, d)| d["kind"] == kind)
+                .unwrap();
             let again = cellule_api(&client, &ns, kind)
-                .patch(name, &PatchParams::apply("cellule-e2e").force().dry_run(), &Patch::Apply(&doc))
+                .patch(
+                    name,
+                    &PatchParams::apply("cellule-e2e").force().dry_run(),
+                    &Patch::Apply(&doc),
+                )
                 .await?;
-            ensure!(again.data["spec"] == object.data["spec"], "{kind}: applying the same document would change the spec");
-            ensure!(again.metadata.resource_version == object.metadata.resource_version, "{kind}: the same document is not a no-op");
+            ensure!(
+                again.data["spec"] == object.data["spec"],
+                "{kind}: applying the same document would change the spec"
+            );
+            ensure!(
+                again.metadata.resource_version == object.metadata.resource_version,
+                "{kind}: the same document is not a no-op"
+            );
         }
         Ok(())
     })
@@ -204,7 +133,8 @@ async fn signed_images_run_pinned_to_their_verified_digest_and_the_spec_stays_as
 }
 
 #[tokio::test]
-async fn images_without_a_valid_signature_for_their_digest_and_repository_never_reach_a_deployment() {
+async fn images_without_a_valid_signature_for_their_digest_and_repository_never_reach_a_deployment()
+{
     in_namespace("img-refused", |client: Client, ns: String| async move {
         sample_site_ready(&client, &ns).await?;
         let dir = scratch(&ns);
@@ -222,12 +152,39 @@ async fn images_without_a_valid_signature_for_their_digest_and_repository_never_
         let a = push(&dir, &format!("{}:a", repo("mixed")), "a").await?;
         let b = push(&dir, &format!("{}:b", repo("mixed")), "b").await?;
         sign(&key, &format!("{}@{a}", repo("mixed"))).await?;
-        run_tool("crane", &["copy", &sig_tag(&repo("mixed"), &a), &sig_tag(&repo("mixed"), &b)], &[]).await?;
+        run_tool(
+            "crane",
+            &[
+                "copy",
+                &sig_tag(&repo("mixed"), &a),
+                &sig_tag(&repo("mixed"), &b),
+            ],
+            &[],
+        )
+        .await?;
         // A signed image copied with its signature into another repository.
         let d = push(&dir, &format!("{}:1", repo("original")), "original").await?;
         sign(&key, &format!("{}@{d}", repo("original"))).await?;
-        run_tool("crane", &["copy", &format!("{}@{d}", repo("original")), &format!("{}:1", repo("copy"))], &[]).await?;
-        run_tool("crane", &["copy", &sig_tag(&repo("original"), &d), &sig_tag(&repo("copy"), &d)], &[]).await?;
+        run_tool(
+            "crane",
+            &[
+                "copy",
+                &format!("{}@{d}", repo("original")),
+                &format!("{}:1", repo("copy")),
+            ],
+            &[],
+        )
+        .await?;
+        run_tool(
+            "crane",
+            &[
+                "copy",
+                &sig_tag(&repo("original"), &d),
+                &sig_tag(&repo("copy"), &d),
+            ],
+            &[],
+        )
+        .await?;
         // A signature whose bytes were replaced (malformed).
         let g = push(&dir, &format!("{}:1", repo("garbled")), "garbled").await?;
         sign(&key, &format!("{}@{g}", repo("garbled"))).await?;
@@ -238,15 +195,60 @@ async fn images_without_a_valid_signature_for_their_digest_and_repository_never_
         push(&dir, &sig_tag(&repo("empty-sig"), &e), "not a signature").await?;
 
         let cases = [
-            ("unsigned", format!("{}:1", repo("unsigned")), "cellule-signing", "SignatureMissing"),
-            ("other-key", format!("{}:1", repo("other-key")), "cellule-signing", "SignatureInvalid"),
-            ("mixed", format!("{}:b", repo("mixed")), "cellule-signing", "DigestMismatch"),
-            ("copy", format!("{}:1", repo("copy")), "cellule-signing", "IdentityMismatch"),
-            ("garbled", format!("{}:1", repo("garbled")), "cellule-signing", "SignatureInvalid"),
-            ("empty-sig", format!("{}:1", repo("empty-sig")), "cellule-signing", "SignatureMissing"),
-            ("missing", format!("{}:1", repo("nowhere")), "cellule-signing", "ImageNotFound"),
-            ("no-key", format!("{registry}/cellule/npu-server:1.4.2"), "no-such-configmap", "PolicyInvalid"),
-            ("implied-hub", "library/nginx:1".to_owned(), "cellule-signing", "PolicyInvalid"),
+            (
+                "unsigned",
+                format!("{}:1", repo("unsigned")),
+                "cellule-signing",
+                "SignatureMissing",
+            ),
+            (
+                "other-key",
+                format!("{}:1", repo("other-key")),
+                "cellule-signing",
+                "SignatureInvalid",
+            ),
+            (
+                "mixed",
+                format!("{}:b", repo("mixed")),
+                "cellule-signing",
+                "DigestMismatch",
+            ),
+            (
+                "copy",
+                format!("{}:1", repo("copy")),
+                "cellule-signing",
+                "IdentityMismatch",
+            ),
+            (
+                "garbled",
+                format!("{}:1", repo("garbled")),
+                "cellule-signing",
+                "SignatureInvalid",
+            ),
+            (
+                "empty-sig",
+                format!("{}:1", repo("empty-sig")),
+                "cellule-signing",
+                "SignatureMissing",
+            ),
+            (
+                "missing",
+                format!("{}:1", repo("nowhere")),
+                "cellule-signing",
+                "ImageNotFound",
+            ),
+            (
+                "no-key",
+                format!("{registry}/cellule/npu-server:1.4.2"),
+                "no-such-configmap",
+                "PolicyInvalid",
+            ),
+            (
+                "implied-hub",
+                "library/nginx:1".to_owned(),
+                "cellule-signing",
+                "PolicyInvalid",
+            ),
         ];
         for (name, reference, keys, _) in &cases {
             apply(&client, &ns, &npu_server(name, reference, &[keys], "5m")).await?;
@@ -254,15 +256,34 @@ async fn images_without_a_valid_signature_for_their_digest_and_repository_never_
         for (name, reference, _, reason) in &cases {
             let condition = image_verified(&client, &ns, "NpuServer", name, reason).await?;
             let message = condition["message"].as_str().unwrap_or_default();
-            ensure!(message.contains("what runs is left as it is"), "{name}: {message}");
-            let npu = wait_condition(&client, &ns, "NpuServer", name, "Ready", "False", WAIT).await?;
-            ensure!(npu.data["status"]["image"].is_null(), "{name} records an image: {}", npu.data["status"]);
-            ensure!(deployment_image(&client, &ns, &names::npu_server(name)).await?.is_none(), "{name} ({reference}) got a Deployment");
+            ensure!(
+                message.contains("what runs is left as it is"),
+                "{name}: {message}"
+            );
+            let npu =
+                wait_condition(&client, &ns, "NpuServer", name, "Ready", "False", WAIT).await?;
+            ensure!(
+                npu.data["status"]["image"].is_null(),
+                "{name} records an image: {}",
+                npu.data["status"]
+            );
+            ensure!(
+                deployment_image(&client, &ns, &names::npu_server(name))
+                    .await?
+                    .is_none(),
+                "{name} ({reference}) got a Deployment"
+            );
             events_with(&client, &ns, reason).await?;
         }
         // The rest of each NpuServer is rendered: its Service exists.
-        let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
-        ensure!(services.get_opt(&names::npu_server("unsigned")).await?.is_some());
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(client.clone(), &ns);
+        ensure!(
+            services
+                .get_opt(&names::npu_server("unsigned"))
+                .await?
+                .is_some()
+        );
         Ok(())
     })
     .await;
@@ -279,18 +300,32 @@ async fn a_second_key_verifies_during_rotation_and_dropping_it_leaves_the_deploy
         let digest = push(&dir, &format!("{repo}:1"), "rotated").await?;
         sign(&new_key, &format!("{repo}@{digest}")).await?;
 
-        apply(&client, &ns, &npu_server("rotated", &format!("{repo}:1"), &["cellule-signing", "new-signing"], "5m")).await?;
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                "rotated",
+                &format!("{repo}:1"),
+                &["cellule-signing", "new-signing"],
+                "5m",
+            ),
+        )
+        .await?;
         let condition = image_verified(&client, &ns, "NpuServer", "rotated", "Verified").await?;
-        ensure!(condition["message"].as_str().unwrap().contains("ConfigMap new-signing[cosign.pub]"), "{condition}");
+        ensure!(
+            condition["message"]
+                .as_str()
+                .unwrap()
+                .contains("ConfigMap new-signing[cosign.pub]"),
+            "{condition}"
+        );
         let pinned = format!("{repo}@{digest}");
         let deployment = names::npu_server("rotated");
-        eventually("the pinned Deployment", WAIT, || async {
-            let image = deployment_image(&client, &ns, &deployment).await.map_err(|e| e.to_string())?;
-            (image.as_deref() == Some(pinned.as_str())).then_some(()).ok_or(format!("{image:?}"))
-        })
-        .await?;
+        wait_deployment_image(&client, &ns, &deployment, &pinned).await?;
         wait_condition(&client, &ns, "NpuServer", "rotated", "Ready", "True", WAIT).await?;
-        let before = Api::<Deployment>::namespaced(client.clone(), &ns).get(&deployment).await?;
+        let before = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get(&deployment)
+            .await?;
 
         // The key that signed it is removed from the list: refused, and
         // the Deployment stays exactly as it is, even when the spec asks
@@ -300,14 +335,23 @@ async fn a_second_key_verifies_during_rotation_and_dropping_it_leaves_the_deploy
         apply(&client, &ns, &npu).await?;
         image_verified(&client, &ns, "NpuServer", "rotated", "SignatureInvalid").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = Api::<Deployment>::namespaced(client.clone(), &ns).get(&deployment).await?;
+        let after = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get(&deployment)
+            .await?;
         // (Its status moves with its pods: the spec and generation do not.)
         ensure!(
             after.metadata.generation == before.metadata.generation && after.spec == before.spec,
             "the Deployment was written"
         );
-        let status = cellule_api(&client, &ns, "NpuServer").get("rotated").await?.data["status"].clone();
-        ensure!(status["image"]["digest"] == digest.as_str(), "status no longer says what runs: {status}");
+        let status = cellule_api(&client, &ns, "NpuServer")
+            .get("rotated")
+            .await?
+            .data["status"]
+            .clone();
+        ensure!(
+            status["image"]["digest"] == digest.as_str(),
+            "status no longer says what runs: {status}"
+        );
         Ok(())
     })
     .await;
@@ -322,34 +366,53 @@ async fn a_tag_moved_to_an_unsigned_image_keeps_the_verified_digest_running() {
         let key = PathBuf::from(Env::var("CELLULE_E2E_COSIGN_KEY"));
         let signed = push(&dir, &format!("{repo}:stable"), "v1").await?;
         sign(&key, &format!("{repo}@{signed}")).await?;
-        apply(&client, &ns, &npu_server("moving", &format!("{repo}:stable"), &["cellule-signing"], "10s")).await?;
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                "moving",
+                &format!("{repo}:stable"),
+                &["cellule-signing"],
+                "10s",
+            ),
+        )
+        .await?;
         image_verified(&client, &ns, "NpuServer", "moving", "Verified").await?;
         let deployment = names::npu_server("moving");
         let pinned = format!("{repo}@{signed}");
-        eventually("the pinned Deployment", WAIT, || async {
-            let image = deployment_image(&client, &ns, &deployment).await.map_err(|e| e.to_string())?;
-            (image.as_deref() == Some(pinned.as_str())).then_some(()).ok_or(format!("{image:?}"))
-        })
-        .await?;
+        wait_deployment_image(&client, &ns, &deployment, &pinned).await?;
 
         // Someone pushes an unsigned image to the same tag.
         let moved = push(&dir, &format!("{repo}:stable"), "v2, unsigned").await?;
         let started = Instant::now();
-        let condition = image_verified(&client, &ns, "NpuServer", "moving", "SignatureMissing").await?;
-        println!("tag move refused {:.1}s after the push (refresh interval 10s)", started.elapsed().as_secs_f64());
-        ensure!(condition["message"].as_str().unwrap().contains(&moved), "{condition}");
-        ensure!(deployment_image(&client, &ns, &deployment).await?.as_deref() == Some(pinned.as_str()), "the unsigned digest reached the Deployment");
-        let status = cellule_api(&client, &ns, "NpuServer").get("moving").await?.data["status"].clone();
+        let condition =
+            image_verified(&client, &ns, "NpuServer", "moving", "SignatureMissing").await?;
+        println!(
+            "tag move refused {:.1}s after the push (refresh interval 10s)",
+            started.elapsed().as_secs_f64()
+        );
+        ensure!(
+            condition["message"].as_str().unwrap().contains(&moved),
+            "{condition}"
+        );
+        ensure!(
+            deployment_image(&client, &ns, &deployment)
+                .await?
+                .as_deref()
+                == Some(pinned.as_str()),
+            "the unsigned digest reached the Deployment"
+        );
+        let status = cellule_api(&client, &ns, "NpuServer")
+            .get("moving")
+            .await?
+            .data["status"]
+            .clone();
         ensure!(status["image"]["digest"] == signed.as_str(), "{status}");
 
         // Signed after all: it rolls out.
         sign(&key, &format!("{repo}@{moved}")).await?;
         let now_pinned = format!("{repo}@{moved}");
-        eventually("the newly signed digest rolled out", WAIT, || async {
-            let image = deployment_image(&client, &ns, &deployment).await.map_err(|e| e.to_string())?;
-            (image.as_deref() == Some(now_pinned.as_str())).then_some(()).ok_or(format!("{image:?}"))
-        })
-        .await?;
+        wait_deployment_image(&client, &ns, &deployment, &now_pinned).await?;
         Ok(())
     })
     .await;
@@ -362,23 +425,23 @@ async fn a_registry_outage_keeps_cached_decisions_and_a_silent_registry_times_ou
         let dir = scratch(&ns);
         // A registry of this test's own, on the spare port the operator
         // knows as plain HTTP.
-        let spare = Env::var("CELLULE_E2E_SPARE_REGISTRY");
-        let mut registry = tokio::process::Command::new(Env::bin("crane"))
-            .args(["registry", "serve", "--address", &spare])
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        eventually("the spare registry", WAIT, || async {
-            run_tool("crane", &["catalog", &spare], &[]).await.map(drop).map_err(|e| e.to_string())
-        })
-        .await?;
+        let (spare, mut registry) = spare_registry().await?;
         let key = PathBuf::from(Env::var("CELLULE_E2E_COSIGN_KEY"));
         for image in ["cached", "never-seen"] {
             let digest = push(&dir, &format!("{spare}/outage/{image}:1"), image).await?;
             sign(&key, &format!("{spare}/outage/{image}@{digest}")).await?;
         }
-        apply(&client, &ns, &npu_server("cached", &format!("{spare}/outage/cached:1"), &["cellule-signing"], "10s")).await?;
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                "cached",
+                &format!("{spare}/outage/cached:1"),
+                &["cellule-signing"],
+                "10s",
+            ),
+        )
+        .await?;
         image_verified(&client, &ns, "NpuServer", "cached", "Verified").await?;
         wait_condition(&client, &ns, "NpuServer", "cached", "Ready", "True", WAIT).await?;
 
@@ -386,7 +449,9 @@ async fn a_registry_outage_keeps_cached_decisions_and_a_silent_registry_times_ou
         // Past the refresh interval the tag cannot be resolved: the
         // decision cached for its last digest keeps it Ready, and says so.
         let condition = eventually("the cached decision to be used", WAIT, || async {
-            let c = image_verified(&client, &ns, "NpuServer", "cached", "Verified").await.map_err(|e| e.to_string())?;
+            let c = image_verified(&client, &ns, "NpuServer", "cached", "Verified")
+                .await
+                .map_err(|e| e.to_string())?;
             let m = c["message"].as_str().unwrap_or_default().to_owned();
             m.contains("cached decision").then_some(c).ok_or(m)
         })
@@ -394,10 +459,40 @@ async fn a_registry_outage_keeps_cached_decisions_and_a_silent_registry_times_ou
         println!("during the outage: {}", condition["message"]);
         wait_condition(&client, &ns, "NpuServer", "cached", "Ready", "True", WAIT).await?;
         // An image never verified before is refused.
-        apply(&client, &ns, &npu_server("never-seen", &format!("{spare}/outage/never-seen:1"), &["cellule-signing"], "10s")).await?;
-        image_verified(&client, &ns, "NpuServer", "never-seen", "RegistryUnavailable").await?;
-        wait_condition(&client, &ns, "NpuServer", "never-seen", "Reconciling", "True", WAIT).await?;
-        ensure!(deployment_image(&client, &ns, &names::npu_server("never-seen")).await?.is_none());
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                "never-seen",
+                &format!("{spare}/outage/never-seen:1"),
+                &["cellule-signing"],
+                "10s",
+            ),
+        )
+        .await?;
+        image_verified(
+            &client,
+            &ns,
+            "NpuServer",
+            "never-seen",
+            "RegistryUnavailable",
+        )
+        .await?;
+        wait_condition(
+            &client,
+            &ns,
+            "NpuServer",
+            "never-seen",
+            "Reconciling",
+            "True",
+            WAIT,
+        )
+        .await?;
+        ensure!(
+            deployment_image(&client, &ns, &names::npu_server("never-seen"))
+                .await?
+                .is_none()
+        );
 
         // A registry that accepts connections and never answers.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -409,13 +504,41 @@ async fn a_registry_outage_keeps_cached_decisions_and_a_silent_registry_times_ou
             }
         });
         let started = Instant::now();
-        apply(&client, &ns, &npu_server("silent", &format!("{address}/x/y:1"), &["cellule-signing"], "10s")).await?;
-        let condition = image_verified(&client, &ns, "NpuServer", "silent", "RegistryUnavailable").await?;
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                "silent",
+                &format!("{address}/x/y:1"),
+                &["cellule-signing"],
+                "10s",
+            ),
+        )
+        .await?;
+        let condition =
+            image_verified(&client, &ns, "NpuServer", "silent", "RegistryUnavailable").await?;
         let took = started.elapsed();
-        println!("silent registry refused after {:.1}s: {}", took.as_secs_f64(), condition["message"]);
-        ensure!(took < Duration::from_secs(30), "a silent registry took {took:?}");
+        println!(
+            "silent registry refused after {:.1}s: {}",
+            took.as_secs_f64(),
+            condition["message"]
+        );
+        ensure!(
+            took < Duration::from_secs(30),
+            "a silent registry took {took:?}"
+        );
         // The operator is not stuck behind it: another object still reconciles.
-        apply(&client, &ns, &npu_server("after", &format!("{}/cellule/npu-server:1.4.2", Env::registry()), &["cellule-signing"], "5m")).await?;
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                "after",
+                &format!("{}/cellule/npu-server:1.4.2", Env::registry()),
+                &["cellule-signing"],
+                "5m",
+            ),
+        )
+        .await?;
         image_verified(&client, &ns, "NpuServer", "after", "Verified").await?;
         held.abort();
         Ok(())

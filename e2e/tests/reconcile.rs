@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{
-    allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret, events_with, eventually,
-    in_namespace, install_crds, merge_patch, run_tool, sample_site_ready, wait_condition,
+    allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret, events_with,
+    eventually, in_namespace, install_crds, merge_patch, run_tool, sample_site_ready,
+    wait_condition,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -52,7 +53,6 @@ where
     })
     .await
 }
-
 
 /// Ingress rows of the analyzer into the pool's pods, as `src conn`.
 async fn into_pool(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {

@@ -207,3 +207,87 @@ async fn an_operator_killed_mid_guarantee_completes_it_after_a_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "runs its own operator: e2e/test.sh runs it once the shared operator is stopped"]
+async fn an_operator_restarted_during_a_registry_outage_leaves_verified_workloads_as_they_are() {
+    use cellule_e2e::images::{
+        apply, image_verified, npu_server, push, scratch, sign, spare_registry,
+        wait_deployment_image,
+    };
+    use k8s_openapi::api::apps::v1::Deployment;
+    in_namespace("restart-img", |client: Client, ns: String| async move {
+        let operator = start_operator(10).await?;
+        apply_sample_site(&client, &ns).await?;
+        let dir = scratch(&ns);
+        let key = std::path::PathBuf::from(Env::var("CELLULE_E2E_COSIGN_KEY"));
+        let (spare, mut registry) = spare_registry().await?;
+        let reference = format!("{spare}/restart/npu:1");
+        let digest = push(&dir, &reference, "restart").await?;
+        sign(&key, &format!("{spare}/restart/npu@{digest}")).await?;
+        apply(
+            &client,
+            &ns,
+            &npu_server("kept", &reference, &["cellule-signing"], "10s"),
+        )
+        .await?;
+        let deployment = cellule_operator::names::npu_server("kept");
+        wait_deployment_image(
+            &client,
+            &ns,
+            &deployment,
+            &format!("{spare}/restart/npu@{digest}"),
+        )
+        .await?;
+        cellule_e2e::wait_condition(&client, &ns, "NpuServer", "kept", "Ready", "True", WAIT)
+            .await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let before = deployments.get(&deployment).await?;
+        // The registry keeps manifests in memory: a copy (image and
+        // signature, same bytes) in the main registry, to put back later.
+        let backup = format!("{}/{ns}/backup", Env::registry());
+        let signature = cellule_e2e::images::sig_tag(&format!("{spare}/restart/npu"), &digest);
+        let signature_backup = cellule_e2e::images::sig_tag(&backup, &digest);
+        cellule_e2e::run_tool("crane", &["copy", &reference, &format!("{backup}:1")], &[]).await?;
+        cellule_e2e::run_tool("crane", &["copy", &signature, &signature_backup], &[]).await?;
+
+        // SIGKILL, and the registry goes away: the new process has no
+        // cached decision and cannot make one.
+        kill(operator).await?;
+        registry.kill().await?;
+        let operator = start_operator(11).await?;
+        let condition =
+            image_verified(&client, &ns, "NpuServer", "kept", "RegistryUnavailable").await?;
+        println!("after the restart: {}", condition["message"]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let during = deployments.get(&deployment).await?;
+        ensure!(
+            during.metadata.generation == before.metadata.generation && during.spec == before.spec,
+            "the Deployment was written while nothing could be verified"
+        );
+        let status = cellule_api(&client, &ns, "NpuServer")
+            .get("kept")
+            .await?
+            .data["status"]
+            .clone();
+        ensure!(
+            status["image"]["digest"] == digest.as_str(),
+            "the status forgot what runs: {status}"
+        );
+
+        // The registry is back, with the same image and signature:
+        // verified, and the same digest means no rollout.
+        let (_, registry) = spare_registry().await?;
+        cellule_e2e::run_tool("crane", &["copy", &format!("{backup}:1"), &reference], &[]).await?;
+        cellule_e2e::run_tool("crane", &["copy", &signature_backup, &signature], &[]).await?;
+        image_verified(&client, &ns, "NpuServer", "kept", "Verified").await?;
+        let after = deployments.get(&deployment).await?;
+        ensure!(
+            after.metadata.generation == before.metadata.generation && after.spec == before.spec,
+            "the Deployment was rolled although the digest did not change"
+        );
+        drop(registry);
+        kill(operator).await
+    })
+    .await;
+}

@@ -98,11 +98,21 @@ struct RunArgs {
 struct RegistryArgs {
     /// Registries (`host[:port]`) spoken to over plain HTTP instead of TLS
     /// (comma-separated). Only for a registry on loopback or a trusted link.
-    #[arg(long, env = "CELLULE_INSECURE_REGISTRIES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "CELLULE_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        global = true
+    )]
     insecure_registries: Vec<String>,
     /// If set, the only registries (`host[:port]`, comma-separated) the
     /// operator calls; an image elsewhere is refused without a call.
-    #[arg(long, env = "CELLULE_ALLOWED_REGISTRIES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "CELLULE_ALLOWED_REGISTRIES",
+        value_delimiter = ',',
+        global = true
+    )]
     allowed_registries: Vec<String>,
     /// PEM file of CA certificates trusted for registries, on top of the
     /// system's (an intranet registry's CA).
@@ -116,7 +126,12 @@ struct RegistryArgs {
     #[arg(long, env = "CELLULE_IMAGE_DECISION_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
     image_decision_ttl: std::time::Duration,
     /// Entries kept in each image cache (decisions, tag resolutions).
-    #[arg(long, env = "CELLULE_IMAGE_CACHE_SIZE", default_value_t = 4096, global = true)]
+    #[arg(
+        long,
+        env = "CELLULE_IMAGE_CACHE_SIZE",
+        default_value_t = 4096,
+        global = true
+    )]
     image_cache_size: u64,
 }
 

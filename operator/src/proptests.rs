@@ -990,11 +990,22 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
                 1 + spec.cpu_workers.len()
             );
             for deployment in &desired.deployments {
-                prop_assert!(!desired.kept.contains(deployment.metadata.name.as_ref().unwrap()));
-                let pod = deployment.spec.as_ref().and_then(|s| s.template.spec.as_ref()).unwrap();
+                prop_assert!(
+                    !desired
+                        .kept
+                        .contains(deployment.metadata.name.as_ref().unwrap())
+                );
+                let pod = deployment
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .unwrap();
                 for container in &pod.containers {
                     let image = container.image.as_deref().unwrap_or_default();
-                    prop_assert!(image.contains("@sha256:"), "a tag reached a pod spec: {image}");
+                    prop_assert!(
+                        image.contains("@sha256:"),
+                        "a tag reached a pod spec: {image}"
+                    );
                 }
             }
             let mut seen = BTreeSet::new();
@@ -1081,8 +1092,15 @@ fn npu_server() -> BoxedStrategy<NpuServer> {
 fn check_npu(npu: &NpuServer, dns: &DnsSpec) -> Result<(), TestCaseError> {
     let image = crate::images::test_image(&npu.spec.image.reference);
     let desired = crate::npu_server::desired(npu, dns, Some(&image));
-    prop_assert!(crate::npu_server::desired(npu, dns, None).deployment.is_none());
-    let deployment = desired.deployment.as_ref().expect("a verified image renders a Deployment");
+    prop_assert!(
+        crate::npu_server::desired(npu, dns, None)
+            .deployment
+            .is_none()
+    );
+    let deployment = desired
+        .deployment
+        .as_ref()
+        .expect("a verified image renders a Deployment");
     let name = npu.metadata.name.as_deref().unwrap_or_default();
     // A name the CEL rule accepts makes names that are DNS labels.
     let max = (cel_name_ok(name, names::NPU_SERVER_NAME_MAX)).then_some(63);

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::common::{
-    CommonStatus, Duration, ImageStatus, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage, cidr_check,
-    cidr_rule, derived_name_rule, duration_rule,
+    CommonStatus, Duration, ImageStatus, KeyRef, LocalObjectRef, NetworkEndpoint, SignedImage,
+    cidr_check, cidr_rule, derived_name_rule, duration_rule,
 };
 use crate::names;
 

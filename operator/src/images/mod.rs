@@ -355,7 +355,10 @@ pub fn condition(checked: &[Checked]) -> Desired {
                 .as_ref()
                 .map(|why| format!(" (cached decision, the registry is unreachable: {why})"))
                 .unwrap_or_default();
-            Some(format!("{}: {} verified by {}{stale}", c.name, v.digest, v.key))
+            Some(format!(
+                "{}: {} verified by {}{stale}",
+                c.name, v.digest, v.key
+            ))
         })
         .collect::<Vec<_>>()
         .join("; ");
@@ -393,7 +396,9 @@ pub fn next_refresh(images: &[Named<'_>], now: i64) -> Option<i64> {
     images
         .iter()
         .filter(|n| !n.image.reference.contains('@'))
-        .map(|n| now.saturating_add(n.image.refresh_interval.0.as_secs().min(i64::MAX as u64) as i64))
+        .map(|n| {
+            now.saturating_add(n.image.refresh_interval.0.as_secs().min(i64::MAX as u64) as i64)
+        })
         .min()
 }
 

@@ -119,8 +119,9 @@ async fn read_key(
 pub fn public_key(source: String, pem: &[u8]) -> Result<PublicKey, String> {
     let text = std::str::from_utf8(pem)
         .map_err(|_| format!("{source}: not a PEM public key (not text)"))?;
-    sigstore::crypto::CosignVerificationKey::try_from_pem(pem)
-        .map_err(|_| format!("{source}: not a PEM public key cosign makes (ECDSA P-256 and the like)"))?;
+    sigstore::crypto::CosignVerificationKey::try_from_pem(pem).map_err(|_| {
+        format!("{source}: not a PEM public key cosign makes (ECDSA P-256 and the like)")
+    })?;
     Ok(PublicKey {
         source,
         pem: text.to_owned(),
@@ -163,9 +164,16 @@ pub fn registry_auth(secret: &Secret, registry: &str) -> Result<Option<Auth>, St
         let key = key
             .trim_start_matches("https://")
             .trim_start_matches("http://");
-        key.split('/').next().unwrap_or_default().to_ascii_lowercase()
+        key.split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
     };
-    let Some(entry) = auths.iter().find(|(k, _)| host(k) == registry).map(|(_, e)| e) else {
+    let Some(entry) = auths
+        .iter()
+        .find(|(k, _)| host(k) == registry)
+        .map(|(_, e)| e)
+    else {
         return Ok(None);
     };
     let (username, password) = match (&entry.username, &entry.password, &entry.auth) {

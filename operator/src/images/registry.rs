@@ -138,7 +138,9 @@ impl Registry {
 fn oci_auth(auth: &Auth) -> RegistryAuth {
     match auth {
         Auth::Anonymous => RegistryAuth::Anonymous,
-        Auth::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+        Auth::Basic { username, password } => {
+            RegistryAuth::Basic(username.clone(), password.clone())
+        }
     }
 }
 
@@ -194,7 +196,11 @@ impl Source for Registry {
     ) -> BoxFuture<'a, Result<String, Refusal>> {
         Box::pin(async move {
             self.allowed(image)?;
-            let shown = format!("{}:{}", image.repository_path(), image.tag.as_deref().unwrap_or(""));
+            let shown = format!(
+                "{}:{}",
+                image.repository_path(),
+                image.tag.as_deref().unwrap_or("")
+            );
             self.bounded(&format!("resolving {shown}"), async {
                 let digest = self
                     .client()
@@ -231,16 +237,19 @@ impl Source for Registry {
         Box::pin(async move {
             self.allowed(image)?;
             let shown = image.pinned(digest);
-            self.bounded(&format!("verifying {shown}"), check(self.client(), image, digest, keys, auth))
-                .await
+            self.bounded(
+                &format!("verifying {shown}"),
+                check(self.client(), image, digest, keys, auth),
+            )
+            .await
         })
     }
 }
 
 pub fn valid_digest(digest: &str) -> bool {
-    digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 async fn check(
@@ -279,7 +288,12 @@ async fn check(
     {
         Ok(found) => found,
         Err(e) if not_found(&e) => return Err(missing()),
-        Err(e) => return Err(unavailable(&format!("reading the signatures of {shown}"), &e)),
+        Err(e) => {
+            return Err(unavailable(
+                &format!("reading the signatures of {shown}"),
+                &e,
+            ));
+        }
     };
     let invalid = |detail: String| Refusal::SignatureInvalid {
         image: image.repository_path(),
@@ -299,12 +313,20 @@ async fn check(
     }
     let verifiers: Vec<(&PublicKey, CosignVerificationKey)> = keys
         .iter()
-        .filter_map(|k| Some((k, CosignVerificationKey::try_from_pem(k.pem.as_bytes()).ok()?)))
+        .filter_map(|k| {
+            Some((
+                k,
+                CosignVerificationKey::try_from_pem(k.pem.as_bytes()).ok()?,
+            ))
+        })
         .collect();
     // The most telling refusal among the layers, if none verifies.
     let mut refusal = invalid("signed with a key that is not listed".into());
     for layer in layers {
-        let Some(signature) = layer.annotations.as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION))
+        let Some(signature) = layer
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
         else {
             refusal = invalid("a signature layer has no signature annotation".into());
             continue;
@@ -326,7 +348,8 @@ async fn check(
         };
         // Signed by a listed key: now what it says must be this image.
         let Ok(signed) = serde_json::from_slice::<SimpleSigning>(&payload) else {
-            refusal = invalid("a signed payload that is not a cosign simple-signing document".into());
+            refusal =
+                invalid("a signed payload that is not a cosign simple-signing document".into());
             continue;
         };
         let critical = &signed.critical;
@@ -354,9 +377,7 @@ async fn check(
 /// Whether a signature's `docker-reference` names `image`'s repository
 /// (cosign writes it without tag or digest; Docker Hub has two names).
 fn same_repository(signed: &str, image: &ImageName) -> bool {
-    let bare = signed
-        .split_once('@')
-        .map_or(signed, |(r, _)| r);
+    let bare = signed.split_once('@').map_or(signed, |(r, _)| r);
     let bare = match bare.rsplit_once(':') {
         Some((r, tag)) if !tag.contains('/') => r,
         _ => bare,

@@ -32,14 +32,23 @@ fn references_parse_into_registry_repository_tag_and_digest() {
     assert_eq!(name.repository, "team/pool");
     assert_eq!(name.tag.as_deref(), Some("1.4.2"));
     assert_eq!(name.digest, None);
-    assert_eq!(name.pinned(&digest(1)), format!("registry.intra:5000/team/pool@{}", digest(1)));
+    assert_eq!(
+        name.pinned(&digest(1)),
+        format!("registry.intra:5000/team/pool@{}", digest(1))
+    );
 
     let pinned = format!("127.0.0.1:5000/a/b@{}", digest(2));
     let name = ImageName::parse(&pinned).unwrap();
     assert_eq!((name.tag, name.digest), (None, Some(digest(2))));
     let both = ImageName::parse(&format!("r.example/a:1@{}", digest(3))).unwrap();
-    assert_eq!((both.tag.as_deref(), both.digest), (Some("1"), Some(digest(3))));
-    assert_eq!(ImageName::parse("localhost/x:1").unwrap().registry, "localhost");
+    assert_eq!(
+        (both.tag.as_deref(), both.digest),
+        (Some("1"), Some(digest(3)))
+    );
+    assert_eq!(
+        ImageName::parse("localhost/x:1").unwrap().registry,
+        "localhost"
+    );
 }
 
 #[test]
@@ -86,12 +95,17 @@ fn a_verified_image_runs_pinned_and_is_recorded_with_its_key() {
     assert_eq!(status.name.as_deref(), Some(POOL));
     assert_eq!(status.reference, "r.example/team/pool:1");
     assert_eq!(status.short_digest, "070707070707");
-    assert_eq!(status.verified_by.as_deref(), Some("ConfigMap keys[cosign.pub]"));
+    assert_eq!(
+        status.verified_by.as_deref(),
+        Some("ConfigMap keys[cosign.pub]")
+    );
 }
 
 #[test]
 fn a_refusal_renders_nothing_and_keeps_what_ran_in_status() {
-    let before = settle(&checked(POOL, Ok(verified(1))), None).status.unwrap();
+    let before = settle(&checked(POOL, Ok(verified(1))), None)
+        .status
+        .unwrap();
     let refusal = Refusal::SignatureMissing {
         image: "r.example/team/pool".into(),
         digest: digest(2),
@@ -108,7 +122,9 @@ fn settle_all_matches_previous_statuses_by_name() {
     let old_worker = settle(&checked("cpuWorkers[a]", Ok(verified(1))), None)
         .status
         .unwrap();
-    let old_pool = settle(&checked(POOL, Ok(verified(2))), None).status.unwrap();
+    let old_pool = settle(&checked(POOL, Ok(verified(2))), None)
+        .status
+        .unwrap();
     let now = [
         checked(POOL, Ok(verified(3))),
         checked(
@@ -143,7 +159,10 @@ fn the_condition_names_every_refused_image_with_the_first_reason() {
                 signed: digest(3),
             }),
         ),
-        checked("cpuWorkers[b]", Err(Refusal::RegistryUnavailable("timeout".into()))),
+        checked(
+            "cpuWorkers[b]",
+            Err(Refusal::RegistryUnavailable("timeout".into())),
+        ),
     ]);
     assert!(!mixed.status);
     assert_eq!(mixed.reason, "DigestMismatch");
@@ -152,10 +171,16 @@ fn the_condition_names_every_refused_image_with_the_first_reason() {
     assert_eq!(error.reason(), "DigestMismatch");
     assert!(matches!(summary(&error), Summary::Stalled { .. }));
 
-    let outage = condition(&[checked(POOL, Err(Refusal::RegistryUnavailable("down".into())))]);
+    let outage = condition(&[checked(
+        POOL,
+        Err(Refusal::RegistryUnavailable("down".into())),
+    )]);
     assert!(matches!(
         summary(&refused(&outage).unwrap()),
-        Summary::Progressing { reason: "RegistryUnavailable", .. }
+        Summary::Progressing {
+            reason: "RegistryUnavailable",
+            ..
+        }
     ));
 
     let stale = condition(&[checked(
@@ -233,7 +258,10 @@ fn pull_secrets_give_the_credentials_of_the_image_registry() {
     assert!(registry_auth(&legacy, "r.example").unwrap().is_some());
     for (key, bad) in [
         (".dockerconfigjson", "not json"),
-        (".dockerconfigjson", r#"{"auths": {"r.example": {"auth": "%%%"}}}"#),
+        (
+            ".dockerconfigjson",
+            r#"{"auths": {"r.example": {"auth": "%%%"}}}"#,
+        ),
         (".dockerconfigjson", r#"{"auths": {"r.example": {}}}"#),
         ("token", "{}"),
     ] {
@@ -354,7 +382,11 @@ async fn five_hundred_pools_on_one_image_cost_one_resolve_and_one_verification()
     assert_eq!(source.resolves.load(Ordering::SeqCst), 1);
     assert_eq!(source.checks.load(Ordering::SeqCst), 1);
     // The same keys in another order are the same key set.
-    let reordered = self::request("r.example/pool:1", &["b", "a", "a"], Duration::from_secs(300));
+    let reordered = self::request(
+        "r.example/pool:1",
+        &["b", "a", "a"],
+        Duration::from_secs(300),
+    );
     cached.verify(&reordered).await.unwrap();
     assert_eq!(source.checks.load(Ordering::SeqCst), 1);
     // Another key set is another decision.
@@ -417,7 +449,11 @@ async fn an_outage_keeps_a_cached_decision_and_refuses_what_was_never_verified()
     let cached = Cached::new(source.clone(), Duration::from_secs(3600), 100);
     let known = request("r.example/pool:1", &["a"], Duration::from_millis(30));
     cached.verify(&known).await.unwrap();
-    let pinned = request(&format!("r.example/pool@{}", digest(1)), &["a"], Duration::from_secs(300));
+    let pinned = request(
+        &format!("r.example/pool@{}", digest(1)),
+        &["a"],
+        Duration::from_secs(300),
+    );
     cached.verify(&pinned).await.unwrap();
 
     source.down.store(true, Ordering::SeqCst);
@@ -445,7 +481,11 @@ async fn an_outage_keeps_a_cached_decision_and_refuses_what_was_never_verified()
 async fn decisions_expire_after_their_ttl_and_the_cache_stays_bounded() {
     let source = fake();
     let cached = Cached::new(source.clone(), Duration::from_millis(50), 10);
-    let request = request(&format!("r.example/pool@{}", digest(1)), &["a"], Duration::from_secs(300));
+    let request = request(
+        &format!("r.example/pool@{}", digest(1)),
+        &["a"],
+        Duration::from_secs(300),
+    );
     cached.verify(&request).await.unwrap();
     cached.verify(&request).await.unwrap();
     assert_eq!(source.checks.load(Ordering::SeqCst), 1);

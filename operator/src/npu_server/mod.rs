@@ -66,19 +66,19 @@ pub fn desired(npu: &NpuServer, dns: &DnsSpec, image: Option<&ResolvedImage>) ->
     let component = component(npu);
     let deployment = image.map(|image| {
         let mut pod = workload::restricted_pod(
-        ContainerSpec {
-            image: image.clone(),
-            args: vec![
-                format!("--model={}", spec.model),
-                format!("--port={}", spec.port),
-            ],
-            port: spec.port,
-            resources: Some(resources(npu)),
-            mounts: Vec::new(),
-            pull_secrets: spec.image.pull_secrets.clone(),
-        },
-        None,
-    );
+            ContainerSpec {
+                image: image.clone(),
+                args: vec![
+                    format!("--model={}", spec.model),
+                    format!("--port={}", spec.port),
+                ],
+                port: spec.port,
+                resources: Some(resources(npu)),
+                mounts: Vec::new(),
+                pull_secrets: spec.image.pull_secrets.clone(),
+            },
+            None,
+        );
         pod.node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
         pod.tolerations = (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone());
         workload::deployment(
@@ -172,10 +172,8 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         image: &npu.spec.image,
     }];
     let checked = images::check(&ctx.client, ctx.images.as_ref(), &ns, &named).await?;
-    let (running, statuses) = images::settle_all(
-        &checked,
-        npu.status.as_ref().and_then(|s| s.image.as_ref()),
-    );
+    let (running, statuses) =
+        images::settle_all(&checked, npu.status.as_ref().and_then(|s| s.image.as_ref()));
     next.image = statuses.into_iter().next();
 
     let desired = desired(npu, &pool.spec.dns, running.0.get(images::NPU_SERVER));
@@ -257,9 +255,11 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         // Backoff, and a Warning Event, from the error policy.
         return Err(refused);
     }
-    Ok(images::next_refresh(&named, now.as_second()).map_or_else(Action::await_change, |at| {
-        Action::requeue(std::time::Duration::from_secs(
-            (at - now.as_second()).max(1) as u64,
-        ))
-    }))
+    Ok(
+        images::next_refresh(&named, now.as_second()).map_or_else(Action::await_change, |at| {
+            Action::requeue(std::time::Duration::from_secs(
+                (at - now.as_second()).max(1) as u64,
+            ))
+        }),
+    )
 }

@@ -27,10 +27,7 @@ use kube::{
 };
 
 use crate::{
-    api::{
-        NpuServer, Pool,
-        pool::TierServing,
-    },
+    api::{NpuServer, Pool, pool::TierServing},
     conditions::{self, Desired, Summary},
     controller::{Caches, created, drive},
     images,
@@ -96,11 +93,16 @@ fn images_of(pool: &Pool) -> Vec<images::Named<'_>> {
         field: "spec.image".into(),
         image: &pool.spec.image,
     };
-    let workers = pool.spec.cpu_workers.iter().enumerate().map(|(i, set)| images::Named {
-        name: images::cpu_workers(&set.name),
-        field: format!("spec.cpuWorkers[{i}].image"),
-        image: &set.image,
-    });
+    let workers = pool
+        .spec
+        .cpu_workers
+        .iter()
+        .enumerate()
+        .map(|(i, set)| images::Named {
+            name: images::cpu_workers(&set.name),
+            field: format!("spec.cpuWorkers[{i}].image"),
+            image: &set.image,
+        });
     std::iter::once(own).chain(workers).collect()
 }
 

@@ -11,8 +11,7 @@ use crate::{
         NpuServer, Pool, PoolSpec,
         pool::{ModelTier, TierBackend, VerificationMode},
     },
-    conditions,
-    names, netpol,
+    conditions, names, netpol,
     reconcile::{self, quantity},
 };
 

@@ -255,12 +255,19 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()> + kube::ResourceExt>(
         return Action::requeue(Duration::from_millis(millis.min(300_000)));
     }
     tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %error, failures, "reconcile failed");
-    backoff(failures)
+    match error {
+        // A registry back, a signature pushed: seen within a minute.
+        Error::ImageRefused { .. } => backoff(failures, IMAGE_RETRY_MAX),
+        _ => backoff(failures, RETRY_MAX),
+    }
 }
 
-/// Retry with per-object exponential backoff (1s, 2s, 4s … capped at 5 min):
+const RETRY_MAX: Duration = Duration::from_secs(300);
+const IMAGE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Retry with per-object exponential backoff (1s, 2s, 4s … up to `max`):
 /// kube-runtime has none by default.
-pub fn backoff(failures: u32) -> Action {
-    let secs = 1u64 << failures.min(8);
-    Action::requeue(Duration::from_secs(secs.min(300)))
+pub fn backoff(failures: u32, max: Duration) -> Action {
+    let secs = 1u64 << failures.min(16);
+    Action::requeue(Duration::from_secs(secs).min(max))
 }
