@@ -446,12 +446,14 @@ fn grant_reconciles() -> Option<usize> {
 }
 
 fn summary(latencies: &[Duration]) -> String {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
     format!(
         "p50 {:?}, p95 {:?}, p99 {:?}, max {:?}",
-        percentile(latencies, 0.50),
-        percentile(latencies, 0.95),
-        percentile(latencies, 0.99),
-        latencies.last().unwrap()
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.95),
+        percentile(&sorted, 0.99),
+        sorted.last().unwrap()
     )
 }
 
@@ -492,6 +494,171 @@ fn sign_verify_cost(rounds: u32) -> (Duration, Duration) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // CELLULE_BENCH=images (or tokens) runs one part; default both.
+    let only = std::env::var("CELLULE_BENCH").unwrap_or_default();
+    if only.is_empty() || only == "images" {
+        image_figures().await?;
+    }
+    if only.is_empty() || only == "tokens" {
+        token_figures().await?;
+    }
+    Ok(())
+}
+
+/// Registry requests so far, from the e2e registry's own request log.
+fn registry_requests() -> usize {
+    let log = format!("{}/registry.log", cellule_e2e::Env::var("CELLULE_E2E_LOGS"));
+    std::fs::read_to_string(log)
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.contains(" GET /v2") || l.contains(" HEAD /v2"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A verifier as the operator builds it, against the e2e registry.
+fn verifier() -> Cached<Registry> {
+    Cached::new(
+        Registry::new(RegistryConfig {
+            insecure: std::env::var("CELLULE_INSECURE_REGISTRIES")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        }),
+        Duration::from_secs(3600),
+        4096,
+    )
+}
+
+async fn image_figures() -> anyhow::Result<()> {
+    use cellule_e2e::images::{apply, npu_server, push, scratch, sign, wait_deployment_image};
+    use cellule_operator::images::{Auth, ImageName, PublicKey, Verify};
+    let registry = cellule_e2e::Env::registry();
+    let pem = std::fs::read_to_string(cellule_e2e::Env::var("CELLULE_E2E_COSIGN_PUB"))?;
+    let request = cellule_operator::images::Request {
+        image: ImageName::parse(&format!("{registry}/cellule/pool:1.4.2"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        keys: vec![PublicKey {
+            source: "bench".into(),
+            pem,
+        }],
+        auth: Auth::Anonymous,
+        refresh: Duration::from_secs(300),
+    };
+    println!("image verification against the local registry (crane, plain HTTP, loopback):");
+    let rounds = 30;
+    let mut cold = Vec::new();
+    let before = registry_requests();
+    for _ in 0..rounds {
+        let fresh = verifier();
+        let started = Instant::now();
+        fresh
+            .verify(&request)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cold.push(started.elapsed());
+    }
+    println!(
+        "  cold (resolve the tag, read image and signature, verify; a new cache each time), {rounds} rounds: {}; {} registry requests each",
+        summary(&cold),
+        (registry_requests() - before) / rounds
+    );
+    let warm = verifier();
+    warm.verify(&request)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cached = Vec::new();
+    for _ in 0..10_000 {
+        let started = Instant::now();
+        warm.verify(&request)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cached.push(started.elapsed());
+    }
+    println!("  cached decision, 10,000 calls: {}", summary_us(&cached));
+    let many = verifier();
+    let before = registry_requests();
+    let started = Instant::now();
+    let all = futures::future::join_all((0..500).map(|_| many.verify(&request))).await;
+    let took = started.elapsed();
+    ensure_all_ok(&all)?;
+    println!(
+        "  500 Pools on one image at once (500 concurrent verifications, one cache as in the operator): {took:?}, {} registry requests, {} resolution and {} verification",
+        registry_requests() - before,
+        many.counts
+            .resolves
+            .load(std::sync::atomic::Ordering::Relaxed),
+        many.counts
+            .checks
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+
+    // End to end, through the operator: a new signed image in an
+    // NpuServer until its Deployment runs the pinned digest.
+    let client = admin_client().await;
+    let ns = format!("bench-images-{}", std::process::id());
+    namespace(&client, &ns).await?;
+    let dir = scratch(&ns);
+    let key = std::path::PathBuf::from(cellule_e2e::Env::var("CELLULE_E2E_COSIGN_KEY"));
+    let mut end_to_end = Vec::new();
+    for i in 0..10 {
+        let repository = format!("{registry}/{ns}/npu-{i}");
+        let digest = push(&dir, &format!("{repository}:1"), &format!("image {i}")).await?;
+        sign(&key, &format!("{repository}@{digest}")).await?;
+        let name = format!("bench-{i}");
+        let started = Instant::now();
+        apply(
+            &client,
+            &ns,
+            &npu_server(
+                &name,
+                &format!("{repository}:1"),
+                &["cellule-signing"],
+                "5m",
+            ),
+        )
+        .await?;
+        wait_deployment_image(
+            &client,
+            &ns,
+            &cellule_operator::names::npu_server(&name),
+            &format!("{repository}@{digest}"),
+        )
+        .await?;
+        end_to_end.push(started.elapsed());
+    }
+    println!(
+        "  end to end, an NpuServer on a new signed image applied until its Deployment runs the verified digest (10 images, polled every 200 ms): {}",
+        summary(&end_to_end)
+    );
+    Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::background())
+        .await?;
+    Ok(())
+}
+
+fn ensure_all_ok(all: &[cellule_operator::images::Decision]) -> anyhow::Result<()> {
+    match all.iter().find_map(|d| d.as_ref().err()) {
+        Some(refusal) => anyhow::bail!("{refusal}"),
+        None => Ok(()),
+    }
+}
+
+fn summary_us(latencies: &[Duration]) -> String {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    format!(
+        "p50 {:.1} µs, p99 {:.1} µs",
+        percentile(&sorted, 0.50).as_secs_f64() * 1e6,
+        percentile(&sorted, 0.99).as_secs_f64() * 1e6
+    )
+}
+
+async fn token_figures() -> anyhow::Result<()> {
     let (sign, verify) = sign_verify_cost(2000);
     println!(
         "token sign: {:?} per token, verify: {:?} per token (2000 rounds, one core)",
