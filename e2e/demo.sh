@@ -55,7 +55,9 @@ fi
 cat <<MSG
 
 Pools, NpuServers and WorkerGrants are reconciled (laptop-alice has a token in
-Secret laptop-alice-token; laptop-contractor waits for approval). PeerTrusts are
+Secret laptop-alice-token; laptop-contractor waits for approval). The images
+run pinned to the digests whose cosign signatures verified (the Digest column;
+the samples' registry is the local one here, signed by up.sh). PeerTrusts are
 validated and stored, but no controller acts on them yet (federation is later
 work), so they have no status.
 

@@ -864,3 +864,32 @@ pub async fn events_with(
     )
     .await
 }
+
+/// The first Event of `ns` about the object `name` with `reason`, once
+/// there is one.
+pub async fn event_about(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> anyhow::Result<k8s_openapi::api::events::v1::Event> {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    eventually(
+        &format!("a {reason} Event about {name}"),
+        Duration::from_secs(60),
+        || async {
+            let list = events
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+                .ok_or_else(|| "none yet".to_owned())
+        },
+    )
+    .await
+}

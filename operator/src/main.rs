@@ -105,8 +105,9 @@ struct RegistryArgs {
         global = true
     )]
     insecure_registries: Vec<String>,
-    /// If set, the only registries (`host[:port]`, comma-separated) the
-    /// operator calls; an image elsewhere is refused without a call.
+    /// The registries (`host[:port]`, comma-separated) the operator may
+    /// call, besides the insecure ones: an image elsewhere is refused
+    /// (`PolicyInvalid`) without a call. None by default.
     #[arg(
         long,
         env = "CELLULE_ALLOWED_REGISTRIES",
@@ -152,12 +153,17 @@ impl RegistryArgs {
             None => None,
         };
         let lower = |v: Vec<String>| v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
+        anyhow::ensure!(
+            self.registry_timeout >= std::time::Duration::from_secs(1),
+            "--registry-timeout must be at least 1s"
+        );
         let registry = registry::Registry::new(registry::RegistryConfig {
             insecure: lower(self.insecure_registries),
             allowed: lower(self.allowed_registries),
             ca_bundle,
             timeout: self.registry_timeout,
-        });
+        })
+        .context("the registry settings")?;
         Ok(std::sync::Arc::new(Cached::new(
             registry,
             self.image_decision_ttl,

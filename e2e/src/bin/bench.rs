@@ -328,7 +328,7 @@ async fn store_context(client: &Client, ns: &str) -> anyhow::Result<Arc<Context>
         },
         // The revocation store reads no image.
         Arc::new(Cached::new(
-            Registry::new(RegistryConfig::default()),
+            verifier_registry()?,
             Duration::from_secs(60),
             16,
         )),
@@ -517,18 +517,24 @@ fn registry_requests() -> usize {
         .unwrap_or(0)
 }
 
+/// The registry as the operator reaches it in e2e.
+fn verifier_registry() -> anyhow::Result<Registry> {
+    Ok(Registry::new(RegistryConfig {
+        insecure: std::env::var("CELLULE_INSECURE_REGISTRIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        allowed: Vec::new(),
+        ca_bundle: None,
+        timeout: Duration::from_secs(10),
+    })?)
+}
+
 /// A verifier as the operator builds it, against the e2e registry.
 fn verifier() -> Cached<Registry> {
     Cached::new(
-        Registry::new(RegistryConfig {
-            insecure: std::env::var("CELLULE_INSECURE_REGISTRIES")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::to_owned)
-                .collect(),
-            timeout: Duration::from_secs(10),
-            ..Default::default()
-        }),
+        verifier_registry().expect("the registry settings"),
         Duration::from_secs(3600),
         4096,
     )

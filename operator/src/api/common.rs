@@ -222,6 +222,7 @@ pub struct SignedImage {
     /// `verification.keys`, and runs that digest, never the tag.
     #[schemars(length(min = 1, max = 512))]
     #[x_kube(validation = Rule::new(format!("self.matches('{IMAGE_REFERENCE_PATTERN}')")).message("image reference must look like registry.example.com/team/name:tag or registry.example.com/team/name@sha256:<64 hex digits>, in lower case"))]
+    #[x_kube(validation = Rule::new("self.matches('^(localhost|[^/]*[.:][^/]*)/')").message("image reference must name its registry host (registry.example.com/team/name:tag): an implied Docker Hub is never called"))]
     pub reference: String,
     /// How the image's signature is verified.
     pub verification: ImageVerification,
@@ -230,9 +231,10 @@ pub struct SignedImage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub pull_secrets: Vec<LocalObjectRef>,
-    /// How often a tag is resolved again: a tag moved to another digest is
-    /// verified before it runs (and refused, keeping the running digest, if
-    /// its signature does not hold). Unused for a digest reference.
+    /// How often the image is checked again: a tag moved to another digest
+    /// is verified before it runs (and refused, keeping the running digest,
+    /// if its signature does not hold), and a change of the listed keys'
+    /// content shows in status.
     #[serde(default = "default_refresh_interval")]
     #[x_kube(validation = duration_rule("10s", "24h", "refreshInterval"))]
     pub refresh_interval: Duration,

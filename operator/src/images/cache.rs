@@ -2,9 +2,11 @@
 //! one image cost one verification per TTL, and a registry outage does not
 //! take down what was verified.
 //!
-//! - Decisions are kept per (repository, digest, key set) for `ttl`, only
-//!   when positive: a refusal is asked again at the next reconcile (with
-//!   backoff), so a signature pushed later is seen.
+//! - Decisions are kept per (repository, digest, key set, credentials)
+//!   for `ttl` when positive; a refusal for [`REFUSAL_TTL`] (a signature
+//!   pushed later is seen then), an outage not at all.
+//! - Entries are per credentials: a namespace's pull secret is never what
+//!   proves another namespace's access.
 //! - A tag's digest is trusted for the request's refresh interval; after
 //!   that it is resolved again. If the registry cannot be reached then, the
 //!   last digest it gave (kept for `ttl`) stands in, provided its positive
@@ -24,11 +26,16 @@ use jiff::Timestamp;
 use moka::{Expiry, future::Cache};
 use sha2::{Digest as _, Sha256};
 
-use super::{Decision, ImageName, Refusal, Request, Verified, Verify, registry::Source};
+use super::{Auth, Decision, ImageName, Refusal, Request, Verified, Verify, registry::Source};
+
+/// How long a refusal (other than an outage) is reused: concurrent and
+/// repeated reconciles of many objects on one bad image cost one check.
+pub const REFUSAL_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TagKey {
     image: ImageName,
+    credentials: [u8; 32],
     refresh: Duration,
 }
 
@@ -38,6 +45,15 @@ struct DecisionKey {
     digest: String,
     /// SHA-256 of the sorted key set: the decision holds for these keys.
     keys: [u8; 32],
+    credentials: [u8; 32],
+}
+
+/// A positive decision as cached: which key (by its PEM) verified it.
+#[derive(Clone, Debug)]
+struct Decided {
+    digest: String,
+    pem: String,
+    at: Timestamp,
 }
 
 /// A fresh resolution lives as long as its request's refresh interval.
@@ -60,8 +76,9 @@ pub struct Counts {
 pub struct Cached<S> {
     source: S,
     fresh: Cache<TagKey, String>,
-    last_known: Cache<ImageName, String>,
-    decisions: Cache<DecisionKey, Verified>,
+    last_known: Cache<(ImageName, [u8; 32]), String>,
+    decisions: Cache<DecisionKey, Decided>,
+    refusals: Cache<DecisionKey, Refusal>,
     pub counts: Arc<Counts>,
 }
 
@@ -82,6 +99,10 @@ impl<S: Source> Cached<S> {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            refusals: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(REFUSAL_TTL.min(ttl))
+                .build(),
             counts: Arc::default(),
         }
     }
@@ -91,7 +112,11 @@ impl<S: Source> Cached<S> {
         self.fresh.run_pending_tasks().await;
         self.last_known.run_pending_tasks().await;
         self.decisions.run_pending_tasks().await;
-        self.fresh.entry_count() + self.last_known.entry_count() + self.decisions.entry_count()
+        self.refusals.run_pending_tasks().await;
+        self.fresh.entry_count()
+            + self.last_known.entry_count()
+            + self.decisions.entry_count()
+            + self.refusals.entry_count()
     }
 
     /// The digest to verify, and why it may be stale.
@@ -100,10 +125,13 @@ impl<S: Source> Cached<S> {
         if let Some(digest) = &image.digest {
             return Ok((digest.clone(), None));
         }
+        let credentials = credentials(&request.auth);
         let key = TagKey {
             image: image.clone(),
+            credentials,
             refresh: request.refresh,
         };
+        let known = (image.clone(), credentials);
         let resolved = self
             .fresh
             .try_get_with(key, async {
@@ -113,10 +141,10 @@ impl<S: Source> Cached<S> {
             .await;
         match resolved {
             Ok(digest) => {
-                self.last_known.insert(image.clone(), digest.clone()).await;
+                self.last_known.insert(known, digest.clone()).await;
                 Ok((digest, None))
             }
-            Err(refusal) => match (refusal.as_ref(), self.last_known.get(image).await) {
+            Err(refusal) => match (refusal.as_ref(), self.last_known.get(&known).await) {
                 (Refusal::RegistryUnavailable(why), Some(digest)) => {
                     Ok((digest, Some(why.clone())))
                 }
@@ -139,6 +167,20 @@ fn key_set(request: &Request) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// The credentials' fingerprint (zero when anonymous).
+fn credentials(auth: &Auth) -> [u8; 32] {
+    match auth {
+        Auth::Anonymous => [0; 32],
+        Auth::Basic { username, password } => {
+            let mut hash = Sha256::new();
+            hash.update((username.len() as u64).to_be_bytes());
+            hash.update(username.as_bytes());
+            hash.update(password.as_bytes());
+            hash.finalize().into()
+        }
+    }
+}
+
 impl<S: Source> Verify for Cached<S> {
     fn verify<'a>(&'a self, request: &'a Request) -> BoxFuture<'a, Decision> {
         Box::pin(async move {
@@ -147,32 +189,56 @@ impl<S: Source> Verify for Cached<S> {
                 repository: request.image.repository_path(),
                 digest: digest.clone(),
                 keys: key_set(request),
+                credentials: credentials(&request.auth),
             };
-            if stale.is_some() {
+            let decided = if stale.is_some() {
                 // The registry is down: only a decision already made counts.
-                return match self.decisions.get(&key).await {
-                    Some(verified) => Ok(Verified { stale, ..verified }),
-                    None => Err(Refusal::RegistryUnavailable(stale.unwrap_or_default())),
-                };
-            }
-            self.decisions
-                .try_get_with(key, async {
-                    self.counts.checks.fetch_add(1, Ordering::Relaxed);
-                    let key = self
-                        .source
-                        .check(&request.image, &digest, &request.keys, &request.auth)
-                        .await?;
-                    Ok::<_, Refusal>(Verified {
-                        digest: digest.clone(),
-                        key,
-                        // Whole seconds: what a status holds once read back.
-                        at: Timestamp::from_second(Timestamp::now().as_second())
-                            .unwrap_or(Timestamp::UNIX_EPOCH),
-                        stale: None,
+                self.decisions
+                    .get(&key)
+                    .await
+                    .ok_or_else(|| Refusal::RegistryUnavailable(stale.clone().unwrap_or_default()))
+            } else if let Some(refusal) = self.refusals.get(&key).await {
+                Err(refusal)
+            } else {
+                let decided = self
+                    .decisions
+                    .try_get_with(key.clone(), async {
+                        self.counts.checks.fetch_add(1, Ordering::Relaxed);
+                        let pem = self
+                            .source
+                            .check(&request.image, &digest, &request.keys, &request.auth)
+                            .await?;
+                        Ok::<_, Refusal>(Decided {
+                            digest: digest.clone(),
+                            pem,
+                            // Whole seconds: what a status holds once read back.
+                            at: Timestamp::from_second(Timestamp::now().as_second())
+                                .unwrap_or(Timestamp::UNIX_EPOCH),
+                        })
                     })
-                })
-                .await
-                .map_err(|refusal| refusal.as_ref().clone())
+                    .await
+                    .map_err(|refusal| refusal.as_ref().clone());
+                if let Err(refusal) = &decided
+                    && !matches!(refusal, Refusal::RegistryUnavailable(_))
+                {
+                    self.refusals.insert(key, refusal.clone()).await;
+                }
+                decided
+            }?;
+            // Named as this request names the key (another namespace may
+            // hold the same key under another name).
+            let key = request
+                .keys
+                .iter()
+                .find(|k| k.pem.trim() == decided.pem.trim())
+                .map(|k| k.source.clone())
+                .unwrap_or_default();
+            Ok(Verified {
+                digest: decided.digest,
+                key,
+                at: decided.at,
+                stale,
+            })
         })
     }
 }

@@ -331,7 +331,13 @@ pub fn condition(checked: &[Checked]) -> Desired {
         .iter()
         .filter_map(|c| c.decision.as_ref().err().map(|r| (c, r)))
         .collect();
-    if let Some((_, first)) = refused.first() {
+    // What needs a person outranks an outage, which passes by itself.
+    let first = refused
+        .iter()
+        .map(|(_, r)| r)
+        .find(|r| !matches!(r, Refusal::RegistryUnavailable(_)))
+        .or(refused.first().map(|(_, r)| r));
+    if let Some(first) = first {
         let message = refused
             .iter()
             .map(|(c, r)| format!("{}: {r}", c.name))
@@ -390,12 +396,13 @@ pub fn summary(refused: &crate::reconcile::Error) -> Summary {
     }
 }
 
-/// When tags should next be resolved again, in seconds since the epoch:
-/// the shortest refresh among the tag references (a digest never moves).
+/// When the images should next be checked again, in seconds since the
+/// epoch: the shortest refresh interval. A tag may have moved; for any
+/// reference, the listed keys (a ConfigMap's content, not watched) may
+/// have changed, which the status then shows.
 pub fn next_refresh(images: &[Named<'_>], now: i64) -> Option<i64> {
     images
         .iter()
-        .filter(|n| !n.image.reference.contains('@'))
         .map(|n| {
             now.saturating_add(n.image.refresh_interval.0.as_secs().min(i64::MAX as u64) as i64)
         })

@@ -15,7 +15,7 @@ use oci_client::{
     Client, Reference,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::{OciDistributionError, OciErrorCode},
-    manifest::{OciDescriptor, OciImageManifest},
+    manifest::OciImageManifest,
     secrets::RegistryAuth,
 };
 use sigstore::{
@@ -40,11 +40,12 @@ const MANIFEST_TYPES: &[&str] = &[
 ];
 
 /// How the operator reaches registries.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// `host[:port]` of registries spoken to over plain HTTP.
+    /// `host[:port]` of registries spoken to over plain HTTP (and allowed).
     pub insecure: Vec<String>,
-    /// Only these registries are called (empty: any the specs name).
+    /// The other registries the operator may call. No other is called,
+    /// whatever a spec names.
     pub allowed: Vec<String>,
     /// Extra CA certificates (PEM) for intranet registries.
     pub ca_bundle: Option<Vec<u8>>,
@@ -62,7 +63,7 @@ pub trait Source: Send + Sync {
     ) -> BoxFuture<'a, Result<String, Refusal>>;
 
     /// Which of `keys` made a valid signature of `digest` in `image`'s
-    /// repository (its [`PublicKey::source`]), or why none did.
+    /// repository (its PEM), or why none did.
     fn check<'a>(
         &'a self,
         image: &'a ImageName,
@@ -78,27 +79,42 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(config: RegistryConfig) -> Self {
-        Self { config }
+    /// Fails on a configuration no client can be built from (a CA file
+    /// that is not PEM): better at startup than as an outage.
+    pub fn new(config: RegistryConfig) -> Result<Self, OciDistributionError> {
+        let registry = Self { config };
+        Client::try_from(registry.client_config())?;
+        Ok(registry)
     }
 
     fn allowed(&self, image: &ImageName) -> Result<(), Refusal> {
-        if self.config.allowed.is_empty() || self.config.allowed.contains(&image.registry) {
-            Ok(())
-        } else {
-            Err(Refusal::PolicyInvalid(format!(
-                "registry {} is not one the operator may call (--allowed-registry: {})",
-                image.registry,
-                self.config.allowed.join(", ")
-            )))
+        let config = &self.config;
+        if config.allowed.contains(&image.registry) || config.insecure.contains(&image.registry) {
+            return Ok(());
         }
+        let known: Vec<&str> = config
+            .allowed
+            .iter()
+            .chain(&config.insecure)
+            .map(String::as_str)
+            .collect();
+        Err(Refusal::PolicyInvalid(format!(
+            "registry {} is not one the operator may call (--allowed-registries: {}): nothing was called",
+            image.registry,
+            if known.is_empty() { "none" } else { "" }.to_owned() + &known.join(", ")
+        )))
     }
 
     /// A client per operation: credentials differ per namespace, and
     /// oci-client keeps the first it sees per registry.
-    fn client(&self) -> Client {
+    fn client(&self) -> Result<Client, Refusal> {
+        Client::try_from(self.client_config())
+            .map_err(|e| Refusal::PolicyInvalid(format!("the operator's registry settings: {e}")))
+    }
+
+    fn client_config(&self) -> ClientConfig {
         let timeout = Some(self.config.timeout);
-        Client::new(ClientConfig {
+        ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.config.insecure.clone()),
             extra_root_certificates: self
                 .config
@@ -111,11 +127,8 @@ impl Registry {
                 .collect(),
             connect_timeout: timeout,
             read_timeout: timeout,
-            // A multi-platform index is what the tag names and what cosign
-            // signs: its digest is verified, never one platform's.
-            platform_resolver: None,
             ..Default::default()
-        })
+        }
     }
 
     /// Bounds `work` by the configured timeout.
@@ -159,7 +172,8 @@ fn not_found(error: &OciDistributionError) -> bool {
     }
 }
 
-/// An error that is not "not found", as a refusal: the registry failed.
+/// An error that is not "not found", as a refusal: the credentials were
+/// refused (a person must act), or the registry failed (it may come back).
 fn unavailable(what: &str, error: &OciDistributionError) -> Refusal {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
@@ -167,10 +181,37 @@ fn unavailable(what: &str, error: &OciDistributionError) -> Refusal {
         text = format!("{text}: {cause}");
         source = cause.source();
     }
-    if matches!(error, OciDistributionError::UnauthorizedError { .. }) {
-        text.push_str(" (check the image's pullSecrets)");
+    let denied =
+        |code: &OciErrorCode| matches!(code, OciErrorCode::Unauthorized | OciErrorCode::Denied);
+    match error {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => Refusal::PolicyInvalid(format!("{what}: {text} (check the image's pullSecrets)")),
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| denied(&e.code)) =>
+        {
+            Refusal::PolicyInvalid(format!("{what}: {text} (check the image's pullSecrets)"))
+        }
+        _ => Refusal::RegistryUnavailable(format!("{what}: {text}")),
     }
-    Refusal::RegistryUnavailable(format!("{what}: {text}"))
+}
+
+/// How a failed read of `image` reads in a refusal.
+fn read_failed(what: &str, image: &str, error: &OciDistributionError) -> Refusal {
+    match error {
+        e if not_found(e) => Refusal::ImageNotFound {
+            image: image.to_owned(),
+            detail: e.to_string(),
+        },
+        // The registry answered another digest than the one asked for.
+        OciDistributionError::DigestError(e) => Refusal::ImageNotFound {
+            image: image.to_owned(),
+            detail: format!("the registry answered another digest: {e}"),
+        },
+        e => unavailable(what, e),
+    }
 }
 
 fn reference(image: &ImageName, digest: Option<&str>) -> Reference {
@@ -201,24 +242,19 @@ impl Source for Registry {
                 image.repository_path(),
                 image.tag.as_deref().unwrap_or("")
             );
-            self.bounded(&format!("resolving {shown}"), async {
+            let what = format!("resolving {shown}");
+            self.bounded(&what, async {
                 let digest = self
-                    .client()
-                    .fetch_manifest_digest(&reference(image, image.digest.as_deref()), &oci_auth(auth))
+                    .client()?
+                    .fetch_manifest_digest(
+                        &reference(image, image.digest.as_deref()),
+                        &oci_auth(auth),
+                    )
                     .await
-                    .map_err(|e| {
-                        if not_found(&e) {
-                            Refusal::ImageNotFound {
-                                image: shown.clone(),
-                                detail: e.to_string(),
-                            }
-                        } else {
-                            unavailable(&format!("resolving {shown}"), &e)
-                        }
-                    })?;
+                    .map_err(|e| read_failed(&what, &shown, &e))?;
                 if !valid_digest(&digest) {
                     return Err(Refusal::RegistryUnavailable(format!(
-                        "resolving {shown}: the registry answered a digest that is not sha256:<64 hex>"
+                        "{what}: the registry answered a digest that is not sha256:<64 hex>"
                     )));
                 }
                 Ok(digest)
@@ -237,10 +273,11 @@ impl Source for Registry {
         Box::pin(async move {
             self.allowed(image)?;
             let shown = image.pinned(digest);
-            self.bounded(
-                &format!("verifying {shown}"),
-                check(self.client(), image, digest, keys, auth),
-            )
+            let client = self.client()?;
+            self.bounded(&format!("verifying {shown}"), async {
+                let layers = signature_layers(client, image, digest, auth).await?;
+                decide(image, digest, keys, &layers)
+            })
             .await
         })
     }
@@ -252,42 +289,37 @@ pub fn valid_digest(digest: &str) -> bool {
     })
 }
 
-async fn check(
+/// One cosign signature layer as read: its signature annotation and its
+/// payload, or why the payload could not be used.
+#[derive(Clone, Debug)]
+pub struct SignatureLayer {
+    pub signature: Option<String>,
+    pub payload: Result<Vec<u8>, String>,
+}
+
+/// Reads the image (it must exist at `digest`) and its signature layers.
+/// `Ok(empty)`: no signature manifest, or one without signature layers.
+async fn signature_layers(
     client: Client,
     image: &ImageName,
     digest: &str,
-    keys: &[PublicKey],
     auth: &Auth,
-) -> Result<String, Refusal> {
+) -> Result<Vec<SignatureLayer>, Refusal> {
     let shown = image.pinned(digest);
     let auth = oci_auth(auth);
-    // The image itself: a digest reference must exist where it says.
     client
         .fetch_manifest_digest(&reference(image, Some(digest)), &auth)
         .await
-        .map_err(|e| {
-            if not_found(&e) {
-                Refusal::ImageNotFound {
-                    image: shown.clone(),
-                    detail: e.to_string(),
-                }
-            } else {
-                unavailable(&format!("reading {shown}"), &e)
-            }
-        })?;
-    // Its signatures: cosign's tag scheme.
+        .map_err(|e| read_failed(&format!("reading {shown}"), &shown, &e))?;
+    // cosign's tag scheme: `sha256-<hex>.sig` in the same repository.
     let tag = format!("{}.sig", digest.replace(':', "-"));
     let signatures = Reference::with_tag(image.registry.clone(), image.repository.clone(), tag);
-    let missing = || Refusal::SignatureMissing {
-        image: image.repository_path(),
-        digest: digest.to_owned(),
-    };
-    let (raw, _) = match client
+    let raw = match client
         .pull_manifest_raw(&signatures, &auth, MANIFEST_TYPES)
         .await
     {
-        Ok(found) => found,
-        Err(e) if not_found(&e) => return Err(missing()),
+        Ok((raw, _)) => raw,
+        Err(e) if not_found(&e) => return Ok(Vec::new()),
         Err(e) => {
             return Err(unavailable(
                 &format!("reading the signatures of {shown}"),
@@ -295,22 +327,62 @@ async fn check(
             ));
         }
     };
+    let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&raw) else {
+        return Ok(vec![SignatureLayer {
+            signature: None,
+            payload: Err("the signature manifest is not an image manifest".into()),
+        }]);
+    };
+    let mut layers = Vec::new();
+    for layer in manifest
+        .layers
+        .iter()
+        .filter(|l| l.media_type == SIMPLE_SIGNING)
+        .take(MAX_LAYERS)
+    {
+        let signature = layer
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+            .cloned();
+        let payload = if !(0..=MAX_PAYLOAD).contains(&layer.size) {
+            Err(format!("a signature payload of {} bytes", layer.size))
+        } else {
+            let mut payload = Capped::default();
+            match client.pull_blob(&signatures, layer, &mut payload).await {
+                Ok(()) => Ok(payload.0),
+                // Not what its descriptor says (digest, size), or gone.
+                Err(OciDistributionError::DigestError(_) | OciDistributionError::IoError(_)) => {
+                    Err("a signature payload does not match its digest or size".into())
+                }
+                Err(e) if not_found(&e) => Err("a signature payload is missing".into()),
+                Err(e) => return Err(unavailable(&format!("reading a signature of {shown}"), &e)),
+            }
+        };
+        layers.push(SignatureLayer { signature, payload });
+    }
+    Ok(layers)
+}
+
+/// Which of `keys` made a valid signature of `digest` in `image`'s
+/// repository among `layers` (its PEM), or why none did (pure).
+pub fn decide(
+    image: &ImageName,
+    digest: &str,
+    keys: &[PublicKey],
+    layers: &[SignatureLayer],
+) -> Result<String, Refusal> {
+    if layers.is_empty() {
+        return Err(Refusal::SignatureMissing {
+            image: image.repository_path(),
+            digest: digest.to_owned(),
+        });
+    }
     let invalid = |detail: String| Refusal::SignatureInvalid {
         image: image.repository_path(),
         digest: digest.to_owned(),
         detail,
     };
-    let manifest: OciImageManifest = serde_json::from_slice(&raw)
-        .map_err(|_| invalid("the signature manifest is not an image manifest".into()))?;
-    let layers: Vec<&OciDescriptor> = manifest
-        .layers
-        .iter()
-        .filter(|l| l.media_type == SIMPLE_SIGNING)
-        .take(MAX_LAYERS)
-        .collect();
-    if layers.is_empty() {
-        return Err(missing());
-    }
     let verifiers: Vec<(&PublicKey, CosignVerificationKey)> = keys
         .iter()
         .filter_map(|k| {
@@ -323,31 +395,22 @@ async fn check(
     // The most telling refusal among the layers, if none verifies.
     let mut refusal = invalid("signed with a key that is not listed".into());
     for layer in layers {
-        let Some(signature) = layer
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
-        else {
-            refusal = invalid("a signature layer has no signature annotation".into());
+        let (Some(signature), Ok(payload)) = (&layer.signature, &layer.payload) else {
+            refusal = invalid(match &layer.payload {
+                Err(why) => why.clone(),
+                Ok(_) => "a signature layer has no signature annotation".into(),
+            });
             continue;
         };
-        if layer.size > MAX_PAYLOAD || layer.size < 0 {
-            refusal = invalid(format!("a signature payload of {} bytes", layer.size));
-            continue;
-        }
-        let mut payload = Vec::new();
-        if let Err(e) = client.pull_blob(&signatures, layer, &mut payload).await {
-            return Err(unavailable(&format!("reading a signature of {shown}"), &e));
-        }
         // The bytes as stored are what was signed, never re-serialized JSON.
         let Some((key, _)) = verifiers.iter().find(|(_, v)| {
-            v.verify_signature(Signature::Base64Encoded(signature.as_bytes()), &payload)
+            v.verify_signature(Signature::Base64Encoded(signature.as_bytes()), payload)
                 .is_ok()
         }) else {
             continue;
         };
         // Signed by a listed key: now what it says must be this image.
-        let Ok(signed) = serde_json::from_slice::<SimpleSigning>(&payload) else {
+        let Ok(signed) = serde_json::from_slice::<SimpleSigning>(payload) else {
             refusal =
                 invalid("a signed payload that is not a cosign simple-signing document".into());
             continue;
@@ -368,10 +431,45 @@ async fn check(
                 signed: critical.identity.docker_reference.clone(),
             };
         } else {
-            return Ok(key.source.clone());
+            return Ok(key.pem.clone());
         }
     }
     Err(refusal)
+}
+
+/// A buffer that refuses to grow past [`MAX_PAYLOAD`]: a registry's
+/// declared size is not trusted.
+#[derive(Default)]
+struct Capped(Vec<u8>);
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.0.len() + buf.len() > MAX_PAYLOAD as usize {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "signature payload too large",
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Whether a signature's `docker-reference` names `image`'s repository

@@ -363,7 +363,7 @@ fn request(reference: &str, keys: &[&str], refresh: Duration) -> Request {
 fn fake() -> Arc<Fake> {
     let fake = Arc::new(Fake::default());
     fake.tag("1", &digest(1));
-    fake.verdict(&digest(1), Ok("key a"));
+    fake.verdict(&digest(1), Ok("a"));
     fake
 }
 
@@ -374,7 +374,7 @@ async fn five_hundred_pools_on_one_image_cost_one_resolve_and_one_verification()
         ..Default::default()
     });
     source.tag("1", &digest(1));
-    source.verdict(&digest(1), Ok("key a"));
+    source.verdict(&digest(1), Ok("a"));
     let cached = Cached::new(source.clone(), Duration::from_secs(3600), 100);
     let request = request("r.example/pool:1", &["a", "b"], Duration::from_secs(300));
     let all = futures::future::join_all((0..500).map(|_| cached.verify(&request))).await;
@@ -390,13 +390,30 @@ async fn five_hundred_pools_on_one_image_cost_one_resolve_and_one_verification()
     cached.verify(&reordered).await.unwrap();
     assert_eq!(source.checks.load(Ordering::SeqCst), 1);
     // Another key set is another decision.
-    let other = self::request("r.example/pool:1", &["c"], Duration::from_secs(300));
-    cached.verify(&other).await.unwrap();
+    let other = self::request("r.example/pool:1", &["a", "c"], Duration::from_secs(300));
+    assert_eq!(cached.verify(&other).await.unwrap().key, "key a");
     assert_eq!(source.checks.load(Ordering::SeqCst), 2);
+    // The same key under another name (another namespace's ConfigMap):
+    // the decision is reused, named as this request names it.
+    let mut renamed = self::request("r.example/pool:1", &["a", "b"], Duration::from_secs(300));
+    renamed.keys[0].source = "ConfigMap other-ns-keys[cosign.pub]".into();
+    assert_eq!(
+        cached.verify(&renamed).await.unwrap().key,
+        "ConfigMap other-ns-keys[cosign.pub]"
+    );
+    // Other credentials: their own resolution and decision.
+    let mut credentialed = self::request("r.example/pool:1", &["a", "b"], Duration::from_secs(300));
+    credentialed.auth = Auth::Basic {
+        username: "u".into(),
+        password: "p".into(),
+    };
+    cached.verify(&credentialed).await.unwrap();
+    assert_eq!(source.resolves.load(Ordering::SeqCst), 2);
+    assert_eq!(source.checks.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
-async fn refusals_are_not_cached_so_a_signature_pushed_later_is_seen() {
+async fn refusals_are_kept_briefly_so_a_signature_pushed_later_is_seen() {
     let source = fake();
     source.tag("2", &digest(2));
     source.verdict(
@@ -406,15 +423,38 @@ async fn refusals_are_not_cached_so_a_signature_pushed_later_is_seen() {
             digest: digest(2),
         }),
     );
-    let cached = Cached::new(source.clone(), Duration::from_secs(3600), 100);
+    // A TTL under REFUSAL_TTL bounds the refusals' too.
+    let cached = Cached::new(source.clone(), Duration::from_millis(300), 100);
     let request = request("r.example/pool:2", &["a"], Duration::from_secs(300));
-    assert_eq!(
-        cached.verify(&request).await.unwrap_err().reason(),
-        "SignatureMissing"
-    );
-    source.verdict(&digest(2), Ok("key a"));
+    for _ in 0..3 {
+        assert_eq!(
+            cached.verify(&request).await.unwrap_err().reason(),
+            "SignatureMissing"
+        );
+    }
+    assert_eq!(source.checks.load(Ordering::SeqCst), 1);
+    source.verdict(&digest(2), Ok("a"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(cached.verify(&request).await.unwrap().digest, digest(2));
     assert_eq!(source.checks.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_outage_is_never_cached_as_a_refusal() {
+    let source = fake();
+    source.down.store(true, Ordering::SeqCst);
+    let cached = Cached::new(source.clone(), Duration::from_secs(3600), 100);
+    let request = request(
+        &format!("r.example/pool@{}", digest(1)),
+        &["a"],
+        Duration::from_secs(300),
+    );
+    assert_eq!(
+        cached.verify(&request).await.unwrap_err().reason(),
+        "RegistryUnavailable"
+    );
+    source.down.store(false, Ordering::SeqCst);
+    assert_eq!(cached.verify(&request).await.unwrap().key, "key a");
 }
 
 #[tokio::test]
@@ -445,7 +485,7 @@ async fn a_tag_is_resolved_again_after_its_refresh_interval_and_a_move_is_verifi
 async fn an_outage_keeps_a_cached_decision_and_refuses_what_was_never_verified() {
     let source = fake();
     source.tag("2", &digest(2));
-    source.verdict(&digest(2), Ok("key a"));
+    source.verdict(&digest(2), Ok("a"));
     let cached = Cached::new(source.clone(), Duration::from_secs(3600), 100);
     let known = request("r.example/pool:1", &["a"], Duration::from_millis(30));
     cached.verify(&known).await.unwrap();
@@ -495,7 +535,7 @@ async fn decisions_expire_after_their_ttl_and_the_cache_stays_bounded() {
 
     // Ten thousand distinct digests through a cache of ten.
     for n in 0..=255u8 {
-        source.verdict(&digest(n), Ok("key a"));
+        source.verdict(&digest(n), Ok("a"));
     }
     for i in 0..10_000u32 {
         let r = self::request(
@@ -506,5 +546,150 @@ async fn decisions_expire_after_their_ttl_and_the_cache_stays_bounded() {
         cached.verify(&r).await.unwrap();
     }
     let entries = cached.entries().await;
-    assert!(entries <= 3 * 10, "{entries} entries");
+    assert!(entries <= 4 * 10, "{entries} entries");
+}
+
+mod decide {
+    use sigstore::crypto::SigningScheme;
+
+    use super::super::registry::{SignatureLayer, decide};
+    use super::*;
+
+    struct Signer {
+        signer: sigstore::crypto::SigStoreSigner,
+        key: PublicKey,
+    }
+
+    fn signer(name: &str) -> Signer {
+        let signer = SigningScheme::ECDSA_P256_SHA256_ASN1
+            .create_signer()
+            .unwrap();
+        let pem = signer
+            .to_sigstore_keypair()
+            .unwrap()
+            .public_key_to_pem()
+            .unwrap();
+        Signer {
+            signer,
+            key: PublicKey {
+                source: name.into(),
+                pem,
+            },
+        }
+    }
+
+    fn payload(reference: &str, digest: &str) -> Vec<u8> {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"{reference}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        )
+        .into_bytes()
+    }
+
+    fn layer(signer: &Signer, payload: Vec<u8>) -> SignatureLayer {
+        use base64::Engine as _;
+        let signature = signer.signer.sign(&payload).unwrap();
+        SignatureLayer {
+            signature: Some(base64::engine::general_purpose::STANDARD.encode(signature)),
+            payload: Ok(payload),
+        }
+    }
+
+    fn image() -> ImageName {
+        ImageName::parse("r.example:5000/team/pool:1").unwrap()
+    }
+
+    #[test]
+    fn a_signature_of_this_digest_and_repository_by_a_listed_key_verifies() {
+        let (old, new) = (signer("old"), signer("new"));
+        let layers = [layer(&new, payload("r.example:5000/team/pool", &digest(1)))];
+        let keys = [old.key.clone(), new.key.clone()];
+        assert_eq!(
+            decide(&image(), &digest(1), &keys, &layers).unwrap(),
+            new.key.pem
+        );
+        // Listed alone, the other key does not.
+        let refusal = decide(&image(), &digest(1), &[old.key], &layers).unwrap_err();
+        assert_eq!(refusal.reason(), "SignatureInvalid");
+    }
+
+    #[test]
+    fn every_way_a_signature_can_be_wrong_is_refused_with_its_reason() {
+        let key = signer("k");
+        let keys = [key.key.clone()];
+        let repo = "r.example:5000/team/pool";
+        let cases: Vec<(Vec<SignatureLayer>, &str)> = vec![
+            (vec![], "SignatureMissing"),
+            (
+                vec![layer(&key, payload(repo, &digest(2)))],
+                "DigestMismatch",
+            ),
+            (
+                vec![layer(
+                    &key,
+                    payload("r.example:5000/team/other", &digest(1)),
+                )],
+                "IdentityMismatch",
+            ),
+            (vec![layer(&key, b"{not json".to_vec())], "SignatureInvalid"),
+            (
+                vec![layer(
+                    &key,
+                    payload(repo, &digest(1))
+                        .into_iter()
+                        .map(|b| if b == b'c' { b'k' } else { b })
+                        .collect(),
+                )],
+                "SignatureInvalid",
+            ),
+            (
+                vec![SignatureLayer {
+                    signature: Some("bm90IGEgc2lnbmF0dXJl".into()),
+                    payload: Ok(payload(repo, &digest(1))),
+                }],
+                "SignatureInvalid",
+            ),
+            (
+                vec![SignatureLayer {
+                    signature: None,
+                    payload: Ok(payload(repo, &digest(1))),
+                }],
+                "SignatureInvalid",
+            ),
+            (
+                vec![SignatureLayer {
+                    signature: Some("%%%".into()),
+                    payload: Err("too large".into()),
+                }],
+                "SignatureInvalid",
+            ),
+        ];
+        for (layers, reason) in cases {
+            let refusal = decide(&image(), &digest(1), &keys, &layers).unwrap_err();
+            assert_eq!(refusal.reason(), reason, "{refusal}");
+        }
+        // A payload edited after signing: the signature no longer holds.
+        let mut tampered = layer(&key, payload(repo, &digest(2)));
+        tampered.payload = Ok(payload(repo, &digest(1)));
+        assert_eq!(
+            decide(&image(), &digest(1), &keys, &[tampered])
+                .unwrap_err()
+                .reason(),
+            "SignatureInvalid"
+        );
+    }
+
+    #[test]
+    fn one_good_signature_among_bad_ones_verifies() {
+        let (key, stranger) = (signer("k"), signer("s"));
+        let repo = "r.example:5000/team/pool";
+        let layers = [
+            layer(&stranger, payload(repo, &digest(1))),
+            layer(&key, payload(repo, &digest(9))),
+            layer(&key, payload(repo, &digest(1))),
+        ];
+        assert_eq!(
+            decide(&image(), &digest(1), &[key.key.clone()], &layers).unwrap(),
+            key.key.pem
+        );
+    }
 }

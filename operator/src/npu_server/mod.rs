@@ -140,6 +140,9 @@ pub fn controller(
 }
 
 pub async fn reconcile(npu: Arc<NpuServer>, ctx: Arc<Context>) -> Result<Action> {
+    if reconcile::deleting(npu.as_ref()) {
+        return Ok(Action::await_change());
+    }
     let result = apply_npu(&npu, &ctx).await;
     reconcile::finish(&ctx, npu.as_ref(), result).await
 }
@@ -174,7 +177,6 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
     let checked = images::check(&ctx.client, ctx.images.as_ref(), &ns, &named).await?;
     let (running, statuses) =
         images::settle_all(&checked, npu.status.as_ref().and_then(|s| s.image.as_ref()));
-    next.image = statuses.into_iter().next();
 
     let desired = desired(npu, &pool.spec.dns, running.0.get(images::NPU_SERVER));
     let uid = npu.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
@@ -194,6 +196,8 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
     if let Err(error) = synced {
         return status::stall_on(ctx, npu, next, error).await;
     }
+    // What runs now that the Deployment is applied.
+    next.image = statuses.into_iter().next();
 
     let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));
     let ready = deployment

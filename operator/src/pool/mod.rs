@@ -137,6 +137,9 @@ fn pools_referencing_secret(
 }
 
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
+    if reconcile::deleting(pool.as_ref()) {
+        return Ok(Action::await_change());
+    }
     let result = apply_pool(&pool, &ctx).await;
     reconcile::finish(&ctx, pool.as_ref(), result).await
 }

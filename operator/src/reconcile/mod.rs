@@ -233,6 +233,13 @@ pub async fn report_changes<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// Whether `obj` is being deleted: what becomes of its objects is then the
+/// garbage collector's (a cascade, or an orphaning, which applying them
+/// again with their owner reference would undo).
+pub fn deleting<K: kube::Resource>(obj: &K) -> bool {
+    obj.meta().deletion_timestamp.is_some()
+}
+
 /// A delete's outcome: gone already counts as done.
 pub fn gone<T>(deleted: kube::Result<T>) -> Result<()> {
     match deleted {
