@@ -841,27 +841,9 @@ pub async fn events_with(
     ns: &str,
     reason: &str,
 ) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
-    eventually(
-        &format!("a {reason} Event"),
-        Duration::from_secs(60),
-        || async {
-            let list = events
-                .list(&kube::api::ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let found: Vec<k8s_openapi::api::events::v1::Event> = list
-                .items
-                .into_iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .collect();
-            if found.is_empty() {
-                Err("none yet".to_owned())
-            } else {
-                Ok(found)
-            }
-        },
-    )
+    events_matching(client, ns, &format!("a {reason} Event"), |e| {
+        e.reason.as_deref() == Some(reason)
+    })
     .await
 }
 
@@ -873,23 +855,33 @@ pub async fn event_about(
     name: &str,
     reason: &str,
 ) -> anyhow::Result<k8s_openapi::api::events::v1::Event> {
+    let what = format!("a {reason} Event about {name}");
+    let found = events_matching(client, ns, &what, |e| {
+        e.reason.as_deref() == Some(reason)
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+    })
+    .await?;
+    Ok(found.into_iter().next().expect("at least one"))
+}
+
+async fn events_matching(
+    client: &Client,
+    ns: &str,
+    what: &str,
+    matches: impl Fn(&k8s_openapi::api::events::v1::Event) -> bool,
+) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
-    eventually(
-        &format!("a {reason} Event about {name}"),
-        Duration::from_secs(60),
-        || async {
-            let list = events
-                .list(&kube::api::ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                })
-                .ok_or_else(|| "none yet".to_owned())
-        },
-    )
+    eventually(what, Duration::from_secs(60), || async {
+        let list = events
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let found: Vec<_> = list.items.into_iter().filter(&matches).collect();
+        if found.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(found)
+        }
+    })
     .await
 }
