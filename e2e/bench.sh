@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Prints the token benchmarks (revocation latency p50/p99 over 100
-# revocations, 1,000 grants issued, sign/verify cost) measured against a
-# local control plane and the operator (release build), then stops them.
+# Prints the benchmarks measured against a local control plane and the
+# operator (release build), then stops them: image verification (cold,
+# cached, many objects on one image, end to end) and tokens (revocation
+# latency p50/p99 over 100 revocations, 1,000 grants issued and revoked,
+# the revocation store at 100,000 entries, sign/verify cost).
+# CELLULE_BENCH=images or CELLULE_BENCH=tokens runs one part.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

@@ -641,6 +641,30 @@ async fn image_figures() -> anyhow::Result<()> {
         "  end to end, an NpuServer on a new signed image applied until its Deployment runs the verified digest (10 images, polled every 200 ms): {}",
         summary(&end_to_end)
     );
+
+    // Many objects on one image, through the operator: registry requests
+    // while they all come up.
+    let shared = format!("{registry}/{ns}/shared");
+    let digest = push(&dir, &format!("{shared}:1"), "shared").await?;
+    sign(&key, &format!("{shared}@{digest}")).await?;
+    let count = 100;
+    let before = registry_requests();
+    let started = Instant::now();
+    for i in 0..count {
+        let mut npu = npu_server(&format!("many-{i}"), &format!("{shared}:1"), &["cellule-signing"], "5m");
+        npu["spec"]["replicas"] = json!(1);
+        npu["spec"]["hotSpares"] = json!(0);
+        apply(&client, &ns, &npu).await?;
+    }
+    let pinned = format!("{shared}@{digest}");
+    for i in 0..count {
+        wait_deployment_image(&client, &ns, &cellule_operator::names::npu_server(&format!("many-{i}")), &pinned).await?;
+    }
+    println!(
+        "  {count} NpuServers on one new image through the operator: all Deployments pinned {:?} after the first apply, {} registry requests in all",
+        started.elapsed(),
+        registry_requests() - before
+    );
     Api::<Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::background())
         .await?;
