@@ -626,3 +626,57 @@ async fn a_pool_leaves_its_running_workers_as_they_are_when_their_new_image_is_r
     })
     .await;
 }
+
+#[tokio::test]
+async fn containers_added_by_hand_to_a_rendered_deployment_are_removed() {
+    in_namespace("img-sidecar", |client: Client, ns: String| async move {
+        sample_site_ready(&client, &ns).await?;
+        let dir = scratch(&ns);
+        let unsigned = push(
+            &dir,
+            &format!("{}/{ns}/sidecar:1", Env::registry()),
+            "sidecar",
+        )
+        .await?;
+        let image = format!("{}/{ns}/sidecar@{unsigned}", Env::registry());
+        let restricted = json!({
+            "allowPrivilegeEscalation": false, "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        });
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let name = names::pool("paris");
+        // Someone who may edit Deployments slips an unsigned init
+        // container and sidecar into the pool's pod template.
+        let patch = json!({"spec": {"template": {"spec": {
+            "initContainers": [{"name": "x", "image": image, "securityContext": restricted}],
+            "containers": [{"name": "sidecar", "image": image, "securityContext": restricted}],
+        }}}});
+        deployments
+            .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await?;
+        eventually("the added containers removed", WAIT, || async {
+            let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+            let pod = d.spec.and_then(|s| s.template.spec).ok_or("no pod spec")?;
+            let names: Vec<String> = pod
+                .containers
+                .iter()
+                .chain(pod.init_containers.iter().flatten())
+                .map(|c| format!("{} {}", c.name, c.image.clone().unwrap_or_default()))
+                .collect();
+            (names.len() == 1 && !names[0].contains(&unsigned))
+                .then_some(())
+                .ok_or(format!("{names:?}"))
+        })
+        .await?;
+        // And it stays that way: no write loop.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let settled = deployments.get(&name).await?.metadata.generation;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(
+            deployments.get(&name).await?.metadata.generation == settled,
+            "the Deployment keeps being written"
+        );
+        Ok(())
+    })
+    .await;
+}

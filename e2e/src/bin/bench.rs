@@ -651,14 +651,25 @@ async fn image_figures() -> anyhow::Result<()> {
     let before = registry_requests();
     let started = Instant::now();
     for i in 0..count {
-        let mut npu = npu_server(&format!("many-{i}"), &format!("{shared}:1"), &["cellule-signing"], "5m");
+        let mut npu = npu_server(
+            &format!("many-{i}"),
+            &format!("{shared}:1"),
+            &["cellule-signing"],
+            "5m",
+        );
         npu["spec"]["replicas"] = json!(1);
         npu["spec"]["hotSpares"] = json!(0);
         apply(&client, &ns, &npu).await?;
     }
     let pinned = format!("{shared}@{digest}");
     for i in 0..count {
-        wait_deployment_image(&client, &ns, &cellule_operator::names::npu_server(&format!("many-{i}")), &pinned).await?;
+        wait_deployment_image(
+            &client,
+            &ns,
+            &cellule_operator::names::npu_server(&format!("many-{i}")),
+            &pinned,
+        )
+        .await?;
     }
     println!(
         "  {count} NpuServers on one new image through the operator: all Deployments pinned {:?} after the first apply, {} registry requests in all",

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fmt::Debug};
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::reflector::{ObjectRef, Store},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -163,22 +163,40 @@ async fn sync<K: Owned>(
             .get_or_insert_with(Default::default)
             .insert(APPLIED_HASH.into(), hash.clone());
         let live = store.get(&ObjectRef::new(&name).within(namespace));
+        let foreign = match &live {
+            Some(live) => foreign_containers(&to_value(live.as_ref())?, &to_value(&object)?),
+            None => false,
+        };
         if let Some(live) = &live
             && live.annotations().get(APPLIED_HASH) == Some(&hash)
             && owner_uid_of(live.meta()) == Some(owner_uid)
+            && !foreign
             && contains(&to_value(live.as_ref())?, &to_value(&object)?)
         {
             wanted.insert(name);
             continue;
         }
         let exists = ensure_ours(&api, live.as_deref(), &name, owner_uid).await?;
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .map_err(|error| Error::apply(&kind, &name, error))?;
+        let written = if foreign && let Some(live) = &live {
+            // A container someone else added belongs to their field
+            // manager, and server-side apply would leave it: the object
+            // is replaced whole, at the version read (a conflict retries).
+            let mut replacement = object.clone();
+            replacement.meta_mut().resource_version = live.resource_version();
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            };
+            api.replace(&name, &params, &replacement).await
+        } else {
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+        };
+        written.map_err(|error| Error::apply(&kind, &name, error))?;
         changes.push(Change {
             verb: if exists { Verb::Updated } else { Verb::Created },
             kind: kind.clone(),
@@ -280,6 +298,27 @@ fn to_value<T: Serialize>(object: &T) -> Result<Value> {
     })
 }
 
+/// Whether the live pod template (of a Deployment) runs a container or an
+/// init container the desired one does not: someone else's sidecar, which
+/// no image verification vouches for.
+pub fn foreign_containers(live: &Value, desired: &Value) -> bool {
+    let names = |object: &Value, list: &str| -> BTreeSet<String> {
+        object
+            .pointer(&format!("/spec/template/spec/{list}"))
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .any(|list| !names(live, list).is_subset(&names(desired, list)))
+}
+
 /// Whether `live` holds every field of `desired` with the same value (the
 /// API server adds defaults and status, which do not count). Lists must
 /// match element by element; quantities compare by value (`0.5` = `500m`).
@@ -319,6 +358,25 @@ fn is_empty(value: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_container_the_desired_template_lacks_is_foreign() {
+        let desired = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "a"}]}}}});
+        let same = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "b"}]}}}});
+        assert!(!foreign_containers(&same, &desired));
+        for extra in [
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "main"}, {"name": "sidecar"}]}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "main"}], "initContainers": [{"name": "x"}]}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "main"}], "ephemeralContainers": [{"name": "debug"}]}}}}),
+        ] {
+            assert!(foreign_containers(&extra, &desired), "{extra}");
+        }
+        // Objects without a pod template have none.
+        assert!(!foreign_containers(
+            &json!({"data": {"a": "b"}}),
+            &json!({"data": {}})
+        ));
+    }
 
     #[test]
     fn defaults_added_by_the_api_server_do_not_count() {
