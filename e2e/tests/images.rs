@@ -529,12 +529,10 @@ async fn a_registry_outage_keeps_cached_decisions_and_a_silent_registry_times_ou
             took.as_secs_f64(),
             condition["message"]
         );
+        let message = condition["message"].as_str().unwrap_or_default();
         ensure!(
-            condition["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("no answer within 3s"),
-            "{condition}"
+            message.contains("timed out") || message.contains("no answer within 3s"),
+            "not a timeout: {condition}"
         );
         ensure!(
             took < Duration::from_secs(30),

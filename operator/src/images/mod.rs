@@ -12,6 +12,7 @@
 //! TUF, Rekor or Fulcio).
 
 pub mod cache;
+pub mod distribution;
 pub mod policy;
 pub mod registry;
 

@@ -4,26 +4,23 @@
 //!
 //! Why not sigstore's own `cosign::Client`: it cannot time out, and it
 //! returns the same empty list for "unsigned", "signed for another digest"
-//! and "the registry failed half-way" (../shared/SIGSTORE-NOTES.md). Its
-//! OCI client (`oci-client`, the same crate and version) does the calls
-//! here, with timeouts and typed errors; sigstore checks the signatures.
+//! and "the registry failed half-way" (../shared/SIGSTORE-NOTES.md). Nor
+//! its OCI client: see [`super::distribution`]. sigstore checks the
+//! signatures; the registry calls are bounded in time, size and hosts.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use oci_client::{
-    Client, Reference,
-    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
-    errors::{OciDistributionError, OciErrorCode},
-    manifest::OciImageManifest,
-    secrets::RegistryAuth,
-};
+use oci_client::manifest::OciImageManifest;
 use sigstore::{
     cosign::payload::SimpleSigning,
     crypto::{CosignVerificationKey, Signature},
 };
 
-use super::{Auth, ImageName, PublicKey, Refusal};
+use super::{
+    Auth, ImageName, PublicKey, Refusal,
+    distribution::{self, Failure, Hosts},
+};
 
 /// The media type of a cosign simple-signing layer.
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -32,20 +29,15 @@ const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// Signature layers looked at, and the largest payload read: a signature
 /// manifest nobody wrote by hand stays far below both.
 const MAX_LAYERS: usize = 32;
-const MAX_PAYLOAD: i64 = 64 * 1024;
-/// Manifest media types a signature manifest may have.
-const MANIFEST_TYPES: &[&str] = &[
-    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
-    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
-];
+const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// How the operator reaches registries.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     /// `host[:port]` of registries spoken to over plain HTTP (and allowed).
     pub insecure: Vec<String>,
-    /// The other registries the operator may call. No other is called,
-    /// whatever a spec names.
+    /// The other registries (and token services, blob stores) the operator
+    /// may call. No other is called, whatever a spec or a registry names.
     pub allowed: Vec<String>,
     /// Extra CA certificates (PEM) for intranet registries.
     pub ca_bundle: Option<Vec<u8>>,
@@ -73,62 +65,55 @@ pub trait Source: Send + Sync {
     ) -> BoxFuture<'a, Result<String, Refusal>>;
 }
 
-/// A real registry, through `oci-client`.
+/// The registries the operator may call.
 pub struct Registry {
-    config: RegistryConfig,
+    hosts: Hosts,
+    http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl Registry {
-    /// Fails on a configuration no client can be built from (a CA file
-    /// that is not PEM): better at startup than as an outage.
-    pub fn new(config: RegistryConfig) -> Result<Self, OciDistributionError> {
-        let registry = Self { config };
-        Client::try_from(registry.client_config())?;
-        Ok(registry)
+    /// Fails on settings no HTTP client can be built from (a CA file that
+    /// is not PEM): better at startup than as an outage.
+    pub fn new(config: RegistryConfig) -> Result<Self, reqwest::Error> {
+        let hosts = Hosts {
+            allowed: config.allowed,
+            insecure: config.insecure,
+        };
+        let http = distribution::http_client(&hosts, config.ca_bundle.as_deref(), config.timeout)?;
+        Ok(Self {
+            hosts,
+            http,
+            timeout: config.timeout,
+        })
     }
 
-    fn allowed(&self, image: &ImageName) -> Result<(), Refusal> {
-        let config = &self.config;
-        if config.allowed.contains(&image.registry) || config.insecure.contains(&image.registry) {
-            return Ok(());
-        }
-        let known: Vec<&str> = config
-            .allowed
-            .iter()
-            .chain(&config.insecure)
-            .map(String::as_str)
-            .collect();
-        Err(Refusal::PolicyInvalid(format!(
-            "registry {} is not one the operator may call (--allowed-registries: {}): nothing was called",
-            image.registry,
-            if known.is_empty() { "none" } else { "" }.to_owned() + &known.join(", ")
-        )))
-    }
-
-    /// A client per operation: credentials differ per namespace, and
-    /// oci-client keeps the first it sees per registry.
-    fn client(&self) -> Result<Client, Refusal> {
-        Client::try_from(self.client_config())
-            .map_err(|e| Refusal::PolicyInvalid(format!("the operator's registry settings: {e}")))
-    }
-
-    fn client_config(&self) -> ClientConfig {
-        let timeout = Some(self.config.timeout);
-        ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.config.insecure.clone()),
-            extra_root_certificates: self
-                .config
-                .ca_bundle
+    /// A client of `image`'s registry, if the operator may call it.
+    fn registry(&self, image: &ImageName, auth: &Auth) -> Result<distribution::Registry, Refusal> {
+        let hosts = &self.hosts;
+        if !hosts.allowed.contains(&image.registry) && !hosts.insecure.contains(&image.registry) {
+            let known: Vec<&str> = hosts
+                .allowed
                 .iter()
-                .map(|pem| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            connect_timeout: timeout,
-            read_timeout: timeout,
-            ..Default::default()
+                .chain(&hosts.insecure)
+                .map(String::as_str)
+                .collect();
+            return Err(Refusal::PolicyInvalid(format!(
+                "registry {} is not one the operator may call (--allowed-registries: {}): nothing was called",
+                image.registry,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
         }
+        Ok(distribution::Registry::new(
+            self.http.clone(),
+            hosts.clone(),
+            &image.registry,
+            auth.clone(),
+        ))
     }
 
     /// Bounds `work` by the configured timeout.
@@ -137,95 +122,26 @@ impl Registry {
         what: &str,
         work: impl Future<Output = Result<T, Refusal>>,
     ) -> Result<T, Refusal> {
-        tokio::time::timeout(self.config.timeout, work)
+        tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| {
                 Err(Refusal::RegistryUnavailable(format!(
                     "{what}: no answer within {}s",
-                    self.config.timeout.as_secs_f32()
+                    self.timeout.as_secs_f32()
                 )))
             })
     }
 }
 
-fn oci_auth(auth: &Auth) -> RegistryAuth {
-    match auth {
-        Auth::Anonymous => RegistryAuth::Anonymous,
-        Auth::Basic { username, password } => {
-            RegistryAuth::Basic(username.clone(), password.clone())
-        }
-    }
-}
-
-/// Whether the registry answered "no such manifest or repository".
-fn not_found(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                e.code,
-                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
-            )
-        }),
-        OciDistributionError::ServerError { code: 404, .. }
-        | OciDistributionError::ImageManifestNotFoundError(_) => true,
-        _ => false,
-    }
-}
-
-/// An error that is not "not found", as a refusal: the credentials were
-/// refused (a person must act), or the registry failed (it may come back).
-fn unavailable(what: &str, error: &OciDistributionError) -> Refusal {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    let denied =
-        |code: &OciErrorCode| matches!(code, OciErrorCode::Unauthorized | OciErrorCode::Denied);
-    match error {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => Refusal::PolicyInvalid(format!("{what}: {text} (check the image's pullSecrets)")),
-        OciDistributionError::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|e| denied(&e.code)) =>
-        {
-            Refusal::PolicyInvalid(format!("{what}: {text} (check the image's pullSecrets)"))
-        }
-        _ => Refusal::RegistryUnavailable(format!("{what}: {text}")),
-    }
-}
-
-/// How a failed read of `image` reads in a refusal.
-fn read_failed(what: &str, image: &str, error: &OciDistributionError) -> Refusal {
-    match error {
-        e if not_found(e) => Refusal::ImageNotFound {
-            image: image.to_owned(),
-            detail: e.to_string(),
+/// How a failed read of the image `shown` reads in a refusal.
+fn image_failure(what: &str, shown: &str, failure: Failure) -> Refusal {
+    match failure {
+        Failure::NotFound(detail) | Failure::Invalid(detail) => Refusal::ImageNotFound {
+            image: shown.to_owned(),
+            detail,
         },
-        // The registry answered another digest than the one asked for.
-        OciDistributionError::DigestError(e) => Refusal::ImageNotFound {
-            image: image.to_owned(),
-            detail: format!("the registry answered another digest: {e}"),
-        },
-        e => unavailable(what, e),
-    }
-}
-
-fn reference(image: &ImageName, digest: Option<&str>) -> Reference {
-    match digest {
-        Some(digest) => Reference::with_digest(
-            image.registry.clone(),
-            image.repository.clone(),
-            digest.to_owned(),
-        ),
-        None => Reference::with_tag(
-            image.registry.clone(),
-            image.repository.clone(),
-            image.tag.clone().unwrap_or_default(),
-        ),
+        Failure::Denied(detail) => Refusal::PolicyInvalid(format!("{what}: {detail}")),
+        Failure::Unavailable(detail) => Refusal::RegistryUnavailable(format!("{what}: {detail}")),
     }
 }
 
@@ -236,22 +152,15 @@ impl Source for Registry {
         auth: &'a Auth,
     ) -> BoxFuture<'a, Result<String, Refusal>> {
         Box::pin(async move {
-            self.allowed(image)?;
-            let shown = format!(
-                "{}:{}",
-                image.repository_path(),
-                image.tag.as_deref().unwrap_or("")
-            );
+            let mut registry = self.registry(image, auth)?;
+            let tag = image.tag.as_deref().unwrap_or_default();
+            let shown = format!("{}:{tag}", image.repository_path());
             let what = format!("resolving {shown}");
             self.bounded(&what, async {
-                let digest = self
-                    .client()?
-                    .fetch_manifest_digest(
-                        &reference(image, image.digest.as_deref()),
-                        &oci_auth(auth),
-                    )
+                let digest = registry
+                    .manifest_digest(&image.repository, image.digest.as_deref().unwrap_or(tag))
                     .await
-                    .map_err(|e| read_failed(&what, &shown, &e))?;
+                    .map_err(|f| image_failure(&what, &shown, f))?;
                 if !valid_digest(&digest) {
                     return Err(Refusal::RegistryUnavailable(format!(
                         "{what}: the registry answered a digest that is not sha256:<64 hex>"
@@ -271,11 +180,10 @@ impl Source for Registry {
         auth: &'a Auth,
     ) -> BoxFuture<'a, Result<String, Refusal>> {
         Box::pin(async move {
-            self.allowed(image)?;
+            let registry = self.registry(image, auth)?;
             let shown = image.pinned(digest);
-            let client = self.client()?;
             self.bounded(&format!("verifying {shown}"), async {
-                let layers = signature_layers(client, image, digest, auth).await?;
+                let layers = signature_layers(registry, image, digest).await?;
                 decide(image, digest, keys, &layers)
             })
             .await
@@ -300,31 +208,32 @@ pub struct SignatureLayer {
 /// Reads the image (it must exist at `digest`) and its signature layers.
 /// `Ok(empty)`: no signature manifest, or one without signature layers.
 async fn signature_layers(
-    client: Client,
+    mut registry: distribution::Registry,
     image: &ImageName,
     digest: &str,
-    auth: &Auth,
 ) -> Result<Vec<SignatureLayer>, Refusal> {
     let shown = image.pinned(digest);
-    let auth = oci_auth(auth);
-    client
-        .fetch_manifest_digest(&reference(image, Some(digest)), &auth)
+    registry
+        .manifest_digest(&image.repository, digest)
         .await
-        .map_err(|e| read_failed(&format!("reading {shown}"), &shown, &e))?;
+        .map_err(|f| image_failure(&format!("reading {shown}"), &shown, f))?;
     // cosign's tag scheme: `sha256-<hex>.sig` in the same repository.
     let tag = format!("{}.sig", digest.replace(':', "-"));
-    let signatures = Reference::with_tag(image.registry.clone(), image.repository.clone(), tag);
-    let raw = match client
-        .pull_manifest_raw(&signatures, &auth, MANIFEST_TYPES)
-        .await
-    {
-        Ok((raw, _)) => raw,
-        Err(e) if not_found(&e) => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(unavailable(
-                &format!("reading the signatures of {shown}"),
-                &e,
-            ));
+    let what = format!("reading the signatures of {shown}");
+    let raw = match registry.manifest(&image.repository, &tag).await {
+        Ok(raw) => raw,
+        Err(Failure::NotFound(_)) => return Ok(Vec::new()),
+        Err(Failure::Invalid(detail)) => {
+            return Ok(vec![SignatureLayer {
+                signature: None,
+                payload: Err(detail),
+            }]);
+        }
+        Err(Failure::Denied(detail)) => {
+            return Err(Refusal::PolicyInvalid(format!("{what}: {detail}")));
+        }
+        Err(Failure::Unavailable(detail)) => {
+            return Err(Refusal::RegistryUnavailable(format!("{what}: {detail}")));
         }
     };
     let Ok(manifest) = serde_json::from_slice::<OciImageManifest>(&raw) else {
@@ -345,18 +254,22 @@ async fn signature_layers(
             .as_ref()
             .and_then(|a| a.get(SIGNATURE_ANNOTATION))
             .cloned();
-        let payload = if !(0..=MAX_PAYLOAD).contains(&layer.size) {
+        let payload = if !(0..=MAX_PAYLOAD as i64).contains(&layer.size) {
             Err(format!("a signature payload of {} bytes", layer.size))
         } else {
-            let mut payload = Capped::default();
-            match client.pull_blob(&signatures, layer, &mut payload).await {
-                Ok(()) => Ok(payload.0),
-                // Not what its descriptor says (digest, size), or gone.
-                Err(OciDistributionError::DigestError(_) | OciDistributionError::IoError(_)) => {
-                    Err("a signature payload does not match its digest or size".into())
+            match registry
+                .blob(&image.repository, &layer.digest, MAX_PAYLOAD)
+                .await
+            {
+                Ok(payload) => Ok(payload),
+                // Missing, over its bound, or not its digest: no signature.
+                Err(Failure::NotFound(detail) | Failure::Invalid(detail)) => Err(detail),
+                Err(Failure::Denied(detail)) => {
+                    return Err(Refusal::PolicyInvalid(format!("{what}: {detail}")));
                 }
-                Err(e) if not_found(&e) => Err("a signature payload is missing".into()),
-                Err(e) => return Err(unavailable(&format!("reading a signature of {shown}"), &e)),
+                Err(Failure::Unavailable(detail)) => {
+                    return Err(Refusal::RegistryUnavailable(format!("{what}: {detail}")));
+                }
             }
         };
         layers.push(SignatureLayer { signature, payload });
@@ -435,41 +348,6 @@ pub fn decide(
         }
     }
     Err(refusal)
-}
-
-/// A buffer that refuses to grow past [`MAX_PAYLOAD`]: a registry's
-/// declared size is not trusted.
-#[derive(Default)]
-struct Capped(Vec<u8>);
-
-impl tokio::io::AsyncWrite for Capped {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.0.len() + buf.len() > MAX_PAYLOAD as usize {
-            return std::task::Poll::Ready(Err(std::io::Error::other(
-                "signature payload too large",
-            )));
-        }
-        self.0.extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 /// Whether a signature's `docker-reference` names `image`'s repository
