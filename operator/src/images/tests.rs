@@ -688,7 +688,13 @@ mod decide {
             layer(&key, payload(repo, &digest(1))),
         ];
         assert_eq!(
-            decide(&image(), &digest(1), &[key.key.clone()], &layers).unwrap(),
+            decide(
+                &image(),
+                &digest(1),
+                std::slice::from_ref(&key.key),
+                &layers
+            )
+            .unwrap(),
             key.key.pem
         );
     }
