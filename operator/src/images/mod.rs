@@ -288,11 +288,10 @@ pub struct Settled {
 /// Turns a decision into what to render and record (pure). A refusal
 /// renders nothing: the running, previously verified workload stays.
 pub fn settle(checked: &Checked, previous: Option<&ImageStatus>) -> Settled {
-    match &checked.decision {
-        Ok(verified) => {
-            let pinned = ImageName::parse(&checked.reference)
-                .map(|name| name.pinned(&verified.digest))
-                .unwrap_or_default();
+    let name = ImageName::parse(&checked.reference);
+    match (&checked.decision, name) {
+        (Ok(verified), Ok(name)) => {
+            let pinned = name.pinned(&verified.digest);
             Settled {
                 run: Some(ResolvedImage {
                     reference: pinned,
@@ -310,7 +309,8 @@ pub fn settle(checked: &Checked, previous: Option<&ImageStatus>) -> Settled {
                 }),
             }
         }
-        Err(_) => Settled {
+        // (A verified reference always parses: it was parsed to verify.)
+        _ => Settled {
             run: None,
             status: previous.cloned(),
         },
@@ -436,13 +436,17 @@ pub fn settle_all<'a>(
 #[cfg(test)]
 pub fn test_image(reference: &str) -> ResolvedImage {
     let digest = format!("sha256:{}", "ab".repeat(32));
-    let repository = reference.split('@').next().unwrap_or_default();
-    let repository = match repository.rsplit_once(':') {
-        Some((r, tag)) if !tag.contains('/') => r,
-        _ => repository,
-    };
+    let pinned = ImageName::parse(reference)
+        .map(|name| name.pinned(&digest))
+        // Generated references may name no registry: pinned all the same.
+        .unwrap_or_else(|_| {
+            format!(
+                "{}@{digest}",
+                reference.split(['@', ':']).next().unwrap_or_default()
+            )
+        });
     ResolvedImage {
-        reference: format!("{repository}@{digest}"),
+        reference: pinned,
         digest,
     }
 }
