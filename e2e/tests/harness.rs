@@ -293,81 +293,22 @@ async fn a_node_can_be_made_not_ready_and_ready_again() {
     node_ready("True").await.unwrap();
 }
 
-/// Makes a one-layer image in the local registry and returns `repo@digest`.
-async fn push_image(dir: &std::path::Path, repo: &str, content: &str) -> anyhow::Result<String> {
-    let layer_dir = dir.join(format!("layer-{}", repo.replace('/', "-")));
-    std::fs::create_dir_all(&layer_dir)?;
-    std::fs::write(layer_dir.join("hello.txt"), content)?;
-    let tar = dir.join(format!("{}.tar", repo.replace('/', "-")));
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&layer_dir)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("hello.txt")
-        .status()?;
-    ensure!(status.success(), "tar failed");
-    let reference = format!("{}/{repo}:1", Env::registry());
-    run_tool(
-        "crane",
-        &[
-            "append",
-            "--oci-empty-base",
-            "-f",
-            tar.to_str().unwrap(),
-            "-t",
-            &reference,
-        ],
-        &[],
-    )
-    .await?;
-    let digest = run_tool("crane", &["digest", &reference], &[]).await?;
-    Ok(format!("{}/{repo}@{}", Env::registry(), digest.trim()))
-}
-
 #[tokio::test]
 async fn cosign_signature_verifies_and_unsigned_image_fails() {
+    use cellule_e2e::images::{keypair, push, sign};
     let dir = tempdir();
-    let no_password = [("COSIGN_PASSWORD", "")];
-    let key_prefix = dir.join("cosign");
-    let out = tokio::process::Command::new(Env::bin("cosign"))
-        .args([
-            "generate-key-pair",
-            "--output-key-prefix",
-            key_prefix.to_str().unwrap(),
-        ])
-        .env("COSIGN_PASSWORD", "")
-        .stdin(std::process::Stdio::null())
-        .output()
+    let (key, _) = keypair(&dir, "cosign").await.unwrap();
+    let public = dir.join("cosign.pub").display().to_string();
+    let repo = |name: &str| format!("{}/harness/{name}", Env::registry());
+    let digest = push(&dir, &format!("{}:1", repo("signed")), "signed")
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "cosign generate-key-pair: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = format!("{}.key", key_prefix.display());
-    let public = format!("{}.pub", key_prefix.display());
-
-    let signed = push_image(&dir, "harness/signed", "signed").await.unwrap();
-    let unsigned = push_image(&dir, "harness/unsigned", "unsigned")
+    let signed = format!("{}@{digest}", repo("signed"));
+    let digest = push(&dir, &format!("{}:1", repo("unsigned")), "unsigned")
         .await
         .unwrap();
-    run_tool(
-        "cosign",
-        &[
-            "sign",
-            "--key",
-            &key,
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "--yes",
-            &signed,
-        ],
-        &no_password,
-    )
-    .await
-    .expect("signing");
+    let unsigned = format!("{}@{digest}", repo("unsigned"));
+    sign(&key, &signed).await.expect("signing");
 
     let verify = |image: String| {
         let public = public.clone();
