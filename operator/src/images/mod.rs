@@ -8,8 +8,10 @@
 //! ran before into what the builders render, the status and the
 //! condition. The builders only ever see [`ResolvedImage`]s, which exist
 //! only for verified digests. [`cache::Cached`] keeps decisions and tag
-//! resolutions; [`registry::Registry`] talks to the registry, offline (no
-//! TUF, Rekor or Fulcio).
+//! resolutions; [`registry::Registry`] reads the image and its signatures
+//! and [`registry::decide`] (pure, sigstore's keys) verifies them, offline
+//! (no TUF, Rekor or Fulcio); [`distribution`] makes the bounded HTTP
+//! calls, to the allowed hosts only.
 
 pub mod cache;
 pub mod distribution;
