@@ -131,9 +131,11 @@ mkdir -p "$state/registry"
 start registry crane registry serve --address "127.0.0.1:$registry_port" --disk "$state/registry"
 wait_for registry 30 curl -fsS "http://127.0.0.1:$registry_port/v2/"
 
-# A port for a registry a test starts and stops itself (an outage), known
-# to the operator as plain HTTP like the first.
+# Ports for registries tests start and stop themselves (an outage, one
+# that wants credentials), known to the operator as plain HTTP like the
+# first.
 spare_registry_port=$(free_port)
+auth_registry_port=$(free_port)
 
 # The images config/samples/ names, signed as a release pipeline would:
 # a cosign key pair (ECDSA P-256), one small image each, a signature in
@@ -167,7 +169,8 @@ CELLULE_E2E_COSIGN_KEY=$state/cosign.key
 CELLULE_E2E_COSIGN_PUB=$state/cosign.pub
 CELLULE_E2E_SAMPLE_REGISTRY=registry.intra.example.com
 CELLULE_E2E_SPARE_REGISTRY=127.0.0.1:$spare_registry_port
-CELLULE_INSECURE_REGISTRIES=127.0.0.1:$registry_port,127.0.0.1:$spare_registry_port
+CELLULE_E2E_AUTH_REGISTRY=127.0.0.1:$auth_registry_port
+CELLULE_INSECURE_REGISTRIES=127.0.0.1:$registry_port,127.0.0.1:$spare_registry_port,127.0.0.1:$auth_registry_port
 CELLULE_REGISTRY_TIMEOUT=3s
 CELLULE_E2E_BIN=$bin
 CELLULE_E2E_LOGS=$logs

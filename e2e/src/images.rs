@@ -30,6 +30,16 @@ pub fn scratch(ns: &str) -> PathBuf {
 /// Pushes a one-file image with `content` to `reference` (a tag); returns
 /// its digest.
 pub async fn push(dir: &Path, reference: &str, content: &str) -> anyhow::Result<String> {
+    push_with(dir, reference, content, &[]).await
+}
+
+/// [`push`] with `env` for crane (e.g. `DOCKER_CONFIG` with credentials).
+pub async fn push_with(
+    dir: &Path,
+    reference: &str,
+    content: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<String> {
     let layer = dir.join(format!("{}.d", reference.replace(['/', ':', '@'], "_")));
     std::fs::create_dir_all(&layer)?;
     std::fs::write(layer.join("CONTENT"), content)?;
@@ -55,10 +65,10 @@ pub async fn push(dir: &Path, reference: &str, content: &str) -> anyhow::Result<
             "-t",
             reference,
         ],
-        &[],
+        env,
     )
     .await?;
-    Ok(run_tool("crane", &["digest", reference], &[])
+    Ok(run_tool("crane", &["digest", reference], env)
         .await?
         .trim()
         .to_owned())
@@ -88,6 +98,17 @@ pub async fn keypair(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, String)
 
 /// `cosign sign` as a release pipeline does it, offline.
 pub async fn sign(key: &Path, image_at_digest: &str) -> anyhow::Result<()> {
+    sign_with(key, image_at_digest, &[]).await
+}
+
+/// [`sign`] with `env` for cosign (e.g. `DOCKER_CONFIG` with credentials).
+pub async fn sign_with(
+    key: &Path,
+    image_at_digest: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut env = env.to_vec();
+    env.push(("COSIGN_PASSWORD", ""));
     run_tool(
         "cosign",
         &[
@@ -99,7 +120,7 @@ pub async fn sign(key: &Path, image_at_digest: &str) -> anyhow::Result<()> {
             "--yes",
             image_at_digest,
         ],
-        &[("COSIGN_PASSWORD", "")],
+        &env,
     )
     .await
     .map(drop)

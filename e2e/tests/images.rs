@@ -678,3 +678,83 @@ async fn containers_added_by_hand_to_a_rendered_deployment_are_removed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_registry_that_wants_credentials_is_read_with_the_pull_secret() {
+    use cellule_e2e::images::{push_with, sign_with};
+    in_namespace("img-private", |client: Client, ns: String| async move {
+        sample_site_ready(&client, &ns).await?;
+        let dir = scratch(&ns);
+        // A registry behind Basic auth, on a port of its own (a proxy to
+        // the e2e registry that refuses requests without the credentials).
+        let spare = Env::var("CELLULE_E2E_AUTH_REGISTRY");
+        let _proxy = tokio::process::Command::new("python3")
+            .arg(cellule_e2e::repo_path("e2e/scripts/auth-proxy.py"))
+            .args([&spare, &Env::registry(), "puller", "s3cret-pull"])
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let auth = base64_basic("puller", "s3cret-pull");
+        let docker_config = dir.join("docker");
+        std::fs::create_dir_all(&docker_config)?;
+        std::fs::write(
+            docker_config.join("config.json"),
+            json!({"auths": {spare.clone(): {"auth": auth}}}).to_string(),
+        )?;
+        let env = [("DOCKER_CONFIG", docker_config.to_str().unwrap())];
+        let repository = format!("{spare}/{ns}/private");
+        let digest = eventually("pushing through the proxy", WAIT, || async {
+            push_with(&dir, &format!("{repository}:1"), "private", &env)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        sign_with(
+            &PathBuf::from(Env::var("CELLULE_E2E_COSIGN_KEY")),
+            &format!("{repository}@{digest}"),
+            &env,
+        )
+        .await?;
+        let secret = |name: &str, password: &str| {
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": name},
+                "stringData": {".dockerconfigjson": json!({"auths": {spare.clone(): {"auth": base64_basic("puller", password)}}}).to_string()},
+            })
+        };
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+        for (name, password) in [("pull", "s3cret-pull"), ("wrong", "not-it")] {
+            secrets
+                .patch(name, &PatchParams::apply("cellule-e2e"), &Patch::Apply(&secret(name, password)))
+                .await?;
+        }
+        let reference = format!("{repository}:1");
+        for (name, pull_secret) in [("private", Some("pull")), ("anonymous", None), ("wrong", Some("wrong"))] {
+            let mut npu = npu_server(name, &reference, &["cellule-signing"], "5m");
+            if let Some(secret) = pull_secret {
+                npu["spec"]["image"]["pullSecrets"] = json!([{"name": secret}]);
+            }
+            apply(&client, &ns, &npu).await?;
+        }
+        image_verified(&client, &ns, "NpuServer", "private", "Verified").await?;
+        wait_deployment_image(&client, &ns, &names::npu_server("private"), &format!("{repository}@{digest}")).await?;
+        // The pod spec names the pull secret, for the kubelet.
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &ns).get(&names::npu_server("private")).await?;
+        let pod = deployment.spec.and_then(|s| s.template.spec).unwrap_or_default();
+        ensure!(pod.image_pull_secrets.unwrap_or_default().iter().any(|s| s.name == "pull"), "no imagePullSecrets");
+        for name in ["anonymous", "wrong"] {
+            let condition = image_verified(&client, &ns, "NpuServer", name, "PolicyInvalid").await?;
+            let message = condition["message"].as_str().unwrap_or_default();
+            ensure!(message.contains("pullSecrets"), "{name}: {message}");
+            ensure!(!message.contains("s3cret") && !message.contains("not-it"), "a password in status");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
