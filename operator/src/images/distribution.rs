@@ -49,6 +49,11 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// Whether `host` (`name[:port]`) is one the operator may call.
+    pub fn allows(&self, host: &str) -> bool {
+        self.allowed.iter().chain(&self.insecure).any(|h| h == host)
+    }
+
     /// Whether `url` may be called (its scheme as the lists say).
     pub fn permit(&self, url: &reqwest::Url) -> bool {
         let Some(host) = url.host_str() else {
@@ -60,7 +65,7 @@ impl Hosts {
         }
         .to_ascii_lowercase();
         match url.scheme() {
-            "https" => self.allowed.contains(&host) || self.insecure.contains(&host),
+            "https" => self.allows(&host),
             "http" => self.insecure.contains(&host),
             _ => false,
         }

@@ -109,13 +109,11 @@ impl ImageName {
         let invalid = |why: &str| Refusal::PolicyInvalid(format!("image {reference:?}: {why}"));
         let (rest, digest) = match reference.split_once('@') {
             Some((rest, digest)) => {
-                let hex = digest
-                    .strip_prefix("sha256:")
-                    .ok_or_else(|| invalid("the digest must be sha256:<64 hex digits>"))?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let digest = digest.to_ascii_lowercase();
+                if !registry::valid_digest(&digest) {
                     return Err(invalid("the digest must be sha256:<64 hex digits>"));
                 }
-                (rest, Some(digest.to_ascii_lowercase()))
+                (rest, Some(digest))
             }
             None => (reference, None),
         };

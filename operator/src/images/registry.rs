@@ -91,7 +91,7 @@ impl Registry {
     /// A client of `image`'s registry, if the operator may call it.
     fn registry(&self, image: &ImageName, auth: &Auth) -> Result<distribution::Registry, Refusal> {
         let hosts = &self.hosts;
-        if !hosts.allowed.contains(&image.registry) && !hosts.insecure.contains(&image.registry) {
+        if !hosts.allows(&image.registry) {
             let known: Vec<&str> = hosts
                 .allowed
                 .iter()

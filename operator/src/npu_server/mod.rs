@@ -259,11 +259,6 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
         // Backoff, and a Warning Event, from the error policy.
         return Err(refused);
     }
-    Ok(
-        images::next_refresh(&named, now.as_second()).map_or_else(Action::await_change, |at| {
-            Action::requeue(std::time::Duration::from_secs(
-                (at - now.as_second()).max(1) as u64,
-            ))
-        }),
-    )
+    Ok(images::next_refresh(&named, now.as_second())
+        .map_or_else(Action::await_change, |at| reconcile::requeue_at(at, now)))
 }

@@ -117,10 +117,6 @@ pub fn all_verified(pool: &Pool) -> images::Running {
     )
 }
 
-fn ns_of(pool: &Pool) -> &str {
-    pool.metadata.namespace.as_deref().unwrap_or_default()
-}
-
 /// Pools in the Secret's namespace that reference it (database or TLS).
 fn pools_referencing_secret(
     pools: &Store<Pool>,
@@ -232,7 +228,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             // The watch on Secrets brings the pool back when it appears;
             // the keys and the revocation list have their own times.
             let at = next_key_change?;
-            return Ok(requeue_at(
+            return Ok(reconcile::requeue_at(
                 next_revocation_expiry.map_or(at, |e| e.min(at)),
                 now,
             ));
@@ -241,7 +237,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
 
     // Images, before anything is rendered from them.
     let named = images_of(pool);
-    let checked = images::check(&ctx.client, ctx.images.as_ref(), ns_of(pool), &named).await?;
+    let checked = images::check(&ctx.client, ctx.images.as_ref(), &valid.namespace, &named).await?;
     let (running, image_statuses) = images::settle_all(
         &checked,
         current
@@ -378,7 +374,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     .flatten()
     .min()
     .unwrap_or(next_key_change);
-    Ok(requeue_at(wake, now))
+    Ok(reconcile::requeue_at(wake, now))
 }
 
 /// For a stalled pool: brings the key ring up to date and applies the
@@ -407,12 +403,6 @@ async fn sync_published_keys(
     reconcile::report_changes(ctx, pool, &changes).await;
     synced?;
     Ok(next_key_change)
-}
-
-fn requeue_at(at: i64, now: Timestamp) -> Action {
-    Action::requeue(std::time::Duration::from_secs(
-        (at - now.as_second()).max(1) as u64,
-    ))
 }
 
 /// The Deployment has rolled out the current template to `want` ready pods.

@@ -233,6 +233,12 @@ pub async fn report_changes<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// Reconcile again at `at` (seconds since the epoch), at least a second
+/// from `now`.
+pub fn requeue_at(at: i64, now: jiff::Timestamp) -> Action {
+    Action::requeue(Duration::from_secs((at - now.as_second()).max(1) as u64))
+}
+
 /// Whether `obj` is being deleted: what becomes of its objects is then the
 /// garbage collector's (a cascade, or an orphaning, which applying them
 /// again with their owner reference would undo).
