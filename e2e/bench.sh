@@ -3,8 +3,12 @@
 # operator (release build), then stops them: image verification (cold,
 # cached, many objects on one image, end to end) and tokens (revocation
 # latency p50/p99 over 100 revocations, 1,000 grants issued and revoked,
-# the revocation store at 100,000 entries, sign/verify cost).
-# CELLULE_BENCH=images or CELLULE_BENCH=tokens runs one part.
+# the revocation store at 100,000 entries, sign/verify cost) and NPU → CPU
+# fail-over (latency p50/p95/p99 over 25 trials from an NPU pod's Ready
+# turning False to the tier's EndpointSlice and to the routing the pool's
+# credentials see, fail-back accuracy, switches under 60 s of flapping).
+# CELLULE_BENCH=images, CELLULE_BENCH=tokens or CELLULE_BENCH=failover runs
+# one part.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

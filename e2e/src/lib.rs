@@ -2,6 +2,7 @@
 //! started by `e2e/scripts/up.sh`, which writes the variables read here.
 #![forbid(unsafe_code)]
 
+pub mod failover;
 pub mod images;
 
 use std::{future::Future, panic::AssertUnwindSafe, path::PathBuf, time::Duration};

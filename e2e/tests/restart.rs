@@ -291,3 +291,69 @@ async fn an_operator_restarted_during_a_registry_outage_leaves_verified_workload
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "runs its own operator: e2e/test.sh runs it once the shared operator is stopped"]
+async fn an_operator_killed_during_the_fail_back_hold_fails_back_once_on_time() {
+    use cellule_e2e::failover::{
+        Site, TIER, backends, count_events, ensure_between, npu_selector, pods, site_ready,
+        toggle_pod, wait_tier, watch_route,
+    };
+    const HOLD: f64 = 15.0;
+    in_namespace("restart-fo", |client: Client, ns: String| async move {
+        let operator = start_operator(20).await?;
+        site_ready(&client, &ns, &Site::new("0s", "15s")).await?;
+        let slices = watch_route(&client, &ns, TIER);
+        slices.current().await?;
+        let pod = pods(&client, &ns, &npu_selector())
+            .await?
+            .first()
+            .and_then(|p| p.metadata.name.clone())
+            .context("an NPU pod")?;
+        toggle_pod(&client, &ns, &pod, false).await?;
+        slices.until("heavy on the CPU workers", WAIT, |r| r.backend == "cpu").await?;
+        wait_tier(&client, &ns, "heavy failed over", WAIT, |t, _| t["servedBy"] == "CpuFailover").await?;
+
+        // Ready again: the 15 s hold starts at the pod's Ready transition.
+        let mark = slices.len();
+        let up = toggle_pod(&client, &ns, &pod, true).await?;
+        wait_tier(&client, &ns, "FailBackPending", Duration::from_secs(5), |t, _| {
+            t["servedBy"] == "CpuFailover" && t["reason"] == "FailBackPending"
+        })
+        .await?;
+        // SIGKILL 5 s into the hold, down for 3 s.
+        let kill_at = up.checked_add(jiff::SignedDuration::from_secs(5))?;
+        if let Ok(wait) = Duration::try_from(kill_at.duration_since(jiff::Timestamp::now())) {
+            tokio::time::sleep(wait).await;
+        }
+        kill(operator).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let restarted = jiff::Timestamp::now();
+        let operator = start_operator(21).await?;
+        ensure!(
+            cellule_e2e::failover::seconds_between(jiff::Timestamp::now(), up) < HOLD - 2.0,
+            "the operator came back after the hold: the case is not exercised"
+        );
+        // Back on the NPU pod when the hold ends as counted from the pod,
+        // not 15 s after the restart.
+        let back = slices
+            .first_from(mark, "heavy back on its NPU pod", Duration::from_secs(40), |r| r.backend != "cpu")
+            .await?;
+        ensure!(back.value.backend == "npu", "after the hold: {:?}", back.value);
+        ensure_between("the fail-back", back.wall, up, HOLD, HOLD + 3.0)?;
+        println!(
+            "restart during the fail-back hold: back on NPU {:.2} s after the pod's Ready transition, {:.2} s after the restart",
+            cellule_e2e::failover::seconds_between(back.wall, up),
+            cellule_e2e::failover::seconds_between(back.wall, restarted)
+        );
+        // Nothing more afterwards: one switch each way.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let changes = backends(&slices.all());
+        ensure!(changes == ["npu", "cpu", "npu"], "backends seen: {changes:?}");
+        wait_tier(&client, &ns, "heavy on NPU", WAIT, |t, _| t["servedBy"] == "Npu").await?;
+        ensure!(count_events(&client, &ns, "FailedOver").await? == 1, "FailedOver Events");
+        ensure!(count_events(&client, &ns, "FailedBack").await? == 1, "FailedBack Events");
+        kill(operator).await
+    })
+    .await;
+}

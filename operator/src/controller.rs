@@ -10,7 +10,7 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+        core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, Service, ServiceAccount},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
@@ -91,12 +91,23 @@ where
         + 'static,
 {
     fn new(client: &Client, namespace: Option<&str>, config: watcher::Config) -> Self {
+        Self::watching(api(client, namespace), config, strip)
+    }
+}
+
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// The cache of what `api` lists and watches under `config`, each
+    /// object passed through `modify` before it is cached.
+    fn watching(api: Api<K>, config: watcher::Config, modify: fn(&mut K)) -> Self {
         let (store, writer) = reflector::store();
         Self {
             writer,
             store,
             changes: tokio::sync::broadcast::channel(BUFFER).0,
-            events: watcher(api(client, namespace), config).boxed(),
+            events: watcher(api, config).modify(modify).boxed(),
         }
     }
 
@@ -132,7 +143,7 @@ where
 
     /// Drives the watch into the store, then to the subscriptions.
     fn run(self) -> BoxFuture<'static, ()> {
-        let events = self.events.modify(strip).default_backoff();
+        let events = self.events.default_backoff();
         let changes = self.changes;
         reflector::reflector(self.writer, events)
             .for_each(move |event| {
@@ -178,10 +189,26 @@ fn strip<K: Resource>(object: &mut K) {
     }
 }
 
+/// A Node as routing reads it: its conditions. The image list, volumes
+/// and the rest of its status are dropped before caching.
+fn strip_node(node: &mut Node) {
+    strip(node);
+    if let Some(status) = node.status.as_mut() {
+        *status = NodeStatus {
+            conditions: status.conditions.take(),
+            ..Default::default()
+        };
+    }
+}
+
 /// Where the API server publishes its own addresses: the EndpointSlice of
 /// the `kubernetes` Service.
 pub const API_SERVER_NAMESPACE: &str = "default";
 pub const API_SERVER_SLICE: &str = "kubernetes";
+
+/// The pods routing reads: NPU servers' and CPU workers'.
+const ROUTED_PODS: &str =
+    "app.kubernetes.io/name=cellule,app.kubernetes.io/component in (npu-server,cpu-worker)";
 
 /// Every cache of one scope (the cluster, or one namespace).
 pub struct Caches {
@@ -205,6 +232,13 @@ pub struct Caches {
     /// The API server's own EndpointSlice (`default/kubernetes`): where a
     /// pool's live channel goes.
     pub api_server: Shared<EndpointSlice>,
+    /// The tier Services' EndpointSlices, which the operator writes.
+    pub endpoint_slices: Shared<EndpointSlice>,
+    /// The pods of NPU servers and CPU workers: what routing follows.
+    pub pods: Shared<Pod>,
+    /// Every node's conditions: a node that stops reporting takes its
+    /// pods out of routing before they are marked NotReady.
+    pub nodes: Shared<Node>,
 }
 
 impl Caches {
@@ -233,6 +267,13 @@ impl Caches {
                 Some(API_SERVER_NAMESPACE),
                 watcher::Config::default().fields(&format!("metadata.name={API_SERVER_SLICE}")),
             ),
+            endpoint_slices: Shared::new(client, namespace, owned()),
+            pods: Shared::new(
+                client,
+                namespace,
+                watcher::Config::default().labels(ROUTED_PODS),
+            ),
+            nodes: Shared::watching(Api::all(client.clone()), all(), strip_node),
         }
     }
 
@@ -249,7 +290,10 @@ impl Caches {
                 role_bindings: self.role_bindings.store(),
                 revocation_lists: self.revocation_lists.store(),
                 secrets: self.secrets.store(),
+                endpoint_slices: self.endpoint_slices.store(),
             },
+            pods: self.pods.store(),
+            nodes: self.nodes.store(),
             secret_metadata: self.secret_metadata.store(),
             api_server: self.api_server.store(),
             npu_servers: self.npu_servers.store(),
@@ -276,6 +320,9 @@ impl Caches {
             self.secrets.synced(),
             self.secret_metadata.synced(),
             self.api_server.synced(),
+            self.endpoint_slices.synced(),
+            self.pods.synced(),
+            self.nodes.synced(),
         ])
         .map(|all| all.into_iter().all(|ok| ok))
         .boxed()
@@ -300,6 +347,9 @@ impl Caches {
             self.secrets.run(),
             self.secret_metadata.run(),
             self.api_server.run(),
+            self.endpoint_slices.run(),
+            self.pods.run(),
+            self.nodes.run(),
         ])
         .map(|_| ())
         .boxed()

@@ -14,6 +14,7 @@ pub mod npu_server;
 pub mod peer_trust;
 pub mod pool;
 pub mod reconcile;
+pub mod routing;
 pub mod telemetry;
 pub mod tokens;
 pub mod worker_grant;

@@ -2,12 +2,14 @@
 //! two owners can ever want the same name.
 //!
 //! Each name is `<owner>-<tag>` with a fixed tag per kind of object, or,
-//! for a CPU worker set (the only name built from two user strings),
-//! `<pool>--<set>`. The scheme is collision-free because admission refuses
-//! Pool and NpuServer names that contain `--` (see
-//! `api::common::derived_name_rule`):
-//! - `<pool>--<set>` contains `--` and no other name does, and splitting at
-//!   the first `--` gives back the pool (which has none) and the set;
+//! for a CPU worker set or a tier (the only names built from two user
+//! strings), `<pool>--<set>` and `<pool>--<tier>`. The scheme is
+//! collision-free because admission refuses Pool and NpuServer names that
+//! contain `--` (see `api::common::derived_name_rule`), and a set named
+//! like a tier of its Pool:
+//! - `<pool>--<x>` contains `--` and no other name does, and splitting at
+//!   the first `--` gives back the pool (which has none) and the set or
+//!   tier;
 //! - the fixed tags differ per kind (`npu` is only an NpuServer's, `token`
 //!   only a WorkerGrant's) and none is a `-`-suffix of another, so
 //!   `<a>-<tag1>` = `<b>-<tag2>` forces `a = b` and `tag1 = tag2`.
@@ -18,6 +20,8 @@
 //! Names are not the only guard: [`crate::reconcile::apply`] never writes
 //! over an object that another owner, or a person, made.
 
+/// Longest name of a Service or a label value.
+pub const DNS_LABEL_MAX: usize = 63;
 /// Longest Pool name: `<pool>--<set>` with a 21-character set fits in 63.
 pub const POOL_NAME_MAX: usize = 40;
 /// Longest CPU worker set name (see [`POOL_NAME_MAX`]).
@@ -36,6 +40,13 @@ pub fn pool(pool: &str) -> String {
 /// A CPU worker set's Deployment, Service and NetworkPolicy.
 pub fn cpu_workers(pool: &str, set: &str) -> String {
     format!("{pool}--{set}")
+}
+
+/// A tier's Service and EndpointSlice: where the pool sends the tier's
+/// requests. Admission keeps it a DNS label, and different from every CPU
+/// worker set's `<pool>--<set>` (no set may be named like a tier).
+pub fn tier(pool: &str, tier: &str) -> String {
+    format!("{pool}--{tier}")
 }
 
 /// The default-deny NetworkPolicy of every pod of the pool.
@@ -126,6 +137,9 @@ mod tests {
             for s in *sets {
                 out.push((cpu_workers(p, s), format!("Pool {p} set {s}")));
             }
+            for t in ["light", "heavy-npu"] {
+                out.push((tier(p, t), format!("Pool {p} tier {t}")));
+            }
         }
         for n in npus {
             out.push((npu_server(n), format!("NpuServer {n}")));
@@ -175,6 +189,7 @@ mod tests {
         let s = "s".repeat(CPU_WORKER_SET_MAX);
         for name in [
             cpu_workers(&p, &s),
+            tier(&p, &"t".repeat(DNS_LABEL_MAX - 2 - POOL_NAME_MAX)),
             signing_keys(&p),
             legacy_revocations(&p),
         ] {

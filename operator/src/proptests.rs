@@ -966,12 +966,11 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
             prop_assert!(refs.secret_exists(&spec.tls.name));
             prop_assert!(refs.secret_exists(&spec.database.dsn_secret_ref.name));
 
-            let tiers = routing::tier_status(&valid.tiers);
+            let routing = routing::route(&valid, &routing::Observed::default(), &[], 1_800_000_000);
             prop_assert_eq!(
-                tiers.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                spec.tiers.iter().map(|t| &t.name).collect::<Vec<_>>()
+                routing.tiers().into_iter().map(|t| t.name).collect::<Vec<_>>(),
+                spec.tiers.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
             );
-            let _ = routing::summary(&tiers);
             // Some images refused (which ones depends on the generated
             // names): their Deployments are neither rendered nor pruned.
             let mut running = crate::pool::all_verified(pool);
@@ -984,7 +983,7 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
             for name in &refused {
                 running.0.remove(name);
             }
-            let desired = build::desired(&valid, &tiers, &running);
+            let desired = build::desired(&valid, &routing, &running);
             prop_assert_eq!(
                 desired.kept.len() + desired.deployments.len(),
                 1 + spec.cpu_workers.len()
@@ -1367,11 +1366,14 @@ fn derived_names(
         ] {
             out.push((f(pool), format!("Pool {pool} {role}")));
         }
-        for set in sets {
-            out.push((
-                names::cpu_workers(pool, set),
-                format!("Pool {pool} set {set}"),
-            ));
+        // Sets and tiers of one pool never share a name (admission): the
+        // distinct names generated are dealt to one or the other.
+        for (i, name) in sets.iter().enumerate() {
+            out.push(if i % 2 == 0 {
+                (names::cpu_workers(pool, name), format!("Pool {pool} set {name}"))
+            } else {
+                (names::tier(pool, name), format!("Pool {pool} tier {name}"))
+            });
         }
     }
     for npu in npus {

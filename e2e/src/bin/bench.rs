@@ -12,7 +12,11 @@
 //!   server, without that many grants): objects, bytes per object, bytes
 //!   rewritten and time per revocation, and how long a verifier starting
 //!   then takes to read it all;
-//! - the cost of signing and verifying one token (in process).
+//! - the cost of signing and verifying one token (in process);
+//! - NPU → CPU fail-over (`CELLULE_BENCH=failover`, see [`failover_figures`]):
+//!   latency from an NPU pod's Ready turning False to the tier's
+//!   EndpointSlice and to the routing the pool's credentials see, fail-back
+//!   accuracy, and switches under flapping readiness.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -315,6 +319,7 @@ async fn store_context(client: &Client, ns: &str) -> anyhow::Result<Arc<Context>
         role_bindings: empty(),
         revocation_lists: lists,
         secrets: empty(),
+        endpoint_slices: empty(),
     };
     Ok(Context::new(
         client.clone(),
@@ -325,6 +330,8 @@ async fn store_context(client: &Client, ns: &str) -> anyhow::Result<Arc<Context>
             npu_servers: empty(),
             pools,
             grants: empty(),
+            pods: empty(),
+            nodes: empty(),
         },
         // The revocation store reads no image.
         Arc::new(Cached::new(
@@ -494,13 +501,16 @@ fn sign_verify_cost(rounds: u32) -> (Duration, Duration) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // CELLULE_BENCH=images (or tokens) runs one part; default both.
+    // CELLULE_BENCH=images (or tokens, or failover) runs one part; default all.
     let only = std::env::var("CELLULE_BENCH").unwrap_or_default();
     if only.is_empty() || only == "images" {
         image_figures().await?;
     }
     if only.is_empty() || only == "tokens" {
         token_figures().await?;
+    }
+    if only.is_empty() || only == "failover" {
+        failover_figures().await?;
     }
     Ok(())
 }
@@ -761,5 +771,220 @@ async fn token_figures() -> anyhow::Result<()> {
             .delete(&ns, &DeleteParams::background())
             .await?;
     }
+    Ok(())
+}
+
+/// `p` of `sorted` milliseconds (nearest rank, as [`percentile`]).
+fn percentile_ms(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary_ms(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    format!(
+        "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms (min {:.1} ms)",
+        percentile_ms(&sorted, 0.50),
+        percentile_ms(&sorted, 0.95),
+        percentile_ms(&sorted, 0.99),
+        sorted[sorted.len() - 1],
+        sorted[0]
+    )
+}
+
+/// `b - a` in milliseconds, negative if `b` came first.
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    if b >= a {
+        (b - a).as_secs_f64() * 1e3
+    } else {
+        -((a - b).as_secs_f64() * 1e3)
+    }
+}
+
+/// NPU → CPU fail-over of tier `heavy` (one NPU pod needed, pinned to
+/// `npu-1`; two CPU workers in its fallback tier), through the operator.
+/// Three watches record the instant each change arrives in this process:
+/// the NPU pods (admin), the tier's EndpointSlice (admin), and the routing
+/// ConfigMap with the pool's ServiceAccount credentials (what the pool's
+/// live channel is fed by).
+/// - fail-over latency, `failOverAfter: 0s`, over 25 trials: from the
+///   moment the watch sees the pod's `Ready` turn False (t0) to (a) the
+///   slice's backend turning `cpu` (t1) and (b) the ConfigMap's tier
+///   turning `CpuFailover` as the pool's credentials see it (t2). Between
+///   trials the pod is made Ready and the tier fails back (`failBackAfter:
+///   0s`); both watches are back on the NPU pod before the next trial;
+/// - fail-back accuracy, `failBackAfter: 5s`: from the watch seeing the pod
+///   Ready again (and from its `lastTransitionTime`, 1 s resolution) to the
+///   slice back on `npu`;
+/// - switches under flapping: readiness toggled every 2 s for 60 s
+///   (`failOverAfter: 0s`, `failBackAfter: 5s`), then Ready: FailedOver and
+///   FailedBack Events and the slice's backend changes.
+async fn failover_figures() -> anyhow::Result<()> {
+    use cellule_e2e::failover::{self as fo, Site, TIER};
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = format!("bench-failover-{}", std::process::id());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    fo::site_ready(&client, &ns, &Site::new("0s", "0s")).await?;
+    let as_pool = cellule_e2e::client_from(
+        &cellule_e2e::service_account_kubeconfig(&client, &ns, fo::POOL_SA).await?,
+    )
+    .await?;
+    let readiness = fo::watch_readiness(&client, &ns, &fo::npu_selector());
+    let slices = fo::watch_route(&client, &ns, TIER);
+    let routing = fo::watch_routing_config(&as_pool, &ns, TIER);
+    readiness.current().await?;
+    slices.current().await?;
+    routing.current().await?;
+    let pod = fo::pods(&client, &ns, &fo::npu_selector())
+        .await?
+        .first()
+        .and_then(|p| p.metadata.name.clone())
+        .context("an NPU pod")?;
+    let wait = Duration::from_secs(20);
+    let on_npu = async || -> anyhow::Result<()> {
+        slices
+            .until("slice on npu", wait, |r| r.backend == "npu")
+            .await?;
+        routing
+            .until("routing on Npu", wait, |t| t["servedBy"] == "Npu")
+            .await?;
+        Ok(())
+    };
+
+    let trials = 25;
+    let (mut to_slice, mut to_pool) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        on_npu().await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (r, s, c) = (readiness.len(), slices.len(), routing.len());
+        fo::set_pod_ready(&client, &ns, &pod, false).await?;
+        let t0 = readiness
+            .first_from(r, "the pod's Ready False", wait, |m| {
+                m.get(&pod) == Some(&false)
+            })
+            .await?
+            .at;
+        let t1 = slices
+            .first_from(s, "the slice on cpu", wait, |r| r.backend == "cpu")
+            .await?
+            .at;
+        let t2 = routing
+            .first_from(c, "the routing on CpuFailover", wait, |t| {
+                t["servedBy"] == "CpuFailover"
+            })
+            .await?
+            .at;
+        to_slice.push(ms_between(t0, t1));
+        to_pool.push(ms_between(t0, t2));
+        fo::set_pod_ready(&client, &ns, &pod, true).await?;
+    }
+    on_npu().await?;
+    let p99 = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        percentile_ms(&s, 0.99)
+    };
+    println!(
+        "NPU → CPU fail-over, failOverAfter 0s, {trials} trials, from a watch seeing the last required NPU pod's Ready turn False:"
+    );
+    println!(
+        "  (a) to a watch seeing the tier's EndpointSlice on the CPU workers: {} — target p99 ≤ 300 ms: {}",
+        summary_ms(&to_slice),
+        if p99(&to_slice) <= 300.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "  (b) to a watch with the pool's credentials seeing the routing ConfigMap on CpuFailover: {} — target p99 ≤ 300 ms: {}",
+        summary_ms(&to_pool),
+        if p99(&to_pool) <= 300.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+
+    // Fail-back accuracy.
+    let hold = 5.0;
+    cellule_e2e::merge_patch(
+        &client,
+        &ns,
+        "Pool",
+        fo::POOL,
+        json!({"spec": {"failover": {"failBackAfter": "5s"}}}),
+    )
+    .await?;
+    println!("fail-back accuracy, failBackAfter {hold}s:");
+    let long = Duration::from_secs(30);
+    for trial in 1..=3 {
+        on_npu().await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let s = slices.len();
+        fo::set_pod_ready(&client, &ns, &pod, false).await?;
+        slices
+            .first_from(s, "the slice on cpu", wait, |r| r.backend == "cpu")
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (r, s) = (readiness.len(), slices.len());
+        fo::set_pod_ready(&client, &ns, &pod, true).await?;
+        let seen_ready = readiness
+            .first_from(r, "the pod's Ready True", wait, |m| {
+                m.get(&pod) == Some(&true)
+            })
+            .await?;
+        let back = slices
+            .first_from(s, "the slice back on npu", long, |r| r.backend == "npu")
+            .await?;
+        let transition = fo::wait_pod_ready(&client, &ns, &pod, true).await?;
+        let transition = fo::ready_since(&transition).context("Ready since")?;
+        let actual = back.at.duration_since(seen_ready.at).as_secs_f64();
+        println!(
+            "  trial {trial}: back on NPU {actual:.3} s after the watch saw the pod Ready ({:+.0} ms vs {hold} s); {:.3} s after its Ready lastTransitionTime (1 s resolution)",
+            (actual - hold) * 1e3,
+            fo::seconds_between(back.wall, transition)
+        );
+    }
+
+    // Flapping.
+    on_npu().await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (over, back) = (
+        fo::count_events(&client, &ns, "FailedOver").await?,
+        fo::count_events(&client, &ns, "FailedBack").await?,
+    );
+    let s = slices.len();
+    let started = Instant::now();
+    let mut ready = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        let tick = Instant::now();
+        fo::set_pod_ready(&client, &ns, &pod, ready).await?;
+        ready = !ready;
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(tick.elapsed())).await;
+    }
+    fo::set_pod_ready(&client, &ns, &pod, true).await?;
+    let during = fo::backends(&slices.all()[s..]);
+    on_npu().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = fo::backends(&slices.all()[s..]);
+    println!(
+        "flapping, readiness toggled every 2 s for 60 s (failOverAfter 0s, failBackAfter 5s), then Ready: {} FailedOver and {} FailedBack Events; slice backends during the flapping {during:?}, until settled {after:?}",
+        fo::count_events(&client, &ns, "FailedOver").await? - over,
+        fo::count_events(&client, &ns, "FailedBack").await? - back,
+    );
+    Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::background())
+        .await?;
     Ok(())
 }

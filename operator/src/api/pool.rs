@@ -27,6 +27,7 @@ use crate::names;
     shortname = "cpool",
     category = "cellule",
     validation = derived_name_rule("Pool", names::POOL_NAME_MAX),
+    validation = tier_service_rule(),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -116,6 +117,18 @@ pub struct PoolSpec {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub extra_egress: Vec<EgressRule>,
+}
+
+/// Each tier gets a Service `<pool>--<tier>` (see `names::tier`): it must
+/// be a DNS label and differ from every CPU worker set's `<pool>--<set>`.
+fn tier_service_rule() -> kube::core::Rule {
+    let max = names::DNS_LABEL_MAX - 2;
+    kube::core::Rule::new(format!(
+        "self.spec.tiers.all(t, size(self.metadata.name) + size(t.name) <= {max} && (!has(self.spec.cpuWorkers) || !self.spec.cpuWorkers.exists(w, w.name == t.name)))"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "spec.tiers[].name: each tier gets a Service named <pool>--<tier>, so the Pool name and a tier name together must be at most {max} characters, and no cpuWorkers[].name may equal a tier name"
+    )))
 }
 
 /// The pool's PostgreSQL database. The operator passes the DSN to the pool
@@ -515,17 +528,53 @@ pub enum TierServing {
     Unavailable,
 }
 
-/// Routing state of one tier.
+/// Routing state of one tier: what on-call reads during an incident.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TierStatus {
     /// Tier name.
     pub name: String,
     /// What serves it now.
-    pub serving: TierServing,
+    pub served_by: TierServing,
     /// The tier whose workers take its requests, during fail-over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// The model that answers its requests now (the fallback tier's during
+    /// fail-over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Since when `servedBy` has had its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Why, in one word: `CpuTier`, `NpuHealthy`, `FailOverPending`,
+    /// `NpuUnavailable`, `FailBackPending`, `NoFallback` or
+    /// `FallbackUnavailable`.
+    pub reason: String,
+    /// The tier's Service: the address the pool sends its requests to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The NPU server of an NPU tier, as its pods show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npu: Option<NpuHealthStatus>,
+}
+
+/// An NPU tier's server, as its pods show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NpuHealthStatus {
+    /// The NpuServer.
+    pub server: String,
+    /// Its pods that are Ready, on a Ready node, and not terminating.
+    pub ready: i32,
+    /// Ready pods it needs to count as healthy (`minHealthyReplicas`).
+    pub required: i32,
+    /// Whether `ready` reaches `required`.
+    pub healthy: bool,
+    /// Since when `healthy` has had its value, as the pods' and nodes'
+    /// Ready conditions show it (the fail-over and fail-back timers count
+    /// from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// Observed state of a Pool.

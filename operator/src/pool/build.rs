@@ -9,6 +9,7 @@ use k8s_openapi::{
             ConfigMap, ConfigMapVolumeSource, KeyToPath, SecretVolumeSource, Service,
             ServiceAccount, Volume,
         },
+        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
@@ -22,17 +23,15 @@ use k8s_openapi::{
 use kube::Resource as _;
 
 use crate::{
-    api::pool::TierStatus,
     images::{self, Running},
     names,
     tokens::revocations::RevocationList,
     workload::{self, Component, ContainerSpec, Mount},
 };
 
-use super::{config, netpol, validate::ValidPool};
+use super::{config, netpol, routing::Routing, validate::ValidPool};
 
 pub const CONFIG_DIR: &str = "/etc/cellule/config";
-pub const ROUTING_DIR: &str = "/etc/cellule/routing";
 pub const TLS_DIR: &str = "/etc/cellule/tls";
 pub const DB_DIR: &str = "/etc/cellule/db";
 pub const JWKS_DIR: &str = "/etc/cellule/jwks";
@@ -49,6 +48,8 @@ pub struct Desired {
     pub service_accounts: Vec<ServiceAccount>,
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// The tier Services' endpoints (the Services are in `services`).
+    pub endpoint_slices: Vec<EndpointSlice>,
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
     /// Deployments left exactly as they are (not created, not updated, not
@@ -71,6 +72,7 @@ impl Desired {
             .chain(of("ServiceAccount", &self.service_accounts))
             .chain(of("PodDisruptionBudget", &self.pod_disruption_budgets))
             .chain(of("NetworkPolicy", &self.network_policies))
+            .chain(of("EndpointSlice", &self.endpoint_slices))
             .chain(of("Role", &self.roles))
             .chain(of("RoleBinding", &self.role_bindings))
     }
@@ -93,10 +95,10 @@ pub fn cpu_worker_component(valid: &ValidPool, set: &str) -> Component {
     }
 }
 
-/// Everything `valid` wants; `images` has the verified image of each
-/// workload (`pool`, `cpuWorkers[<set>]`), and a workload without one is
-/// left as it is.
-pub fn desired(valid: &ValidPool, tiers: &[TierStatus], images: &Running) -> Desired {
+/// Everything `valid` wants; `routing` is each tier's, `images` has the
+/// verified image of each workload (`pool`, `cpuWorkers[<set>]`), and a
+/// workload without one is left as it is.
+pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desired {
     let pool = &valid.pool;
     let spec = &pool.spec;
     let component = pool_component(&valid.name);
@@ -113,10 +115,6 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus], images: &Running) -> Des
         Mount {
             volume: config_map_volume("config", &config_name),
             path: CONFIG_DIR.into(),
-        },
-        Mount {
-            volume: config_map_volume("routing", &routing_name),
-            path: ROUTING_DIR.into(),
         },
         Mount {
             volume: secret_volume("tls", &spec.tls.name, None),
@@ -162,13 +160,15 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus], images: &Running) -> Des
             .into_iter()
             .collect(),
         deployments: deployment.into_iter().collect(),
-        services: vec![workload::service(pool, &component, spec.workers.port)],
+        services: std::iter::once(workload::service(pool, &component, spec.workers.port))
+            .chain(routing.services.iter().cloned())
+            .collect(),
         config_maps: vec![
             config_map(&config_name, config::CONFIG_KEY, config_text),
             config_map(
                 &routing_name,
                 config::ROUTING_KEY,
-                config::render_routing(valid, tiers),
+                config::render_routing(valid, &routing.tiers()),
             ),
         ],
         service_accounts: vec![ServiceAccount {
@@ -178,6 +178,7 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus], images: &Running) -> Des
         }],
         pod_disruption_budgets: Vec::new(),
         network_policies: netpol::pool_policies(valid),
+        endpoint_slices: routing.slices.clone(),
         roles: vec![live_channel_role(valid, &component)],
         role_bindings: vec![live_channel_binding(valid, &component)],
     };
@@ -237,9 +238,9 @@ pub fn desired(valid: &ValidPool, tiers: &[TierStatus], images: &Running) -> Des
 }
 
 /// The pool's live channel: its ServiceAccount may read and watch exactly
-/// its JWKS ConfigMap and the namespace's RevocationLists (RBAC cannot
-/// narrow by label, and their names come and go; they hold no secret),
-/// nothing else (docs/pool-contract.md).
+/// its JWKS and routing ConfigMaps and the namespace's RevocationLists
+/// (RBAC cannot narrow by label, and their names come and go; they hold
+/// no secret), nothing else (docs/pool-contract.md).
 fn live_channel_role(valid: &ValidPool, component: &Component) -> Role {
     let read: Vec<String> = ["get", "list", "watch"].map(String::from).into();
     Role {
@@ -248,7 +249,7 @@ fn live_channel_role(valid: &ValidPool, component: &Component) -> Role {
             PolicyRule {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(vec![names::jwks(&valid.name)]),
+                resource_names: Some(vec![names::jwks(&valid.name), names::routing(&valid.name)]),
                 verbs: read.clone(),
                 non_resource_urls: None,
             },

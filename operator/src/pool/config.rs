@@ -2,8 +2,10 @@
 //!
 //! Two ConfigMaps: `<pool>-config` holds the settings of the spec and rolls
 //! the Deployment when it changes (checksum annotation); `<pool>-routing`
-//! holds how each tier is served right now, which changes with NPU health
-//! and is re-read by the running pool without a restart.
+//! holds how each tier is served right now, which changes with NPU health:
+//! the running pool watches it on the API server (its live channel, as for
+//! its JWKS), never from a volume the kubelet refreshes a minute late, and
+//! is never restarted for it.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::api::pool::{PrivacyMode, TierStatus};
 
 use super::{
-    build::{DB_DIR, JWKS_DIR, ROUTING_DIR, TLS_DIR},
+    build::{DB_DIR, JWKS_DIR, TLS_DIR},
     validate::ValidPool,
 };
 
@@ -33,8 +35,8 @@ pub fn render_config(valid: &ValidPool) -> String {
         "database": {"dsnFile": format!("{DB_DIR}/{}", spec.database.dsn_secret_ref.key)},
         "tiers": spec.tiers.iter().map(|t| json!({
             "name": t.name, "model": t.model, "backend": t.backend, "fallbackTier": t.fallback_tier,
+            "service": tier_address(valid, &t.name),
         })).collect::<Vec<_>>(),
-        "routingFile": format!("{ROUTING_DIR}/{ROUTING_KEY}"),
         "verification": spec.verification,
         "privacy": {
             "mode": spec.privacy.mode,
@@ -67,6 +69,10 @@ pub fn render_config(valid: &ValidPool) -> String {
             "live": {
                 "namespace": valid.namespace,
                 "jwksConfigMap": crate::names::jwks(&valid.name),
+                // How each tier is served now (fail-over), see
+                // render_routing.
+                "routingConfigMap": crate::names::routing(&valid.name),
+                "routingKey": ROUTING_KEY,
                 "revocationLists": {
                     "apiVersion": "cellule.ai/v1alpha1",
                     "kind": "RevocationList",
@@ -79,19 +85,33 @@ pub fn render_config(valid: &ValidPool) -> String {
     serde_yaml::to_string(&config).expect("JSON values always serialize to YAML")
 }
 
-/// Where each tier's requests go now.
+/// The address of a tier's Service.
+fn tier_address(valid: &ValidPool, tier: &str) -> String {
+    format!(
+        "{}.{}.svc:{}",
+        crate::names::tier(&valid.name, tier),
+        valid.namespace,
+        crate::routing::endpoints::TIER_PORT
+    )
+}
+
+/// Where each tier's requests go now: the tier's Service (whose endpoints
+/// the operator points at the backend serving it), and for the pool's own
+/// dispatch to laptop workers, which tier's workers take the requests.
 pub fn render_routing(valid: &ValidPool, tiers: &[TierStatus]) -> String {
     let routes: BTreeMap<&str, serde_json::Value> = tiers
         .iter()
-        .zip(&valid.tiers)
-        .map(|(status, tier)| {
-            let endpoint = tier
-                .npu
-                .as_ref()
-                .map(|npu| format!("{}.{}.svc:{}", npu.service, valid.namespace, npu.port));
+        .map(|status| {
             (
                 status.name.as_str(),
-                json!({"serving": status.serving, "via": status.via, "npuEndpoint": endpoint}),
+                json!({
+                    "servedBy": status.served_by,
+                    "via": status.via,
+                    "model": status.model,
+                    "since": status.since,
+                    "reason": status.reason,
+                    "service": tier_address(valid, &status.name),
+                }),
             )
         })
         .collect();

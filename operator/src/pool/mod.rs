@@ -14,7 +14,7 @@ mod tests;
 use std::{future::Future, sync::Arc};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use jiff::Timestamp;
 use kube::{
@@ -27,8 +27,8 @@ use kube::{
 };
 
 use crate::{
-    api::{NpuServer, Pool, pool::TierServing},
-    conditions::{self, Desired, Summary},
+    api::{NpuServer, Pool},
+    conditions::{self, Summary},
     controller::{Caches, created, drive},
     images,
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
@@ -37,8 +37,6 @@ use crate::{
         revocations::{self, RevocationStore},
     },
 };
-
-pub const DEGRADED: &str = "Degraded";
 
 /// The Pool controller: a Pool is reconciled when it changes, when an
 /// object it made changes, when a Secret it references appears or goes,
@@ -52,6 +50,7 @@ pub fn controller(
     let pools = caches.pools.store();
     let pools_for_npus = pools.clone();
     let pools_for_api = pools.clone();
+    let pods = caches.pods.store();
     let controller = caches
         .pools
         .controller(config)
@@ -82,8 +81,50 @@ pub fn controller(
             let pool = ObjectRef::new(&npu.spec.pool_ref.name)
                 .within(&npu.namespace().unwrap_or_default());
             pools_for_npus.get(&pool).map(|_| pool)
-        });
+        })
+        // Routing: a pod of an NPU server or a CPU worker, or the
+        // readiness of a node, changed.
+        .owns_shared_stream(caches.endpoint_slices.subscribe())
+        .watches_shared_stream(caches.pods.subscribe(), |pod| pool_of_pod(&pod))
+        .watches_shared_stream(
+            readiness_changes(caches.nodes.subscribe()),
+            move |node| {
+                let name = node.name_any();
+                let mut pools: Vec<_> = pods
+                    .state()
+                    .iter()
+                    .filter(|pod| {
+                        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                    })
+                    .filter_map(|pod| pool_of_pod(pod))
+                    .collect();
+                pools.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
+                pools.dedup();
+                pools
+            },
+        );
     drive(controller, shutdown, reconcile, ctx)
+}
+
+/// The Pool whose routing a pod of `pool`'s workloads counts in.
+fn pool_of_pod(pod: &Pod) -> Option<ObjectRef<Pool>> {
+    let pool = pod.labels().get(crate::reconcile::labels::POOL)?;
+    Some(ObjectRef::new(pool).within(&pod.namespace()?))
+}
+
+/// Only the nodes whose readiness changed (or that are new): a node's
+/// heartbeat, every few seconds, wakes no Pool.
+fn readiness_changes(
+    nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<Node>> + Send + 'static {
+    use futures::StreamExt as _;
+    let mut seen: std::collections::HashMap<String, crate::routing::health::NodeReady> =
+        std::collections::HashMap::new();
+    nodes.filter(move |node| {
+        let ready = crate::routing::health::node_ready(node);
+        let changed = seen.insert(node.name_any(), ready) != Some(ready);
+        futures::future::ready(changed)
+    })
 }
 
 /// The images a Pool runs: its own, then each in-cluster CPU worker set's.
@@ -245,8 +286,17 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             .flat_map(|s| s.image.iter().chain(&s.worker_images)),
     );
 
-    let tiers = routing::tier_status(&valid.tiers);
-    let mut desired = build::desired(&valid, &tiers, &running);
+    // Routing, from the pods and nodes as the caches have them and from
+    // the routing this status recorded (its timers count from there).
+    let pods = ctx.pods.state();
+    let observed = routing::observe(&valid, pods.iter().map(AsRef::as_ref), |node| {
+        ctx.nodes
+            .get(&ObjectRef::new(node))
+            .map(|n| crate::routing::health::node_ready(&n))
+    });
+    let previous_tiers = current.map_or(&[][..], |s| s.tiers.as_slice());
+    let routing = routing::route(&valid, &observed, previous_tiers, now.as_second());
+    let mut desired = build::desired(&valid, &routing, &running);
     // Token signing keys first: the JWKS published below comes from them.
     let (ring, next_key_change) = match tokens::sync_ring(ctx, pool, now.as_second()).await {
         Ok(ring) => ring,
@@ -271,12 +321,15 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         sync = sync.keep(name);
     }
     // NetworkPolicies first: the egress and ingress rules matter most.
+    // Then routing: the tiers' endpoints and the routing the pool watches.
     sync.kind(&owned.network_policies, desired.network_policies)
         .await;
-    sync.kind(&owned.service_accounts, desired.service_accounts)
+    sync.kind(&owned.services, desired.services).await;
+    sync.kind(&owned.endpoint_slices, desired.endpoint_slices)
         .await;
     sync.kind(&owned.config_maps, desired.config_maps).await;
-    sync.kind(&owned.services, desired.services).await;
+    sync.kind(&owned.service_accounts, desired.service_accounts)
+        .await;
     sync.kind(&owned.deployments, desired.deployments).await;
     sync.kind(
         &owned.pod_disruption_budgets,
@@ -301,39 +354,17 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     next.ready_replicas = Some(ready);
-    next.routing = Some(routing::summary(&tiers));
+    next.routing = Some(crate::routing::summary(&routing.tiers()));
     let (pool_image, worker_images): (Vec<_>, Vec<_>) = image_statuses
         .into_iter()
         .partition(|s| s.name.as_deref() == Some(images::POOL));
     next.image = pool_image.into_iter().next();
     next.worker_images = worker_images;
     let image_verified = images::condition(&checked);
-    let degraded: Vec<String> = tiers
-        .iter()
-        .zip(&valid.tiers)
-        .filter(|(status, _)| status.serving == TierServing::Unavailable)
-        .filter_map(|(status, tier)| {
-            let npu = tier.npu.as_ref()?;
-            Some(format!(
-                "tier {} has no healthy NpuServer {:?} ({:?})",
-                status.name, npu.name, npu.state
-            ))
-        })
-        .collect();
-    next.tiers = tiers;
-    let degraded_condition = if degraded.is_empty() {
-        Desired::new(DEGRADED, false, "AllTiersServed", "every tier is served")
-    } else {
-        Desired::new(
-            DEGRADED,
-            true,
-            "TierUnavailable",
-            reconcile::bounded(&degraded.join("; ")),
-        )
-    };
+    next.tiers = routing.tiers();
     conditions::set(
         &mut next.common.conditions,
-        degraded_condition,
+        routing::degraded(&next.tiers),
         generation,
         now,
     );
@@ -358,6 +389,10 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     };
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
     status::write(&ctx.client, pool, current, &next).await?;
+    // Once recorded: a switch not recorded is decided, and told, again.
+    for (type_, reason, note) in routing.decisions.iter().filter_map(routing::event) {
+        ctx.event(pool, type_, reason, "Route", note).await;
+    }
     if let Some(refused) = refused {
         // Backoff, and a Warning Event, from the error policy.
         return Err(refused);
@@ -369,6 +404,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         Some(next_key_change),
         next_revocation_expiry,
         images::next_refresh(&named, now.as_second()),
+        routing.wake(),
     ]
     .into_iter()
     .flatten()

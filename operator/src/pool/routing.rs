@@ -1,45 +1,260 @@
-//! How each tier is served right now (pure).
-//!
-//! An NPU tier is served by its NpuServer while that is healthy. The timed
-//! fail-over to the CPU fallback tier (with its hold times against
-//! flapping) is its own piece of work; until it lands, an unhealthy NPU
-//! tier is reported `Unavailable` with the fallback it will use.
+//! A Pool's routing: its tiers' pods gathered from the caches, then the
+//! decision and the tier Services and EndpointSlices (pure, see
+//! [`crate::routing`]).
 
-use crate::api::pool::{TierServing, TierStatus};
+use std::collections::BTreeMap;
 
-use super::validate::{NpuState, Tier};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 
-pub fn tier_status(tiers: &[Tier]) -> Vec<TierStatus> {
-    tiers
-        .iter()
-        .map(|tier| {
-            let serving = match &tier.npu {
-                None => TierServing::Cpu,
-                Some(npu) if npu.state == NpuState::Healthy => TierServing::Npu,
-                Some(_) => TierServing::Unavailable,
-            };
-            TierStatus {
-                name: tier.spec.name.clone(),
-                serving,
-                via: None,
-            }
-        })
-        .collect()
+use crate::{
+    api::pool::{TierServing, TierStatus},
+    names,
+    reconcile::labels,
+    routing::{
+        self, Decision, Fallback, NpuInput, Timers, TierInput,
+        endpoints::{self, Backend},
+        health::{self, Member, NodeReady},
+    },
+};
+
+use super::{build::CPU_WORKER_PORT, validate::ValidPool};
+
+/// The pods of a Pool's backends: each NpuServer's (by name) and each CPU
+/// tier's in-cluster workers (by tier).
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub npu: BTreeMap<String, Vec<Member>>,
+    pub cpu: BTreeMap<String, Vec<Member>>,
 }
 
-/// One line for `kubectl get`: `light=cpu heavy=npu`.
-pub fn summary(tiers: &[TierStatus]) -> String {
-    tiers
-        .iter()
-        .map(|t| {
-            let serving = match t.serving {
-                TierServing::Npu => "npu",
-                TierServing::Cpu => "cpu",
-                TierServing::CpuFailover => "cpu(failover)",
-                TierServing::Unavailable => "unavailable",
-            };
-            format!("{}={serving}", t.name)
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Sorts `pods` (any of the namespace's) into `valid`'s backends; a pod
+/// counts only when its Deployment's ReplicaSet made it.
+pub fn observe<'a>(
+    valid: &ValidPool,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    node: impl Fn(&str) -> Option<NodeReady>,
+) -> Observed {
+    // Deployment name → where its pods count.
+    let mut owners: BTreeMap<String, (bool, String)> = BTreeMap::new();
+    for tier in &valid.tiers {
+        if let Some(npu) = &tier.npu {
+            owners.insert(npu.deployment.clone(), (true, npu.name.clone()));
+        }
+    }
+    for set in &valid.pool.spec.cpu_workers {
+        owners.insert(
+            names::cpu_workers(&valid.name, &set.name),
+            (false, set.tier.clone()),
+        );
+    }
+    let mut observed = Observed::default();
+    for pod in pods {
+        let pod_labels = pod.metadata.labels.as_ref();
+        let label = |key: &str| pod_labels.and_then(|l| l.get(key)).map(String::as_str);
+        if label(labels::POOL) != Some(valid.name.as_str())
+            || pod.metadata.namespace.as_deref() != Some(valid.namespace.as_str())
+        {
+            continue;
+        }
+        let Some(deployment) = label(labels::INSTANCE) else {
+            continue;
+        };
+        let Some((npu, key)) = owners.get(deployment) else {
+            continue;
+        };
+        if !health::made_by(pod, deployment) {
+            continue;
+        }
+        let into = if *npu {
+            &mut observed.npu
+        } else {
+            &mut observed.cpu
+        };
+        into.entry(key.clone())
+            .or_default()
+            .push(health::member(pod, &node));
+    }
+    observed
+}
+
+/// What routing wants for a Pool now.
+#[derive(Clone, Debug, Default)]
+pub struct Routing {
+    pub decisions: Vec<Decision>,
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+}
+
+impl Routing {
+    pub fn tiers(&self) -> Vec<TierStatus> {
+        self.decisions.iter().map(|d| d.status.clone()).collect()
+    }
+
+    /// The earliest end of a running hold time.
+    pub fn wake(&self) -> Option<i64> {
+        self.decisions.iter().filter_map(|d| d.wake).min()
+    }
+}
+
+/// Every tier's routing at `now` (seconds), from `previous` (the Pool's
+/// `status.tiers`) and the pods.
+pub fn route(valid: &ValidPool, observed: &Observed, previous: &[TierStatus], now: i64) -> Routing {
+    let timers = Timers::of(&valid.pool.spec.failover);
+    let none: &[Member] = &[];
+    let cpu = |tier: &str| observed.cpu.get(tier).map_or(none, Vec::as_slice);
+    let has_workers = |tier: &str| valid.pool.spec.cpu_workers.iter().any(|w| w.tier == tier);
+    let mut routing = Routing::default();
+    for tier in &valid.tiers {
+        let spec = &tier.spec;
+        let service = names::tier(&valid.name, &spec.name);
+        let fallback = spec.fallback_tier.as_ref().and_then(|name| {
+            let fallback = valid.tiers.iter().find(|t| &t.spec.name == name)?;
+            Some(Fallback {
+                tier: name.clone(),
+                model: fallback.spec.model.clone(),
+                ready: has_workers(name)
+                    .then(|| cpu(name).iter().filter(|m| m.ready).count()),
+            })
+        });
+        let npu_members = tier
+            .npu
+            .as_ref()
+            .map(|npu| observed.npu.get(&npu.name).map_or(none, Vec::as_slice));
+        let input = TierInput {
+            name: spec.name.clone(),
+            model: spec.model.clone(),
+            service: service.clone(),
+            npu: tier.npu.as_ref().map(|npu| NpuInput {
+                server: npu.name.clone(),
+                health: health::health(
+                    npu_members.unwrap_or(none),
+                    npu.required.map_or(1, |r| usize::try_from(r).unwrap_or(1)),
+                ),
+            }),
+            fallback,
+        };
+        let decision = routing::decide(
+            &input,
+            previous.iter().find(|p| p.name == spec.name),
+            timers,
+            now,
+        );
+        let npu_backend = tier.npu.as_ref().map(|npu| Backend {
+            kind: "npu",
+            port: npu.port,
+            members: npu_members.unwrap_or(none),
+        });
+        let cpu_backend = |tier: &str| Backend {
+            kind: "cpu",
+            port: CPU_WORKER_PORT,
+            members: cpu(tier),
+        };
+        let fallback_backend = spec.fallback_tier.as_deref().map(cpu_backend);
+        let backend = match decision.status.served_by {
+            TierServing::Cpu => Some(cpu_backend(&spec.name)),
+            TierServing::Npu => endpoints::choose(npu_backend, fallback_backend),
+            TierServing::CpuFailover | TierServing::Unavailable => {
+                endpoints::choose(fallback_backend, npu_backend)
+            }
+        };
+        routing.services.push(endpoints::service(&valid.pool, &valid.name, &service));
+        routing
+            .slices
+            .extend(endpoints::slices(&valid.pool, &valid.name, &service, backend));
+        routing.decisions.push(decision);
+    }
+    routing
+}
+
+/// Condition type: some tier is not served by its own backend.
+pub const DEGRADED: &str = "Degraded";
+
+fn at(time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    time.map_or_else(|| "an unknown time".into(), |t| t.0.to_string())
+}
+
+/// How a tier's NPU server stands, in words.
+fn npu_words(status: &TierStatus) -> String {
+    status.npu.as_ref().map_or_else(String::new, |npu| {
+        format!(
+            "NpuServer {} has {} ready pods ({} needed) since {}",
+            npu.server,
+            npu.ready,
+            npu.required,
+            at(npu.since.as_ref())
+        )
+    })
+}
+
+/// What on-call reads about one tier that is not on its own backend, or
+/// about to move.
+pub fn describe(status: &TierStatus) -> Option<String> {
+    let name = &status.name;
+    let npu = npu_words(status);
+    let since = at(status.since.as_ref());
+    Some(match (status.served_by, status.reason.as_str()) {
+        (TierServing::CpuFailover, _) => format!(
+            "tier {name} is served by tier {} ({}) since {since}, degraded: {npu}",
+            status.via.as_deref().unwrap_or_default(),
+            status.model.as_deref().unwrap_or_default(),
+        ),
+        (TierServing::Unavailable, routing::reason::NO_FALLBACK) => {
+            format!("tier {name} is served by nothing since {since} (it has no fallbackTier): {npu}")
+        }
+        (TierServing::Unavailable, _) => format!(
+            "tier {name} is served by nothing since {since} (its fallback tier has no ready worker): {npu}"
+        ),
+        (TierServing::Npu, routing::reason::FAIL_OVER_PENDING) => {
+            format!("tier {name} fails over unless its server recovers: {npu}")
+        }
+        _ => return None,
+    })
+}
+
+/// The `Degraded` condition of a Pool with these tiers.
+pub fn degraded(tiers: &[TierStatus]) -> crate::conditions::Desired {
+    use crate::conditions::Desired;
+    let described: Vec<String> = tiers.iter().filter_map(describe).collect();
+    let message = crate::reconcile::bounded(&described.join("; "));
+    let served = |s: TierServing| tiers.iter().any(|t| t.served_by == s);
+    if served(TierServing::Unavailable) {
+        Desired::new(DEGRADED, true, "TierUnavailable", message)
+    } else if served(TierServing::CpuFailover) {
+        Desired::new(DEGRADED, true, routing::reason::NPU_UNAVAILABLE, message)
+    } else if described.is_empty() {
+        Desired::new(DEGRADED, false, "AllTiersServed", "every tier is served by its own backend")
+    } else {
+        Desired::new(DEGRADED, false, "AllTiersServed", message)
+    }
+}
+
+/// The Event a decision's transition deserves: type, reason and note.
+pub fn event(decision: &Decision) -> Option<(kube::runtime::events::EventType, &'static str, String)> {
+    use kube::runtime::events::EventType;
+    let status = &decision.status;
+    match decision.transition? {
+        routing::Transition::FailedBack => Some((
+            EventType::Normal,
+            "FailedBack",
+            format!(
+                "tier {} is back on its NPU server ({}): {}",
+                status.name,
+                status.model.as_deref().unwrap_or_default(),
+                npu_words(status)
+            ),
+        )),
+        routing::Transition::FailedOver => Some((
+            EventType::Warning,
+            "FailedOver",
+            describe(status).unwrap_or_default(),
+        )),
+        routing::Transition::Unavailable => Some((
+            EventType::Warning,
+            "TierUnavailable",
+            describe(status).unwrap_or_default(),
+        )),
+    }
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use super::{
     build,
-    validate::{self, NpuState, References, ValidPool},
+    validate::{self, References, ValidPool},
 };
 use crate::{
     api::{NpuServer, Pool},
     pool::routing,
+    routing::health::Member,
 };
 
 fn sample_pool() -> Pool {
@@ -31,45 +32,65 @@ fn sample_pool() -> Pool {
 }
 
 /// The caches as a test wants them: every Secret exists, and every
-/// NpuServer the pool names is its own, with the given health.
-pub(super) struct Fake(pub NpuState);
+/// NpuServer the pool names is its own (or none exists).
+pub(super) struct Fake(pub bool);
 
 impl References for Fake {
     fn secret_exists(&self, _: &str) -> bool {
         true
     }
     fn npu_server(&self, name: &str) -> Option<Arc<NpuServer>> {
-        let healthy = match self.0 {
-            NpuState::Missing => return None,
-            NpuState::Healthy => "True",
-            NpuState::Unhealthy => "False",
-        };
-        let mut npu: NpuServer = serde_json::from_value(serde_json::json!({
+        if !self.0 {
+            return None;
+        }
+        let npu: NpuServer = serde_json::from_value(serde_json::json!({
             "apiVersion": "cellule.ai/v1alpha1",
             "kind": "NpuServer",
             "metadata": {"name": name, "namespace": "site"},
             "spec": {"poolRef": {"name": "paris"}, "image": {"reference": "registry.local/npu:1", "verification": {"keys": [{"name": "k", "publicKey": "x"}]}}, "model": "m", "port": 8000},
         }))
         .unwrap();
-        npu.status = serde_json::from_value(serde_json::json!({
-            "conditions": [{"type": "Healthy", "status": healthy, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-        }))
-        .unwrap();
         Some(Arc::new(npu))
     }
 }
 
-fn valid(pool: &Pool, npu: NpuState) -> ValidPool {
-    validate::validate(pool, &Fake(npu)).unwrap()
+fn valid(pool: &Pool, npu_exists: bool) -> ValidPool {
+    validate::validate(pool, &Fake(npu_exists)).unwrap()
+}
+
+const NOW: i64 = 1_800_000_000;
+
+/// `n` pods, ready or not since `since`.
+fn members(prefix: &str, n: usize, ready: bool, since: i64) -> Vec<Member> {
+    (0..n)
+        .map(|i| Member {
+            pod: format!("{prefix}-{i}"),
+            ready,
+            since,
+            ip: Some(format!("10.244.{}.{i}", prefix.len())),
+            node: Some("node".into()),
+        })
+        .collect()
+}
+
+/// The sample's NPU server `heavy` with `npu_ready` of its 2 pods ready,
+/// and its CPU workers (tier `light`) with 2 ready.
+fn observed(npu_ready: usize) -> routing::Observed {
+    let mut npu = members("npu", npu_ready, true, NOW - 600);
+    npu.extend(members("npu-down", 2 - npu_ready, false, NOW - 600));
+    routing::Observed {
+        npu: [("heavy".to_owned(), npu)].into(),
+        cpu: [("light".to_owned(), members("cpu", 2, true, NOW - 600))].into(),
+    }
+}
+
+fn desired_with(valid: &ValidPool, observed: &routing::Observed) -> build::Desired {
+    let routing = routing::route(valid, observed, &[], NOW);
+    build::desired(valid, &routing, &super::all_verified(&valid.pool))
 }
 
 fn desired(pool: &Pool) -> build::Desired {
-    let valid = valid(pool, NpuState::Healthy);
-    build::desired(
-        &valid,
-        &routing::tier_status(&valid.tiers),
-        &super::all_verified(pool),
-    )
+    desired_with(&valid(pool, true), &observed(2))
 }
 
 #[test]
@@ -114,11 +135,10 @@ fn a_config_change_rolls_the_deployment_and_routing_does_not() {
     changed.spec.rate_limit.requests_per_minute_per_signer = 30;
     assert_ne!(checksum(&desired(&changed)), before);
 
-    let unhealthy = valid(&pool, NpuState::Unhealthy);
-    let routed = build::desired(
-        &unhealthy,
-        &routing::tier_status(&unhealthy.tiers),
-        &super::all_verified(&unhealthy.pool),
+    let routed = desired_with(&valid(&pool, true), &observed(0));
+    assert_ne!(
+        routed.config_maps, desired(&pool).config_maps,
+        "the routing ConfigMap follows"
     );
     assert_eq!(
         checksum(&routed),
@@ -187,22 +207,26 @@ fn default_deny_covers_every_pod_of_the_pool() {
 #[test]
 fn routing_summary_reads_for_on_call() {
     let pool = sample_pool();
-    let healthy = valid(&pool, NpuState::Healthy);
+    let summary = |valid: &ValidPool, observed: &routing::Observed| {
+        crate::routing::summary(&routing::route(valid, observed, &[], NOW).tiers())
+    };
+    assert_eq!(summary(&valid(&pool, true), &observed(2)), "light=cpu heavy=npu");
+    // failOverAfter is 30s in the sample; the pods have been down 600s.
     assert_eq!(
-        routing::summary(&routing::tier_status(&healthy.tiers)),
-        "light=cpu heavy=npu"
+        summary(&valid(&pool, true), &observed(0)),
+        "light=cpu heavy=cpu(failover)"
     );
-    let missing = valid(&pool, NpuState::Missing);
     assert_eq!(
-        routing::summary(&routing::tier_status(&missing.tiers)),
-        "light=cpu heavy=unavailable"
+        summary(&valid(&pool, false), &routing::Observed::default()),
+        "light=cpu heavy=npu",
+        "a missing server fails over only after failOverAfter from when it was seen missing"
     );
 }
 
 #[test]
 fn the_rendered_config_names_the_issuer_and_audience_tokens_carry() {
     let pool = sample_pool();
-    let valid = valid(&pool, NpuState::Healthy);
+    let valid = valid(&pool, true);
     let config: serde_json::Value =
         serde_yaml::from_str(&super::config::render_config(&valid)).unwrap();
     let expected = crate::tokens::audience(&valid.namespace, &valid.name);
@@ -212,7 +236,7 @@ fn the_rendered_config_names_the_issuer_and_audience_tokens_carry() {
 }
 
 #[test]
-fn the_live_channel_reads_its_jwks_and_revocation_lists_and_reaches_only_the_api_server() {
+fn the_live_channel_reads_its_jwks_routing_and_revocation_lists_and_reaches_only_the_api_server() {
     let pool = sample_pool();
     let desired = desired(&pool);
     let rules: Vec<_> = desired.roles[0]
@@ -234,7 +258,7 @@ fn the_live_channel_reads_its_jwks_and_revocation_lists_and_reaches_only_the_api
             (
                 vec![String::new()],
                 vec!["configmaps".to_owned()],
-                Some(vec!["paris-jwks".to_owned()])
+                Some(vec!["paris-jwks".to_owned(), "paris-routing".to_owned()])
             ),
             (
                 vec!["cellule.ai".to_owned()],
@@ -265,7 +289,7 @@ fn the_live_channel_reads_its_jwks_and_revocation_lists_and_reaches_only_the_api
             })
             .count()
     };
-    let mut valid = valid(&pool, NpuState::Healthy);
+    let mut valid = valid(&pool, true);
     assert_eq!(count(&valid), 0);
     valid.api_server = super::validate::ApiServer {
         cidrs: vec!["10.10.255.1/32".into()],

@@ -11,7 +11,7 @@ use crate::{
         NpuServer, Pool, PoolSpec,
         pool::{ModelTier, TierBackend, VerificationMode},
     },
-    conditions, names, netpol,
+    names, netpol,
     reconcile::{self, quantity},
 };
 
@@ -67,22 +67,16 @@ pub struct ApiServer {
     pub ports: Vec<i32>,
 }
 
-/// The NpuServer behind an NPU tier, as seen now.
+/// The NpuServer behind an NPU tier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NpuBackend {
     pub name: String,
-    /// Its Service name and port, where the pool reaches it.
-    pub service: String,
+    /// Its Deployment (whose pods serve the tier) and Service.
+    pub deployment: String,
     pub port: i32,
-    pub state: NpuState,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NpuState {
-    Healthy,
-    Unhealthy,
-    /// No NpuServer of that name, or it belongs to another pool.
-    Missing,
+    /// Ready pods it needs to count as healthy; `None` when there is no
+    /// NpuServer of that name in this pool.
+    pub required: Option<i32>,
 }
 
 /// A tier with what serves it resolved.
@@ -110,7 +104,7 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let spec = &pool.spec;
-    check_names(&name, spec.cpu_workers.iter().map(|w| w.name.as_str()))?;
+    check_names(&name, spec)?;
     check_spec(spec).map_err(|(reason, message)| Blocked::Invalid { reason, message })?;
     check_quantities(spec)?;
     let endpoint = &spec.database.endpoint;
@@ -372,7 +366,7 @@ fn check_quantities(spec: &PoolSpec) -> Result<(), Blocked> {
 /// The checks of admission that derived names rely on, again: a Pool
 /// stored before they existed must not make names that collide or that
 /// the API server refuses.
-fn check_names<'a>(pool: &str, sets: impl Iterator<Item = &'a str>) -> Result<(), Blocked> {
+fn check_names(pool: &str, spec: &PoolSpec) -> Result<(), Blocked> {
     let label = |s: &str, max: usize| {
         !s.is_empty()
             && s.len() <= max
@@ -391,7 +385,20 @@ fn check_names<'a>(pool: &str, sets: impl Iterator<Item = &'a str>) -> Result<()
             ),
         });
     }
-    for set in sets {
+    for tier in &spec.tiers {
+        let clash = spec.cpu_workers.iter().any(|w| w.name == tier.name);
+        if names::tier(pool, &tier.name).len() > names::DNS_LABEL_MAX || clash {
+            return Err(Blocked::Invalid {
+                reason: "InvalidName",
+                message: format!(
+                    "spec.tiers[].name {:?}: the tier's Service is named <pool>--<tier>, so the Pool name and the tier name together must be at most {} characters, and no cpuWorkers[].name may equal it",
+                    tier.name,
+                    names::DNS_LABEL_MAX - 2
+                ),
+            });
+        }
+    }
+    for set in spec.cpu_workers.iter().map(|w| w.name.as_str()) {
         // A set name may contain `--`: the pool part before it cannot.
         if set.is_empty()
             || set.len() > names::CPU_WORKER_SET_MAX
@@ -413,25 +420,10 @@ fn check_names<'a>(pool: &str, sets: impl Iterator<Item = &'a str>) -> Result<()
 
 fn npu_backend(name: &str, server: Option<&NpuServer>, pool: &str) -> NpuBackend {
     let server = server.filter(|s| s.spec.pool_ref.name == pool);
-    let state = match server {
-        None => NpuState::Missing,
-        Some(s) => {
-            let healthy = s
-                .status
-                .as_ref()
-                .and_then(|st| conditions::get(&st.common.conditions, crate::npu_server::HEALTHY))
-                .is_some_and(|c| c.status == "True");
-            if healthy {
-                NpuState::Healthy
-            } else {
-                NpuState::Unhealthy
-            }
-        }
-    };
     NpuBackend {
         name: name.into(),
-        service: names::npu_server(name),
+        deployment: names::npu_server(name),
         port: server.map_or(crate::api::npu_server::defaults::port(), |s| s.spec.port),
-        state,
+        required: server.map(|s| s.spec.min_healthy_replicas),
     }
 }

@@ -7,7 +7,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    core::v1::{ConfigMap, Node, Pod, Secret, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
@@ -39,6 +39,8 @@ pub struct OwnedStores {
     pub revocation_lists: Store<crate::tokens::revocations::RevocationList>,
     /// Only the operator's own Secrets (signing keys, worker tokens).
     pub secrets: Store<Secret>,
+    /// The tier Services' EndpointSlices.
+    pub endpoint_slices: Store<EndpointSlice>,
 }
 
 /// Every cache a reconcile reads.
@@ -49,6 +51,8 @@ pub struct Stores {
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
 }
 
 pub struct Context {
@@ -63,6 +67,9 @@ pub struct Context {
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
+    /// NPU servers' and CPU workers' pods, and every node (routing).
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
     /// Image signature verification (a cache over the registries).
     pub images: Arc<dyn crate::images::Verify>,
     failures: Mutex<HashMap<String, u32>>,
@@ -81,6 +88,8 @@ impl Context {
             npu_servers,
             pools,
             grants,
+            pods,
+            nodes,
         } = stores;
         let reporter = Reporter {
             controller: MANAGER.into(),
@@ -95,6 +104,8 @@ impl Context {
             npu_servers,
             pools,
             grants,
+            pods,
+            nodes,
             images,
             failures: Mutex::default(),
         })

@@ -5,7 +5,9 @@
 //!
 //! - `POST /verify` with the token as the body: 200 and the claims (JSON),
 //!   or 401 and why it is refused;
-//! - `GET /readyz`: 200 once the data is current, 503 and why not.
+//! - `GET /readyz`: 200 once the data is current, 503 and why not;
+//! - `GET /routing`: 200 and how each tier is served now (JSON, with the
+//!   `resourceVersion` it was read at), 503 before it is known.
 //!
 //! Tokens are never logged.
 
@@ -18,7 +20,7 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use cellule_verifier::live::Live;
+use cellule_verifier::{live::Live, routing::Routing};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -48,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
+    let routing = Routing::start(client.clone(), &args.namespace, &args.pool);
     let live = Live::start(
         client,
         &args.namespace,
@@ -57,7 +60,12 @@ async fn main() -> anyhow::Result<()> {
     let router = Router::new()
         .route("/verify", post(verify))
         .route("/readyz", get(ready))
-        .with_state(live);
+        .with_state(live)
+        .merge(
+            Router::new()
+                .route("/routing", get(current_routing))
+                .with_state(routing),
+        );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -73,6 +81,13 @@ async fn verify(State(live): State<Live>, token: String) -> (StatusCode, String)
             serde_json::to_string(&claims).unwrap_or_default(),
         ),
         Err(refused) => (StatusCode::UNAUTHORIZED, refused.to_string()),
+    }
+}
+
+async fn current_routing(State(routing): State<Routing>) -> (StatusCode, String) {
+    match routing.current() {
+        Ok(value) => (StatusCode::OK, value.to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
