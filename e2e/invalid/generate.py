@@ -106,6 +106,8 @@ CASES = [
     case("pool-name-double-hyphen", "pool", setp(("metadata", "name"), "paris--light"), "metadata.name", "no '--'"),
     case("pool-name-too-long", "pool", setp(("metadata", "name"), "p" * 41), "metadata.name", "at most 40 characters"),
     case("pool-name-with-dot", "pool", setp(("metadata", "name"), "pool.paris"), "metadata.name", "no '.'"),
+    case("pool-tier-named-like-a-worker-set", "pool", setp(S("cpuWorkers", 0, "name"), "light"), "spec.tiers[].name", "no cpuWorkers[].name may equal a tier name"),
+    case("pool-tier-service-name-too-long", "pool", lambda o: (o["metadata"].__setitem__("name", "p" * 40), o["spec"]["tiers"][1].__setitem__("name", "h" * 22)), "spec.tiers[].name", "at most 61 characters"),
     case("pool-worker-set-name-too-long", "pool", setp(S("cpuWorkers", 0, "name"), "w" * 22), "spec.cpuWorkers[0].name", "Too long"),
     case("pool-worker-cidr-host-bits", "pool", setp(S("workers", "allowedCidrs"), ["10.50.0.1/16"]), "spec.workers.allowedCidrs", "no host bits"),
     case("pool-database-cidr-host-bits", "pool", setp(S("database", "endpoint", "cidr"), "10.20.0.5/24"), "spec.database.endpoint.cidr", "no host bits"),

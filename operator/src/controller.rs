@@ -401,6 +401,40 @@ where
     })
 }
 
+/// Only the nodes whose readiness changed (or that are new): a node's
+/// heartbeat, every few seconds, wakes nothing.
+pub fn readiness_changes(
+    nodes: impl Stream<Item = Arc<Node>> + Send + 'static,
+) -> impl Stream<Item = Arc<Node>> + Send + 'static {
+    let mut seen: HashMap<String, crate::routing::health::NodeReady> = HashMap::new();
+    nodes.filter(move |node| {
+        let ready = crate::routing::health::node_ready(node);
+        let changed = seen.insert(node.name_any(), ready) != Some(ready);
+        futures::future::ready(changed)
+    })
+}
+
+/// The objects of `K` that have pods on `node`, found with `owner_of`.
+pub fn owners_on_node<K>(
+    pods: &Store<Pod>,
+    node: &Node,
+    owner_of: impl Fn(&Pod) -> Option<reflector::ObjectRef<K>>,
+) -> Vec<reflector::ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let name = node.name_any();
+    let mut owners: Vec<_> = pods
+        .state()
+        .iter()
+        .filter(|pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+        .filter_map(|pod| owner_of(pod))
+        .collect();
+    owners.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    owners.dedup();
+    owners
+}
+
 /// Only objects just created (`metadata.generation` 1): what wakes an
 /// owner that must learn of a new object but not of its every update.
 pub fn created<K>(

@@ -104,6 +104,11 @@ pub fn npu_server(npu: &str) -> String {
     format!("{npu}-npu")
 }
 
+/// The NpuServer whose Deployment `name` is.
+pub fn npu_server_of(name: &str) -> Option<&str> {
+    name.strip_suffix("-npu")
+}
+
 /// A WorkerGrant's token Secret.
 pub fn token(grant: &str) -> String {
     format!("{grant}-token")

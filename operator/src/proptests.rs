@@ -968,8 +968,15 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
 
             let routing = routing::route(&valid, &routing::Observed::default(), &[], 1_800_000_000);
             prop_assert_eq!(
-                routing.tiers().into_iter().map(|t| t.name).collect::<Vec<_>>(),
-                spec.tiers.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+                routing
+                    .tiers()
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect::<Vec<_>>(),
+                spec.tiers
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .collect::<Vec<_>>()
             );
             // Some images refused (which ones depends on the generated
             // names): their Deployments are neither rendered nor pruned.
@@ -1370,7 +1377,10 @@ fn derived_names(
         // distinct names generated are dealt to one or the other.
         for (i, name) in sets.iter().enumerate() {
             out.push(if i % 2 == 0 {
-                (names::cpu_workers(pool, name), format!("Pool {pool} set {name}"))
+                (
+                    names::cpu_workers(pool, name),
+                    format!("Pool {pool} set {name}"),
+                )
             } else {
                 (names::tier(pool, name), format!("Pool {pool} tier {name}"))
             });

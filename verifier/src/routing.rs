@@ -61,7 +61,11 @@ fn parse(cm: &ConfigMap) -> Result<Value, String> {
     Ok(value)
 }
 
-async fn watch(api: Api<ConfigMap>, name: String, state: Arc<RwLock<Option<Result<Value, String>>>>) {
+async fn watch(
+    api: Api<ConfigMap>,
+    name: String,
+    state: Arc<RwLock<Option<Result<Value, String>>>>,
+) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {

@@ -1,10 +1,11 @@
 //! NpuServer: a Deployment on accelerator nodes, its Service and its
-//! NetworkPolicy; its health (ready replicas against `minHealthyReplicas`)
-//! is what the Pool's routing reads.
+//! NetworkPolicy; its health (pods ready on ready nodes against
+//! `minHealthyReplicas`, counted as the Pool's routing counts them).
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
 
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -22,7 +23,7 @@ use kube::{
 use crate::{
     api::{NpuServer, Pool, pool::DnsSpec},
     conditions::{self, Desired, Summary},
-    controller::{Caches, drive, spec_changes},
+    controller::{Caches, drive, owners_on_node, readiness_changes, spec_changes},
     images::{self, ResolvedImage},
     netpol::{dns_egress, ingress, policy, tcp},
     pool::netpol::from_pool_pods,
@@ -106,8 +107,23 @@ pub fn desired(npu: &NpuServer, dns: &DnsSpec, image: Option<&ResolvedImage>) ->
     }
 }
 
+/// The NpuServer of one of its pods.
+fn npu_of_pod(pod: &Pod) -> Option<ObjectRef<NpuServer>> {
+    let labels = pod.labels();
+    if labels
+        .get(crate::reconcile::labels::COMPONENT)
+        .map(String::as_str)
+        != Some("npu-server")
+    {
+        return None;
+    }
+    let npu = crate::names::npu_server_of(labels.get(crate::reconcile::labels::INSTANCE)?)?;
+    Some(ObjectRef::new(npu).within(&pod.namespace()?))
+}
+
 /// The NpuServer controller: reconciled when it or an object it made
-/// changes, and when its Pool's spec changes (its DNS, its existence).
+/// changes, when one of its pods or their nodes' readiness changes, and
+/// when its Pool's spec changes (its DNS, its existence).
 pub fn controller(
     caches: &Caches,
     ctx: Arc<Context>,
@@ -116,12 +132,17 @@ pub fn controller(
 ) -> BoxFuture<'static, ()> {
     let npus = caches.npu_servers.store();
     let npus_of_pool = npus.clone();
+    let pods = caches.pods.store();
     let controller = caches
         .npu_servers
         .controller(config)
         .owns_shared_stream(caches.deployments.subscribe())
         .owns_shared_stream(caches.services.subscribe())
         .owns_shared_stream(caches.network_policies.subscribe())
+        .watches_shared_stream(caches.pods.subscribe(), |pod| npu_of_pod(&pod))
+        .watches_shared_stream(readiness_changes(caches.nodes.subscribe()), move |node| {
+            owners_on_node(&pods, &node, npu_of_pod)
+        })
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
             move |pool: Arc<Pool>| {
@@ -200,11 +221,10 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
     next.image = statuses.into_iter().next();
 
     let deployment = owned.deployments.get(&ObjectRef::new(&name).within(&ns));
-    let ready = deployment
-        .as_ref()
-        .and_then(|d| d.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    // Pods ready on ready nodes: a node that stopped reporting still has
+    // its pods Ready in the Deployment's count for a while.
+    let members = crate::pool::routing::members(ctx, &ns, &name);
+    let ready = i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX);
     let want = npu.spec.replicas.saturating_add(npu.spec.hot_spares);
     next.ready_replicas = Some(ready);
     next.desired_replicas = Some(want);

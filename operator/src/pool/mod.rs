@@ -14,7 +14,7 @@ mod tests;
 use std::{future::Future, sync::Arc};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 
 use jiff::Timestamp;
 use kube::{
@@ -29,7 +29,7 @@ use kube::{
 use crate::{
     api::{NpuServer, Pool},
     conditions::{self, Summary},
-    controller::{Caches, created, drive},
+    controller::{Caches, created, drive, owners_on_node, readiness_changes},
     images,
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
     tokens::{
@@ -86,23 +86,9 @@ pub fn controller(
         // readiness of a node, changed.
         .owns_shared_stream(caches.endpoint_slices.subscribe())
         .watches_shared_stream(caches.pods.subscribe(), |pod| pool_of_pod(&pod))
-        .watches_shared_stream(
-            readiness_changes(caches.nodes.subscribe()),
-            move |node| {
-                let name = node.name_any();
-                let mut pools: Vec<_> = pods
-                    .state()
-                    .iter()
-                    .filter(|pod| {
-                        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
-                    })
-                    .filter_map(|pod| pool_of_pod(pod))
-                    .collect();
-                pools.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
-                pools.dedup();
-                pools
-            },
-        );
+        .watches_shared_stream(readiness_changes(caches.nodes.subscribe()), move |node| {
+            owners_on_node(&pods, &node, pool_of_pod)
+        });
     drive(controller, shutdown, reconcile, ctx)
 }
 
@@ -110,21 +96,6 @@ pub fn controller(
 fn pool_of_pod(pod: &Pod) -> Option<ObjectRef<Pool>> {
     let pool = pod.labels().get(crate::reconcile::labels::POOL)?;
     Some(ObjectRef::new(pool).within(&pod.namespace()?))
-}
-
-/// Only the nodes whose readiness changed (or that are new): a node's
-/// heartbeat, every few seconds, wakes no Pool.
-fn readiness_changes(
-    nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static,
-) -> impl futures::Stream<Item = Arc<Node>> + Send + 'static {
-    use futures::StreamExt as _;
-    let mut seen: std::collections::HashMap<String, crate::routing::health::NodeReady> =
-        std::collections::HashMap::new();
-    nodes.filter(move |node| {
-        let ready = crate::routing::health::node_ready(node);
-        let changed = seen.insert(node.name_any(), ready) != Some(ready);
-        futures::future::ready(changed)
-    })
 }
 
 /// The images a Pool runs: its own, then each in-cluster CPU worker set's.
@@ -288,12 +259,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
 
     // Routing, from the pods and nodes as the caches have them and from
     // the routing this status recorded (its timers count from there).
-    let pods = ctx.pods.state();
-    let observed = routing::observe(&valid, pods.iter().map(AsRef::as_ref), |node| {
-        ctx.nodes
-            .get(&ObjectRef::new(node))
-            .map(|n| crate::routing::health::node_ready(&n))
-    });
+    let observed = routing::observe(ctx, &valid);
     let previous_tiers = current.map_or(&[][..], |s| s.tiers.as_slice());
     let routing = routing::route(&valid, &observed, previous_tiers, now.as_second());
     let mut desired = build::desired(&valid, &routing, &running);

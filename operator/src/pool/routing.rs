@@ -4,19 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{
-    core::v1::{Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{ResourceExt as _, runtime::reflector::ObjectRef};
 
 use crate::{
     api::pool::{TierServing, TierStatus},
     names,
-    reconcile::labels,
+    reconcile::{Context, labels},
     routing::{
-        self, Decision, Fallback, NpuInput, Timers, TierInput,
+        self, Decision, Fallback, NpuInput, TierInput, Timers,
         endpoints::{self, Backend},
-        health::{self, Member, NodeReady},
+        health::{self, Member},
     },
 };
 
@@ -30,52 +28,43 @@ pub struct Observed {
     pub cpu: BTreeMap<String, Vec<Member>>,
 }
 
-/// Sorts `pods` (any of the namespace's) into `valid`'s backends; a pod
-/// counts only when its Deployment's ReplicaSet made it.
-pub fn observe<'a>(
-    valid: &ValidPool,
-    pods: impl IntoIterator<Item = &'a Pod>,
-    node: impl Fn(&str) -> Option<NodeReady>,
-) -> Observed {
-    // Deployment name → where its pods count.
-    let mut owners: BTreeMap<String, (bool, String)> = BTreeMap::new();
-    for tier in &valid.tiers {
-        if let Some(npu) = &tier.npu {
-            owners.insert(npu.deployment.clone(), (true, npu.name.clone()));
-        }
-    }
-    for set in &valid.pool.spec.cpu_workers {
-        owners.insert(
-            names::cpu_workers(&valid.name, &set.name),
-            (false, set.tier.clone()),
+/// The pods of Deployment `deployment` in `namespace`, as routing sees
+/// them: only those its ReplicaSets made, their nodes read from the cache.
+pub fn members(ctx: &Context, namespace: &str, deployment: &str) -> Vec<Member> {
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|pod| {
+            pod.metadata.namespace.as_deref() == Some(namespace)
+                && pod.labels().get(labels::INSTANCE).map(String::as_str) == Some(deployment)
+                && health::made_by(pod, deployment)
+        })
+        .map(|pod| {
+            health::member(pod, |node| {
+                ctx.nodes
+                    .get(&ObjectRef::new(node))
+                    .map(|n| health::node_ready(&n))
+            })
+        })
+        .collect()
+}
+
+/// The pods of `valid`'s backends.
+pub fn observe(ctx: &Context, valid: &ValidPool) -> Observed {
+    let mut observed = Observed::default();
+    for npu in valid.tiers.iter().filter_map(|t| t.npu.as_ref()) {
+        observed.npu.insert(
+            npu.name.clone(),
+            members(ctx, &valid.namespace, &npu.deployment),
         );
     }
-    let mut observed = Observed::default();
-    for pod in pods {
-        let pod_labels = pod.metadata.labels.as_ref();
-        let label = |key: &str| pod_labels.and_then(|l| l.get(key)).map(String::as_str);
-        if label(labels::POOL) != Some(valid.name.as_str())
-            || pod.metadata.namespace.as_deref() != Some(valid.namespace.as_str())
-        {
-            continue;
-        }
-        let Some(deployment) = label(labels::INSTANCE) else {
-            continue;
-        };
-        let Some((npu, key)) = owners.get(deployment) else {
-            continue;
-        };
-        if !health::made_by(pod, deployment) {
-            continue;
-        }
-        let into = if *npu {
-            &mut observed.npu
-        } else {
-            &mut observed.cpu
-        };
-        into.entry(key.clone())
+    for set in &valid.pool.spec.cpu_workers {
+        let deployment = names::cpu_workers(&valid.name, &set.name);
+        observed
+            .cpu
+            .entry(set.tier.clone())
             .or_default()
-            .push(health::member(pod, &node));
+            .extend(members(ctx, &valid.namespace, &deployment));
     }
     observed
 }
@@ -115,8 +104,7 @@ pub fn route(valid: &ValidPool, observed: &Observed, previous: &[TierStatus], no
             Some(Fallback {
                 tier: name.clone(),
                 model: fallback.spec.model.clone(),
-                ready: has_workers(name)
-                    .then(|| cpu(name).iter().filter(|m| m.ready).count()),
+                ready: has_workers(name).then(|| cpu(name).iter().filter(|m| m.ready).count()),
             })
         });
         let npu_members = tier
@@ -160,10 +148,15 @@ pub fn route(valid: &ValidPool, observed: &Observed, previous: &[TierStatus], no
                 endpoints::choose(fallback_backend, npu_backend)
             }
         };
-        routing.services.push(endpoints::service(&valid.pool, &valid.name, &service));
         routing
-            .slices
-            .extend(endpoints::slices(&valid.pool, &valid.name, &service, backend));
+            .services
+            .push(endpoints::service(&valid.pool, &valid.name, &service));
+        routing.slices.extend(endpoints::slices(
+            &valid.pool,
+            &valid.name,
+            &service,
+            backend,
+        ));
         routing.decisions.push(decision);
     }
     routing
@@ -202,7 +195,9 @@ pub fn describe(status: &TierStatus) -> Option<String> {
             status.model.as_deref().unwrap_or_default(),
         ),
         (TierServing::Unavailable, routing::reason::NO_FALLBACK) => {
-            format!("tier {name} is served by nothing since {since} (it has no fallbackTier): {npu}")
+            format!(
+                "tier {name} is served by nothing since {since} (it has no fallbackTier): {npu}"
+            )
         }
         (TierServing::Unavailable, _) => format!(
             "tier {name} is served by nothing since {since} (its fallback tier has no ready worker): {npu}"
@@ -225,14 +220,21 @@ pub fn degraded(tiers: &[TierStatus]) -> crate::conditions::Desired {
     } else if served(TierServing::CpuFailover) {
         Desired::new(DEGRADED, true, routing::reason::NPU_UNAVAILABLE, message)
     } else if described.is_empty() {
-        Desired::new(DEGRADED, false, "AllTiersServed", "every tier is served by its own backend")
+        Desired::new(
+            DEGRADED,
+            false,
+            "AllTiersServed",
+            "every tier is served by its own backend",
+        )
     } else {
         Desired::new(DEGRADED, false, "AllTiersServed", message)
     }
 }
 
 /// The Event a decision's transition deserves: type, reason and note.
-pub fn event(decision: &Decision) -> Option<(kube::runtime::events::EventType, &'static str, String)> {
+pub fn event(
+    decision: &Decision,
+) -> Option<(kube::runtime::events::EventType, &'static str, String)> {
     use kube::runtime::events::EventType;
     let status = &decision.status;
     match decision.transition? {

@@ -137,7 +137,8 @@ fn a_config_change_rolls_the_deployment_and_routing_does_not() {
 
     let routed = desired_with(&valid(&pool, true), &observed(0));
     assert_ne!(
-        routed.config_maps, desired(&pool).config_maps,
+        routed.config_maps,
+        desired(&pool).config_maps,
         "the routing ConfigMap follows"
     );
     assert_eq!(
@@ -210,7 +211,10 @@ fn routing_summary_reads_for_on_call() {
     let summary = |valid: &ValidPool, observed: &routing::Observed| {
         crate::routing::summary(&routing::route(valid, observed, &[], NOW).tiers())
     };
-    assert_eq!(summary(&valid(&pool, true), &observed(2)), "light=cpu heavy=npu");
+    assert_eq!(
+        summary(&valid(&pool, true), &observed(2)),
+        "light=cpu heavy=npu"
+    );
     // failOverAfter is 30s in the sample; the pods have been down 600s.
     assert_eq!(
         summary(&valid(&pool, true), &observed(0)),

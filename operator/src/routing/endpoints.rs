@@ -122,7 +122,10 @@ pub fn slices<K: Resource<DynamicType = ()>>(
             endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
             let mut labels = component(pool, name).selector();
             labels.insert("kubernetes.io/service-name".into(), name.into());
-            labels.insert("endpointslice.kubernetes.io/managed-by".into(), SLICE_MANAGER.into());
+            labels.insert(
+                "endpointslice.kubernetes.io/managed-by".into(),
+                SLICE_MANAGER.into(),
+            );
             labels.insert(
                 BACKEND_LABEL.into(),
                 backend.map_or("none", |b| b.kind).into(),

@@ -76,10 +76,11 @@ pub fn member(pod: &Pod, node: impl Fn(&str) -> Option<NodeReady>) -> Member {
     });
     // Terminating since the deletion was asked for (the timestamp is when
     // the grace period ends).
-    let terminating = pod.metadata.deletion_timestamp.as_ref().map(|t| {
-        t.0.as_second()
-            - pod.metadata.deletion_grace_period_seconds.unwrap_or(0)
-    });
+    let terminating = pod
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second() - pod.metadata.deletion_grace_period_seconds.unwrap_or(0));
     let node_ok = node_state.is_none_or(|n| n.ready);
     let (ready, since) = match (pod_ready && node_ok, terminating) {
         (_, Some(at)) => (false, at),
@@ -91,14 +92,19 @@ pub fn member(pod: &Pod, node: impl Fn(&str) -> Option<NodeReady>) -> Member {
                 (!pod_ready).then_some(pod_since),
                 node_state.filter(|n| !n.ready).map(|n| n.since),
             ];
-            (false, failed.into_iter().flatten().min().unwrap_or(pod_since))
+            (
+                false,
+                failed.into_iter().flatten().min().unwrap_or(pod_since),
+            )
         }
     };
     Member {
         pod: pod.name_any(),
         ready,
         since,
-        ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+        ip: status
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty()),
         node: node_name,
     }
 }

@@ -50,7 +50,8 @@ pub struct Timers {
 
 impl Timers {
     pub fn of(spec: &crate::api::pool::FailoverSpec) -> Self {
-        let secs = |d: &crate::api::common::Duration| i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX);
+        let secs =
+            |d: &crate::api::common::Duration| i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX);
         Self {
             fail_over_after: secs(&spec.fail_over_after),
             fail_back_after: secs(&spec.fail_back_after),
@@ -178,11 +179,19 @@ pub fn decide(
         (true, true) | (false, false) => (was_on_npu, None),
         (true, false) => {
             let at = observed_since.saturating_add(timers.fail_over_after);
-            if now >= at { (false, None) } else { (true, Some(at)) }
+            if now >= at {
+                (false, None)
+            } else {
+                (true, Some(at))
+            }
         }
         (false, true) => {
             let at = observed_since.saturating_add(timers.fail_back_after);
-            if now >= at { (true, None) } else { (false, Some(at)) }
+            if now >= at {
+                (true, None)
+            } else {
+                (false, Some(at))
+            }
         }
     };
     let status = if on_npu {
@@ -212,7 +221,12 @@ pub fn decide(
                 } else {
                     reason::NPU_UNAVAILABLE
                 };
-                status(TierServing::CpuFailover, reason, Some(fallback), Some(observation))
+                status(
+                    TierServing::CpuFailover,
+                    reason,
+                    Some(fallback),
+                    Some(observation),
+                )
             }
         }
     };
