@@ -91,6 +91,18 @@ fn run(
     (transitions, status.unwrap())
 }
 
+/// What, pods, required, timers, (second, pod, ready) changes, seconds
+/// run, and the transitions expected.
+type Timeline = (
+    &'static str,
+    usize,
+    usize,
+    Timers,
+    &'static [(i64, usize, bool)],
+    i64,
+    &'static [(i64, Transition)],
+);
+
 const FAST: Timers = Timers {
     fail_over_after: 0,
     fail_back_after: 30,
@@ -104,15 +116,7 @@ fn the_timelines() {
         fail_back_after: 300,
     };
     // (what, pods, required, timers, changes, seconds, transitions)
-    let table: &[(
-        &str,
-        usize,
-        usize,
-        Timers,
-        &[(i64, usize, bool)],
-        i64,
-        &[(i64, Transition)],
-    )] = &[
+    let table: &[Timeline] = &[
         ("healthy all along", 2, 2, FAST, &[], 100, &[]),
         (
             "at once with failOverAfter 0s, back after the hold",
