@@ -47,6 +47,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args = Args::parse();
+    // Built together with the operator, rustls has two crypto backends and
+    // picks neither by itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
