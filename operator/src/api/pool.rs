@@ -534,7 +534,9 @@ pub enum TierServing {
 pub struct TierStatus {
     /// Tier name.
     pub name: String,
-    /// What serves it now.
+    /// What serves it now. (`serving` in statuses written by earlier
+    /// versions, read until the next status write replaces it.)
+    #[serde(alias = "serving")]
     pub served_by: TierServing,
     /// The tier whose workers take its requests, during fail-over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +551,7 @@ pub struct TierStatus {
     /// Why, in one word: `CpuTier`, `NpuHealthy`, `FailOverPending`,
     /// `NpuUnavailable`, `FailBackPending`, `NoFallback` or
     /// `FallbackUnavailable`.
+    #[serde(default)]
     pub reason: String,
     /// The tier's Service: the address the pool sends its requests to.
     #[serde(default, skip_serializing_if = "Option::is_none")]

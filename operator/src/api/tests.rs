@@ -140,3 +140,24 @@ fn durations_parse_like_go_and_never_panic() {
     let largest = Duration(std::time::Duration::from_secs(u64::MAX));
     assert_eq!(largest.to_string().parse::<Duration>(), Ok(largest));
 }
+
+/// A Pool whose status an earlier version wrote (`tiers[].serving`, no
+/// reason) still reads: an unreadable object would drop out of the watch.
+#[test]
+fn a_status_written_by_an_earlier_version_still_reads() {
+    let pool: crate::api::Pool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cellule.ai/v1alpha1", "kind": "Pool",
+        "metadata": {"name": "paris", "namespace": "site"},
+        "spec": {
+            "image": {"reference": "r.local/p:1", "verification": {"keys": [{"name": "k", "publicKey": "x"}]}},
+            "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}, "endpoint": {"cidr": "10.1.0.0/16", "port": 5432}},
+            "tls": {"name": "tls"},
+            "tiers": [{"name": "heavy", "model": "m", "backend": "Npu", "npuServerRef": {"name": "heavy"}}],
+        },
+        "status": {"tiers": [{"name": "heavy", "serving": "Unavailable", "via": "light"}]},
+    }))
+    .unwrap();
+    let tier = &pool.status.unwrap().tiers[0];
+    assert_eq!(tier.served_by, crate::api::pool::TierServing::Unavailable);
+    assert_eq!(tier.reason, "");
+}
