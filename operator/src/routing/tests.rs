@@ -495,3 +495,33 @@ fn slices_hold_the_ready_pods_by_address_family() {
         "none"
     );
 }
+
+/// The operator killed between writing the routing (slices, ConfigMap)
+/// and writing the status: the next decision, from the status as it was,
+/// is the same switch, told then; nothing flips back.
+#[test]
+fn a_status_write_lost_after_the_switch_decides_the_same_again() {
+    let up = health::health(&[pod(0, true, T0 - 100)], 1);
+    let before = decide(&tier(up, Some(Some(1))), None, FAST, T0 - 1).status;
+    assert_eq!(before.served_by, TierServing::Npu);
+    let down = health::health(&[pod(0, false, T0)], 1);
+    let first = decide(&tier(down, Some(Some(1))), Some(&before), FAST, T0);
+    assert_eq!(first.transition, Some(Transition::FailedOver));
+    // `first.status` never reached the API server.
+    let again = decide(
+        &tier(down, Some(Some(1))),
+        Some(&stored(&before)),
+        FAST,
+        T0 + 5,
+    );
+    assert_eq!(again.status.served_by, first.status.served_by);
+    assert_eq!(again.transition, Some(Transition::FailedOver));
+    // Once it is stored, no further transition.
+    let settled = decide(
+        &tier(down, Some(Some(1))),
+        Some(&stored(&again.status)),
+        FAST,
+        T0 + 6,
+    );
+    assert_eq!(settled.transition, None);
+}
