@@ -45,7 +45,7 @@ if compgen -G "config/samples/*.yaml" >/dev/null; then
   echo
   kubectl -n cellule-demo get cellule -o wide
   echo
-  kubectl -n cellule-demo get deployments,services,configmaps,networkpolicies,poddisruptionbudgets,roles,rolebindings -l app.kubernetes.io/managed-by=cellule-operator
+  kubectl -n cellule-demo get deployments,services,endpointslices,configmaps,networkpolicies,poddisruptionbudgets,roles,rolebindings -l app.kubernetes.io/managed-by=cellule-operator
   echo
   kubectl -n cellule-demo get cellule -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}:{"\n"}{range .status.conditions[*]}  {.type}={.status} {.reason}: {.message}{"\n"}{end}{end}'
 else

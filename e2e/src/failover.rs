@@ -214,6 +214,10 @@ pub async fn site_ready(client: &Client, ns: &str, site: &Site) -> anyhow::Resul
     )
     .await?;
     wait_route(client, ns, TIER, "npu", &npu, WAIT).await?;
+    // The Events of the start (a new Pool may pass through its fallback
+    // while its pods come up) are recorded just after the status: let
+    // them land before a test counts from here.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(())
 }
 
@@ -946,4 +950,88 @@ pub fn ensure_between(
 /// Replaces the Pool's `spec.tiers` (a merge patch replaces a list whole).
 pub async fn merge_pool_tiers(client: &Client, ns: &str, tiers: Value) -> anyhow::Result<()> {
     crate::merge_patch(client, ns, "Pool", POOL, json!({"spec": {"tiers": tiers}})).await
+}
+
+/// How many FailedOver and FailedBack Events the Pool got so far.
+pub async fn switches(client: &Client, ns: &str) -> anyhow::Result<(i32, i32)> {
+    Ok((
+        count_events(client, ns, "FailedOver").await?,
+        count_events(client, ns, "FailedBack").await?,
+    ))
+}
+
+/// Waits until the Pool got `want` (FailedOver, FailedBack) Events, then
+/// checks for a second that no more come.
+pub async fn ensure_switches(client: &Client, ns: &str, want: (i32, i32)) -> anyhow::Result<()> {
+    eventually(
+        "the Events of the switches",
+        Duration::from_secs(30),
+        || async {
+            let got = switches(client, ns).await.map_err(|e| e.to_string())?;
+            (got.0 >= want.0 && got.1 >= want.1)
+                .then_some(())
+                .ok_or(format!("{got:?}"))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = switches(client, ns).await?;
+    ensure!(
+        got == want,
+        "(FailedOver, FailedBack) Events: {got:?}, expected {want:?}; FailedOver: {:?}; FailedBack: {:?}",
+        notes(&pool_events(client, ns, "FailedOver").await?),
+        notes(&pool_events(client, ns, "FailedBack").await?)
+    );
+    Ok(())
+}
+
+fn notes(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} x{}: {}",
+                e.event_time
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default(),
+                e.series.as_ref().map_or(1, |s| s.count),
+                e.note.as_deref().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The Event with `reason` about the Pool that was observed last (a
+/// repeated Event counts from its series' last observation), once one
+/// was observed at or after `after`.
+pub async fn latest_event(
+    client: &Client,
+    ns: &str,
+    reason: &str,
+    after: jiff::Timestamp,
+) -> anyhow::Result<Event> {
+    let observed = |e: &Event| {
+        e.series
+            .as_ref()
+            .map(|s| s.last_observed_time.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .unwrap_or_default()
+    };
+    eventually(
+        &format!("a {reason} Event after {after}"),
+        Duration::from_secs(30),
+        || async {
+            let events = pool_events(client, ns, reason)
+                .await
+                .map_err(|e| e.to_string())?;
+            events
+                .iter()
+                .max_by_key(|e| observed(e))
+                .filter(|e| observed(e) >= after)
+                .cloned()
+                .ok_or(format!("{:?}", notes(&events)))
+        },
+    )
+    .await
 }

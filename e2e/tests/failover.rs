@@ -21,10 +21,10 @@ use cellule_e2e::{
     Env, cellule_api, eventually,
     failover::{
         FALLBACK, NPU, NodeDown, POOL, Site, TIER, backends, condition_of, count_events,
-        ensure_between, is_ready, merge_pool_tiers, model_of, npu_selector, pod_ip, pod_port, pods,
-        pool, pool_events, ready_ips, route, seconds_between, service, site_ready, start_verifier,
-        tier_of, time, toggle_pod, wait_node_ready, wait_route, wait_tier, wait_verifier_routing,
-        watch_route, worker_selector,
+        ensure_between, ensure_switches, is_ready, latest_event, merge_pool_tiers, model_of,
+        npu_selector, pod_ip, pod_port, pods, pool, ready_ips, route, seconds_between, service,
+        site_ready, start_verifier, switches, tier_of, time, toggle_pod, wait_node_ready,
+        wait_route, wait_tier, wait_verifier_routing, watch_route, worker_selector,
     },
     in_namespace, run_tool,
 };
@@ -83,7 +83,8 @@ fn ensure_failover_status(
     for needle in [
         TIER.to_owned(),
         NPU.to_owned(),
-        format!("{ready}/{required}"),
+        format!("has {ready} ready"),
+        format!("({required} needed)"),
         "since".to_owned(),
     ] {
         ensure!(
@@ -147,6 +148,7 @@ async fn npu_pods_not_ready_fail_the_tier_over_to_cpu_and_back_after_the_hold() 
         // Two NPU pods, both needed: one NotReady is below the minimum.
         let site = Site::new("2s", "6s").npu(2, 0, 2);
         site_ready(&client, &ns, &site).await?;
+        let baseline = switches(&client, &ns).await?;
         let slices = watch_route(&client, &ns, TIER);
         let (_verifier, addr) = start_verifier(&client, &ns).await?;
         let service_address = format!("{}.{ns}.svc:8080", service(TIER));
@@ -238,15 +240,15 @@ async fn npu_pods_not_ready_fail_the_tier_over_to_cpu_and_back_after_the_hold() 
         ensure_failover_status(&failed, 1, 2)?;
         let since = time(&tier_of(&failed, TIER)["since"]).context("since")?;
         ensure_between("status since", since, down, 1.0, 5.0)?;
-        let event = cellule_e2e::event_about(&client, &ns, POOL, "FailedOver").await?;
+        let event = latest_event(&client, &ns, "FailedOver", down).await?;
         ensure!(
             event.type_.as_deref() == Some("Warning"),
             "FailedOver type: {event:?}"
         );
         let note = event.note.clone().unwrap_or_default();
         ensure!(
-            note.contains(TIER) && note.contains(NPU),
-            "FailedOver note: {note}"
+            note.contains(TIER) && note.contains(NPU) && note.contains("has 1 ready"),
+            "the FailedOver Event does not tell this fail-over: {note}"
         );
         let table = run_tool(
             "kubectl",
@@ -310,7 +312,7 @@ async fn npu_pods_not_ready_fail_the_tier_over_to_cpu_and_back_after_the_hold() 
         ensure_npu_status(&restored, 2)?;
         let since = time(&tier_of(&restored, TIER)["since"]).context("since")?;
         ensure_between("status since after the fail-back", since, up, 5.0, 9.0)?;
-        let event = cellule_e2e::event_about(&client, &ns, POOL, "FailedBack").await?;
+        let event = latest_event(&client, &ns, "FailedBack", up).await?;
         ensure!(
             event.type_.as_deref() == Some("Normal"),
             "FailedBack type: {event:?}"
@@ -322,14 +324,7 @@ async fn npu_pods_not_ready_fail_the_tier_over_to_cpu_and_back_after_the_hold() 
             |t| t["servedBy"] == "Npu" && t["model"] == model_of(TIER).as_str(),
         )
         .await?;
-        ensure!(
-            count_events(&client, &ns, "FailedOver").await? == 1,
-            "one FailedOver"
-        );
-        ensure!(
-            count_events(&client, &ns, "FailedBack").await? == 1,
-            "one FailedBack"
-        );
+        ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1 + 1)).await?;
         let changes = backends(&slices.all());
         ensure!(
             changes == ["npu", "cpu", "npu"],
@@ -346,6 +341,7 @@ async fn an_npu_node_not_ready_fails_the_tier_over() {
         // This test's pods alone are on npu-2.
         let site = Site::new("0s", "3s").on("npu-2");
         site_ready(&client, &ns, &site).await?;
+        let baseline = switches(&client, &ns).await?;
         let slices = watch_route(&client, &ns, TIER);
         slices.current().await?;
         let mark = slices.len();
@@ -369,7 +365,12 @@ async fn an_npu_node_not_ready_fails_the_tier_over() {
         })
         .await?;
         ensure_failover_status(&failed, 0, 1)?;
-        cellule_e2e::event_about(&client, &ns, POOL, "FailedOver").await?;
+        let event = latest_event(&client, &ns, "FailedOver", down).await?;
+        let note = event.note.clone().unwrap_or_default();
+        ensure!(
+            note.contains(NPU) && note.contains("has 0 ready"),
+            "the FailedOver Event does not tell this fail-over: {note}"
+        );
 
         let mark = slices.len();
         let up = node.restore(&client).await?;
@@ -388,11 +389,8 @@ async fn an_npu_node_not_ready_fails_the_tier_over() {
         wait_route(&client, &ns, TIER, "npu", &npu_ips, WAIT).await?;
         let restored = wait_tier(&client, &ns, "heavy back on NPU", WAIT, |t, _| on_npu(t)).await?;
         ensure_npu_status(&restored, 1)?;
-        cellule_e2e::event_about(&client, &ns, POOL, "FailedBack").await?;
-        ensure!(
-            count_events(&client, &ns, "FailedOver").await? == 1,
-            "one FailedOver"
-        );
+        latest_event(&client, &ns, "FailedBack", up).await?;
+        ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1 + 1)).await?;
         Ok(())
     })
     .await;
@@ -403,6 +401,7 @@ async fn flapping_readiness_switches_at_most_once_each_way() {
     in_namespace("fo-flap", |client: Client, ns: String| async move {
         let site = Site::new("0s", "5s");
         site_ready(&client, &ns, &site).await?;
+        let baseline = switches(&client, &ns).await?;
         let slices = watch_route(&client, &ns, TIER);
         slices.current().await?;
         let pod = npu_pod_names(&client, &ns)
@@ -431,18 +430,7 @@ async fn flapping_readiness_switches_at_most_once_each_way() {
             changes == ["npu", "cpu", "npu"],
             "backends seen while flapping: {changes:?}"
         );
-        cellule_e2e::events_with(&client, &ns, "FailedBack").await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        ensure!(
-            count_events(&client, &ns, "FailedOver").await? == 1,
-            "FailedOver Events: {:?}",
-            pool_events(&client, &ns, "FailedOver").await?
-        );
-        ensure!(
-            count_events(&client, &ns, "FailedBack").await? == 1,
-            "FailedBack Events: {:?}",
-            pool_events(&client, &ns, "FailedBack").await?
-        );
+        ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1 + 1)).await?;
         Ok(())
     })
     .await;
@@ -454,6 +442,7 @@ async fn a_pod_lost_with_a_hot_spare_is_no_fail_over() {
         // Two replicas and a hot spare; two needed.
         let site = Site::new("0s", "3s").npu(2, 1, 2);
         site_ready(&client, &ns, &site).await?;
+        let baseline = switches(&client, &ns).await?;
         let slices = watch_route(&client, &ns, TIER);
         slices.current().await?;
         let names = npu_pod_names(&client, &ns).await?;
@@ -493,8 +482,8 @@ async fn a_pod_lost_with_a_hot_spare_is_no_fail_over() {
             condition_of(&now, "Degraded")
         );
         ensure!(
-            count_events(&client, &ns, "FailedOver").await? == 0,
-            "a FailedOver Event"
+            switches(&client, &ns).await? == baseline,
+            "a switch Event while a spare covered"
         );
 
         // A second pod lost: 1/2, the tier fails over at once.
@@ -510,6 +499,7 @@ async fn a_pod_lost_with_a_hot_spare_is_no_fail_over() {
         })
         .await?;
         ensure_failover_status(&failed, 1, 2)?;
+        ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1)).await?;
         Ok(())
     })
     .await;
@@ -552,7 +542,7 @@ async fn with_no_ready_fallback_the_tier_is_unavailable_and_its_service_never_em
         let degraded = condition_of(&unavailable, "Degraded");
         ensure!(degraded["status"] == "True" && degraded["reason"] == "TierUnavailable", "Degraded: {degraded}");
         ensure!(degraded["message"].as_str().unwrap_or_default().contains(TIER), "Degraded: {degraded}");
-        let event = cellule_e2e::event_about(&client, &ns, POOL, "TierUnavailable").await?;
+        let event = latest_event(&client, &ns, "TierUnavailable", nothing_from).await?;
         ensure!(event.type_.as_deref() == Some("Warning"), "TierUnavailable: {event:?}");
         slices.until("heavy's slice without a ready endpoint", WAIT, |r| r.ips.is_empty()).await?;
 
@@ -771,6 +761,17 @@ async fn odd_settings_a_minimum_never_reached_and_zero_hold_times() {
                 0.0,
                 3.0,
             )?;
+            if !ready {
+                // This Pool's second fail-over (the first came with the
+                // start, 0 of 2 ready): on-call reads about this one.
+                let event = latest_event(&client, &ns, "FailedOver", at).await?;
+                let note = event.note.clone().unwrap_or_default();
+                ensure!(
+                    note.contains("has 1 ready"),
+                    "the latest FailedOver Event tells of another fail-over: {note} ({:?})",
+                    event.series
+                );
+            }
         }
         eventually("two FailedBack Events", WAIT, || async {
             let n = count_events(&client, &ns, "FailedBack")

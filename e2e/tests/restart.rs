@@ -296,13 +296,14 @@ async fn an_operator_restarted_during_a_registry_outage_leaves_verified_workload
 #[ignore = "runs its own operator: e2e/test.sh runs it once the shared operator is stopped"]
 async fn an_operator_killed_during_the_fail_back_hold_fails_back_once_on_time() {
     use cellule_e2e::failover::{
-        Site, TIER, backends, count_events, ensure_between, npu_selector, pods, site_ready,
-        toggle_pod, wait_tier, watch_route,
+        Site, TIER, backends, ensure_between, ensure_switches, npu_selector, pods, site_ready,
+        switches, toggle_pod, wait_tier, watch_route,
     };
     const HOLD: f64 = 15.0;
     in_namespace("restart-fo", |client: Client, ns: String| async move {
         let operator = start_operator(20).await?;
         site_ready(&client, &ns, &Site::new("0s", "15s")).await?;
+        let baseline = switches(&client, &ns).await?;
         let slices = watch_route(&client, &ns, TIER);
         slices.current().await?;
         let pod = pods(&client, &ns, &npu_selector())
@@ -351,8 +352,7 @@ async fn an_operator_killed_during_the_fail_back_hold_fails_back_once_on_time() 
         let changes = backends(&slices.all());
         ensure!(changes == ["npu", "cpu", "npu"], "backends seen: {changes:?}");
         wait_tier(&client, &ns, "heavy on NPU", WAIT, |t, _| t["servedBy"] == "Npu").await?;
-        ensure!(count_events(&client, &ns, "FailedOver").await? == 1, "FailedOver Events");
-        ensure!(count_events(&client, &ns, "FailedBack").await? == 1, "FailedBack Events");
+        ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1 + 1)).await?;
         kill(operator).await
     })
     .await;
