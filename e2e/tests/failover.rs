@@ -11,8 +11,10 @@
 //! every test are pinned to node `npu-1`, except the one test that turns a
 //! node NotReady, whose pods alone are on `npu-2`: run with
 //! `--test-threads 4` (as e2e/test.sh does), the tests do not disturb each
-//! other. No other test binary turns a node NotReady, and cargo runs test
-//! binaries one after the other.
+//! other. The only other test that turns a node NotReady (harness.rs, also
+//! npu-2) is in another binary, and `cargo test` runs binaries one after
+//! the other (a runner that runs binaries side by side, such as
+//! cargo-nextest, would need a node of this test's own).
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -28,7 +30,7 @@ use cellule_e2e::{
     },
     in_namespace, run_tool,
 };
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -149,6 +151,19 @@ async fn npu_pods_not_ready_fail_the_tier_over_to_cpu_and_back_after_the_hold() 
         let site = Site::new("2s", "6s").npu(2, 0, 2);
         site_ready(&client, &ns, &site).await?;
         let baseline = switches(&client, &ns).await?;
+        // The routing reaches the pool through its live channel: no volume
+        // of the routing ConfigMap, and the pool's pods are not rolled by a
+        // switch.
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+        let pool_deployment = deployments.get(&format!("{POOL}-pool")).await?;
+        let volumes =
+            serde_json::to_value(&pool_deployment)?["spec"]["template"]["spec"]["volumes"].clone();
+        ensure!(
+            !volumes
+                .to_string()
+                .contains(cellule_e2e::failover::ROUTING_CM),
+            "the routing ConfigMap is mounted: {volumes}"
+        );
         let slices = watch_route(&client, &ns, TIER);
         let (_verifier, addr) = start_verifier(&client, &ns).await?;
         let service_address = format!("{}.{ns}.svc:8080", service(TIER));
@@ -325,6 +340,13 @@ async fn npu_pods_not_ready_fail_the_tier_over_to_cpu_and_back_after_the_hold() 
         )
         .await?;
         ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1 + 1)).await?;
+        let after = deployments.get(&format!("{POOL}-pool")).await?;
+        ensure!(
+            after.metadata.generation == pool_deployment.metadata.generation,
+            "the pool's Deployment was changed by the switches (generation {:?} → {:?})",
+            pool_deployment.metadata.generation,
+            after.metadata.generation
+        );
         let changes = backends(&slices.all());
         ensure!(
             changes == ["npu", "cpu", "npu"],
@@ -747,7 +769,10 @@ async fn odd_settings_a_minimum_never_reached_and_zero_hold_times() {
             2,
         )?;
         let victim = npu_pod_names(&client, &ns).await?.remove(0);
-        for ready in [false, true] {
+        // Two fail-overs and fail-backs, a second apart: each FailedOver
+        // Event on-call reads tells of the fail-over that just happened.
+        for ready in [false, true, false, true] {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
             let mark = slices.len();
             let at = toggle_pod(&client, &ns, &victim, ready).await?;
             let want = if ready { "npu" } else { "cpu" };
@@ -762,13 +787,18 @@ async fn odd_settings_a_minimum_never_reached_and_zero_hold_times() {
                 3.0,
             )?;
             if !ready {
-                // This Pool's second fail-over (the first came with the
-                // start, 0 of 2 ready): on-call reads about this one.
+                let failed =
+                    wait_tier(&client, &ns, "heavy failed over", WAIT, |t, _| failed_over(t))
+                        .await?;
+                let since = tier_of(&failed, TIER)["since"]
+                    .as_str()
+                    .context("since")?
+                    .to_owned();
                 let event = latest_event(&client, &ns, "FailedOver", at).await?;
                 let note = event.note.clone().unwrap_or_default();
                 ensure!(
-                    note.contains("has 1 ready"),
-                    "the latest FailedOver Event tells of another fail-over: {note} ({:?})",
+                    note.contains(&format!("since {since}")) && note.contains("has 1 ready"),
+                    "the latest FailedOver Event tells of another fail-over than the one since {since}: {note} ({:?})",
                     event.series
                 );
             }

@@ -974,10 +974,10 @@ async fn failover_figures() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2).saturating_sub(tick.elapsed())).await;
     }
     fo::set_pod_ready(&client, &ns, &pod, true).await?;
-    let during = fo::backends(&slices.all()[s..]);
+    let during = fo::backends(&slices.all()[s.saturating_sub(1)..]);
     on_npu().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = fo::backends(&slices.all()[s..]);
+    let after = fo::backends(&slices.all()[s.saturating_sub(1)..]);
     println!(
         "flapping, readiness toggled every 2 s for 60 s (failOverAfter 0s, failBackAfter 5s), then Ready: {} FailedOver and {} FailedBack Events; slice backends during the flapping {during:?}, until settled {after:?}",
         fo::count_events(&client, &ns, "FailedOver").await? - over,

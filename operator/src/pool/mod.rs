@@ -354,10 +354,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         }
     };
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
-    status::write(&ctx.client, pool, current, &next).await?;
-    // Once recorded: a switch not recorded is decided, and told, again.
-    for (type_, reason, note) in routing.decisions.iter().filter_map(routing::event) {
-        ctx.event(pool, type_, reason, "Route", note).await;
+    // Told once recorded: a switch not recorded is decided, and told,
+    // again; one decided from a stale copy fails to write (conflict).
+    if status::write(&ctx.client, pool, current, &next).await? {
+        for (type_, reason, note) in routing.decisions.iter().filter_map(routing::event) {
+            ctx.event_once(pool, type_, reason, "Route", note).await;
+        }
     }
     if let Some(refused) = refused {
         // Backoff, and a Warning Event, from the error policy.

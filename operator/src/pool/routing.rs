@@ -189,6 +189,11 @@ pub fn describe(status: &TierStatus) -> Option<String> {
     let npu = npu_words(status);
     let since = at(status.since.as_ref());
     Some(match (status.served_by, status.reason.as_str()) {
+        (TierServing::CpuFailover, routing::reason::FAIL_BACK_PENDING) => format!(
+            "tier {name} is served by tier {} ({}) since {since}, degraded; it fails back once its server stays healthy for failBackAfter: {npu}",
+            status.via.as_deref().unwrap_or_default(),
+            status.model.as_deref().unwrap_or_default(),
+        ),
         (TierServing::CpuFailover, _) => format!(
             "tier {name} is served by tier {} ({}) since {since}, degraded: {npu}",
             status.via.as_deref().unwrap_or_default(),

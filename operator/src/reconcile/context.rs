@@ -57,6 +57,7 @@ pub struct Stores {
 
 pub struct Context {
     pub client: Client,
+    reporter: Reporter,
     recorder: Recorder,
     pub owned: OwnedStores,
     /// Metadata of every Secret: the operator checks that referenced
@@ -96,7 +97,8 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             owned,
             secret_metadata,
@@ -128,6 +130,31 @@ impl Context {
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%error, reason, "could not record an Event");
+        }
+    }
+
+    /// Publishes an Event on `obj` as a new Event, never as one more
+    /// occurrence of an earlier one with the same reason (the recorder
+    /// groups those and keeps the first note): for what happens once per
+    /// incident and must be told with its own note, like a fail-over.
+    pub async fn event_once<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(super::bounded(&note)),
+            action: action.into(),
+            secondary: None,
+        };
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(error) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%error, reason, "could not record an Event");
         }
     }

@@ -72,11 +72,11 @@ pub trait Conditions: Serialize + PartialEq {
     fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus;
 }
 
+// A Pool's status carries its routing, decided from the routing it
+// recorded before (`tiers[].since`, what served each tier): a reconcile
+// from a stale copy must not decide a switch again, or write an older
+// one back.
 impl Conditions for crate::api::PoolStatus {
-    // Recomputed whole; the one field that is not, the revocation record,
-    // is the revocation store's, and left out of these writes.
-    const AT_RESOURCE_VERSION: bool = false;
-
     fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
         &mut self.common
     }
