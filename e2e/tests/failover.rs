@@ -820,3 +820,44 @@ async fn odd_settings_a_minimum_never_reached_and_zero_hold_times() {
     })
     .await;
 }
+
+/// A burst of readiness changes, far more pod events than any buffer of
+/// the operator holds (256 per subscription): routing ends where the pods
+/// end, with one switch each way.
+#[tokio::test]
+async fn a_burst_of_readiness_changes_ends_in_the_right_routing_with_one_switch_each_way() {
+    in_namespace("fo-burst", |client: Client, ns: String| async move {
+        // Four pods, all four needed: any of them NotReady fails over.
+        let site = Site::new("0s", "8s").npu(4, 0, 4);
+        site_ready(&client, &ns, &site).await?;
+        let baseline = switches(&client, &ns).await?;
+        let names = npu_pod_names(&client, &ns).await?;
+        // 100 rounds of every pod off then on, as fast as the API server
+        // takes them: 800 annotations, and as many status writes by KWOK.
+        for round in 0..100 {
+            for ready in [false, true] {
+                let patches = names
+                    .iter()
+                    .map(|pod| cellule_e2e::failover::set_pod_ready(&client, &ns, pod, ready));
+                futures::future::try_join_all(patches)
+                    .await
+                    .with_context(|| format!("round {round}"))?;
+            }
+        }
+        let npu_ips = eventually("every NPU pod Ready after the burst", WAIT, || async {
+            let ips = ready_ips(&client, &ns, &npu_selector())
+                .await
+                .map_err(|e| e.to_string())?;
+            (ips.len() == 4)
+                .then_some(ips.clone())
+                .ok_or(format!("{ips:?}"))
+        })
+        .await?;
+        wait_route(&client, &ns, TIER, "npu", &npu_ips, WAIT).await?;
+        let restored = wait_tier(&client, &ns, "heavy back on NPU", WAIT, |t, _| on_npu(t)).await?;
+        ensure_npu_status(&restored, 4)?;
+        ensure_switches(&client, &ns, (baseline.0 + 1, baseline.1 + 1)).await?;
+        Ok(())
+    })
+    .await;
+}
