@@ -516,9 +516,11 @@ pub struct EgressRule {
 }
 
 /// How a tier is being served right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TierServing {
-    /// By its NPU server.
+    /// By its NPU server. (The default: a status written by an earlier
+    /// version has no `servedBy`, its `serving` being pruned on read.)
+    #[default]
     Npu,
     /// By CPU workers (a CPU tier).
     Cpu,
@@ -534,9 +536,8 @@ pub enum TierServing {
 pub struct TierStatus {
     /// Tier name.
     pub name: String,
-    /// What serves it now. (`serving` in statuses written by earlier
-    /// versions, read until the next status write replaces it.)
-    #[serde(alias = "serving")]
+    /// What serves it now.
+    #[serde(default)]
     pub served_by: TierServing,
     /// The tier whose workers take its requests, during fail-over.
     #[serde(default, skip_serializing_if = "Option::is_none")]

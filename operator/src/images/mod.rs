@@ -383,6 +383,7 @@ pub fn refused(condition: &Desired) -> Option<crate::reconcile::Error> {
     (!condition.status).then(|| crate::reconcile::Error::ImageRefused {
         reason: condition.reason,
         message: condition.message.clone(),
+        retry_by: None,
     })
 }
 

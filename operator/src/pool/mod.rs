@@ -361,8 +361,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             ctx.event_once(pool, type_, reason, "Route", note).await;
         }
     }
-    if let Some(refused) = refused {
-        // Backoff, and a Warning Event, from the error policy.
+    if let Some(mut refused) = refused {
+        // Backoff, and a Warning Event, from the error policy; a fail-over
+        // hold still ends on time.
+        if let reconcile::Error::ImageRefused { retry_by, .. } = &mut refused {
+            *retry_by = routing.wake();
+        }
         return Err(refused);
     }
     // Come back for the next key rotation or retirement, the next

@@ -77,6 +77,9 @@ pub enum Error {
     ImageRefused {
         reason: &'static str,
         message: String,
+        /// A time (seconds) the object must be looked at again by, backoff
+        /// or not: the end of a fail-over hold.
+        retry_by: Option<i64>,
     },
 }
 
@@ -269,8 +272,17 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()> + kube::ResourceExt>(
     }
     tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %error, failures, "reconcile failed");
     match error {
-        // A registry back, a signature pushed: seen within a minute.
-        Error::ImageRefused { .. } => backoff(failures, IMAGE_RETRY_MAX),
+        // A registry back, a signature pushed: seen within a minute; a
+        // hold time that ends sooner, at its end.
+        Error::ImageRefused { retry_by, .. } => {
+            let by = retry_by.map(|at| {
+                Duration::from_secs((at - jiff::Timestamp::now().as_second()).max(1) as u64)
+            });
+            backoff(
+                failures,
+                by.map_or(IMAGE_RETRY_MAX, |by| by.min(IMAGE_RETRY_MAX)),
+            )
+        }
         _ => backoff(failures, RETRY_MAX),
     }
 }

@@ -114,9 +114,12 @@ pub fn member(pod: &Pod, node: impl Fn(&str) -> Option<NodeReady>) -> Member {
 pub struct Health {
     pub ready: usize,
     pub required: usize,
-    /// Since when (seconds) `ready` has been on the side of `required` it
-    /// is on now; `None` when no pod shows it.
+    /// When (seconds) `ready` last crossed `required`, as the pods show
+    /// it; `None` when no pod's transition shows a crossing.
     pub since: Option<i64>,
+    /// The oldest transition of any pod: without a crossing, the state is
+    /// at least that old.
+    pub earliest: Option<i64>,
 }
 
 impl Health {
@@ -138,8 +141,8 @@ pub fn health(members: &[Member], required: usize) -> Health {
     let mut transitions: Vec<(i64, bool)> = members.iter().map(|m| (m.since, m.ready)).collect();
     transitions.sort_unstable_by(|a, b| b.cmp(a));
     let mut count = ready;
-    // No crossing: the state is as old as what the pods show.
-    let mut since = transitions.last().map(|t| t.0);
+    let earliest = transitions.last().map(|t| t.0);
+    let mut since = None;
     for (at, became_ready) in transitions {
         count = if became_ready {
             count.saturating_sub(1)
@@ -155,5 +158,6 @@ pub fn health(members: &[Member], required: usize) -> Health {
         ready,
         required,
         since,
+        earliest,
     }
 }

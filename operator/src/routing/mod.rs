@@ -149,8 +149,10 @@ pub fn decide(
         };
     };
 
-    // Since when the server has been healthy (or not): from its pods, or,
-    // when they cannot tell (no pod at all), from what was recorded.
+    // Since when the server has been healthy (or not): from the crossing
+    // its pods show, or, when they show none (no pod at all, or pods that
+    // changed without the count crossing the minimum), from what was
+    // recorded, or as old as the oldest transition they show.
     let health = &npu.health;
     let healthy = health.healthy();
     let recorded = previous
@@ -159,7 +161,12 @@ pub fn decide(
         .and_then(|n| n.since.as_ref())
         .map(|t| t.0.as_second());
     // A clock ahead of ours must not hold routing in the future.
-    let observed_since = health.since.or(recorded).unwrap_or(now).min(now);
+    let observed_since = health
+        .since
+        .or(recorded)
+        .or(health.earliest)
+        .unwrap_or(now)
+        .min(now);
     let observation = NpuHealthStatus {
         server: npu.server.clone(),
         ready: i32::try_from(health.ready).unwrap_or(i32::MAX),
@@ -186,8 +193,11 @@ pub fn decide(
             }
         }
         (false, true) => {
+            // The hold keeps routing from flapping between two backends
+            // that serve: with nothing else serving, back at once.
+            let fallback_serves = tier.fallback.as_ref().is_some_and(|f| f.ready != Some(0));
             let at = observed_since.saturating_add(timers.fail_back_after);
-            if now >= at {
+            if now >= at || !fallback_serves {
                 (true, None)
             } else {
                 (false, Some(at))

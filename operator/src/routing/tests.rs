@@ -216,6 +216,7 @@ fn the_clock_edges() {
         ready: 0,
         required: 1,
         since: Some(since),
+        earliest: Some(since),
     };
     let on_npu = decide(&tier(down(T0), Some(Some(2))), None, timers, T0).status;
     // One second before the end of the hold: not yet, and wake at its end.
@@ -262,6 +263,7 @@ fn what_serves_a_tier_that_failed_over() {
         ready: 0,
         required: 2,
         since: Some(T0 - 100),
+        earliest: Some(T0 - 100),
     };
     let served = |fallback| {
         let d = decide(&tier(down, fallback), None, FAST, T0);
@@ -352,8 +354,9 @@ fn health_is_dated_by_the_crossing_of_the_minimum() {
     ];
     assert_eq!(h(&members, 2).since, Some(T0 + 20));
     assert!(!h(&members, 2).healthy());
-    // One needed: healthy since long before either loss.
-    assert_eq!(h(&members, 1).since, Some(T0 - 100));
+    // One needed: no crossing shown, healthy at least since the oldest.
+    assert_eq!(h(&members, 1).since, None);
+    assert_eq!(h(&members, 1).earliest, Some(T0 - 100));
     // Healthy again when the second pod came back.
     let members = [
         pod(0, true, T0 - 100),
@@ -524,4 +527,74 @@ fn a_status_write_lost_after_the_switch_decides_the_same_again() {
         T0 + 6,
     );
     assert_eq!(settled.transition, None);
+}
+
+/// The fail-back hold keeps routing from flapping between two backends
+/// that serve; with nothing else serving, a healthy server takes over at
+/// once.
+#[test]
+fn with_nothing_else_serving_a_healthy_server_is_used_at_once() {
+    let timers = Timers {
+        fail_over_after: 0,
+        fail_back_after: 300,
+    };
+    let down = health::health(&[pod(0, false, T0)], 1);
+    let up = health::health(&[pod(0, true, T0 + 10)], 1);
+    // No fallback: Unavailable, then back the moment the pod is Ready.
+    let unavailable = decide(&tier(down, None), None, timers, T0).status;
+    assert_eq!(unavailable.served_by, TierServing::Unavailable);
+    let back = decide(
+        &tier(up, None),
+        Some(&stored(&unavailable)),
+        timers,
+        T0 + 10,
+    );
+    assert_eq!(back.status.served_by, TierServing::Npu);
+    assert_eq!(back.transition, Some(Transition::FailedBack));
+    // In the hold on CPU, the CPU workers go: back on the NPU server.
+    let failed_over = decide(&tier(down, Some(Some(2))), None, timers, T0).status;
+    let holding = decide(
+        &tier(up, Some(Some(2))),
+        Some(&stored(&failed_over)),
+        timers,
+        T0 + 20,
+    );
+    assert_eq!(holding.status.reason, "FailBackPending");
+    let lost = decide(
+        &tier(up, Some(Some(0))),
+        Some(&stored(&holding.status)),
+        timers,
+        T0 + 21,
+    );
+    assert_eq!(lost.status.served_by, TierServing::Npu);
+}
+
+/// Pods that change without the count crossing the minimum (a rolling
+/// update) leave the recorded time as it is.
+#[test]
+fn pods_that_change_without_crossing_the_minimum_keep_the_recorded_time() {
+    let timers = Timers {
+        fail_over_after: 0,
+        fail_back_after: 300,
+    };
+    let down = health::health(&[pod(0, false, T0)], 1);
+    let failed_over = decide(&tier(down, Some(Some(2))), None, timers, T0).status;
+    let up = health::health(&[pod(0, true, T0 + 100)], 1);
+    let holding = decide(
+        &tier(up, Some(Some(2))),
+        Some(&stored(&failed_over)),
+        timers,
+        T0 + 150,
+    );
+    assert_eq!(holding.wake, Some(T0 + 400));
+    // Pod 1 comes up, then pod 0 goes: one ready all along.
+    let rolled = health::health(&[pod(0, false, T0 + 220), pod(1, true, T0 + 210)], 1);
+    assert_eq!(rolled.since, None);
+    let still = decide(
+        &tier(rolled, Some(Some(2))),
+        Some(&stored(&holding.status)),
+        timers,
+        T0 + 230,
+    );
+    assert_eq!(still.wake, Some(T0 + 400), "the hold did not restart");
 }
