@@ -10,7 +10,9 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, Service, ServiceAccount},
+        core::v1::{
+            ConfigMap, Node, NodeStatus, Pod, PodSpec, PodStatus, Secret, Service, ServiceAccount,
+        },
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
@@ -201,6 +203,25 @@ fn strip_node(node: &mut Node) {
     }
 }
 
+/// A Pod as routing reads it: its metadata, node, Ready condition and
+/// addresses. Containers (their environment included) are dropped before
+/// caching.
+fn strip_pod(pod: &mut Pod) {
+    strip(pod);
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        ..Default::default()
+    });
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            conditions: status.conditions.take(),
+            pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
+            ..Default::default()
+        };
+    }
+}
+
 /// Where the API server publishes its own addresses: the EndpointSlice of
 /// the `kubernetes` Service.
 pub const API_SERVER_NAMESPACE: &str = "default";
@@ -268,10 +289,10 @@ impl Caches {
                 watcher::Config::default().fields(&format!("metadata.name={API_SERVER_SLICE}")),
             ),
             endpoint_slices: Shared::new(client, namespace, owned()),
-            pods: Shared::new(
-                client,
-                namespace,
+            pods: Shared::watching(
+                api(client, namespace),
                 watcher::Config::default().labels(ROUTED_PODS),
+                strip_pod,
             ),
             nodes: Shared::watching(Api::all(client.clone()), all(), strip_node),
         }
@@ -401,15 +422,23 @@ where
     })
 }
 
-/// Only the nodes whose readiness changed (or that are new): a node's
-/// heartbeat, every few seconds, wakes nothing.
+/// Only the nodes whose readiness changed, that are new, or that were
+/// deleted (gone from `store`): a node's heartbeat, every few seconds,
+/// wakes nothing.
 pub fn readiness_changes(
     nodes: impl Stream<Item = Arc<Node>> + Send + 'static,
+    store: Store<Node>,
 ) -> impl Stream<Item = Arc<Node>> + Send + 'static {
     let mut seen: HashMap<String, crate::routing::health::NodeReady> = HashMap::new();
     nodes.filter(move |node| {
-        let ready = crate::routing::health::node_ready(node);
-        let changed = seen.insert(node.name_any(), ready) != Some(ready);
+        let name = node.name_any();
+        let changed = if store.get(&reflector::ObjectRef::new(&name)).is_none() {
+            seen.remove(&name);
+            true
+        } else {
+            let ready = crate::routing::health::node_ready(node);
+            seen.insert(name, ready) != Some(ready)
+        };
         futures::future::ready(changed)
     })
 }

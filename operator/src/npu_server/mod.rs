@@ -140,9 +140,10 @@ pub fn controller(
         .owns_shared_stream(caches.services.subscribe())
         .owns_shared_stream(caches.network_policies.subscribe())
         .watches_shared_stream(caches.pods.subscribe(), |pod| npu_of_pod(&pod))
-        .watches_shared_stream(readiness_changes(caches.nodes.subscribe()), move |node| {
-            owners_on_node(&pods, &node, npu_of_pod)
-        })
+        .watches_shared_stream(
+            readiness_changes(caches.nodes.subscribe(), caches.nodes.store()),
+            move |node| owners_on_node(&pods, &node, npu_of_pod),
+        )
         .watches_shared_stream(
             spec_changes(caches.pools.subscribe()),
             move |pool: Arc<Pool>| {
@@ -242,7 +243,7 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
             HEALTHY,
             false,
             "TooFewReplicasReady",
-            format!("{ready} ready, {min} needed: the tier fails over"),
+            format!("{ready} ready, {min} needed: its tier fails over after the Pool's failOverAfter"),
         )
     };
     let became_unhealthy = !healthy.status

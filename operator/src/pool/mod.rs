@@ -86,9 +86,10 @@ pub fn controller(
         // readiness of a node, changed.
         .owns_shared_stream(caches.endpoint_slices.subscribe())
         .watches_shared_stream(caches.pods.subscribe(), |pod| pool_of_pod(&pod))
-        .watches_shared_stream(readiness_changes(caches.nodes.subscribe()), move |node| {
-            owners_on_node(&pods, &node, pool_of_pod)
-        });
+        .watches_shared_stream(
+            readiness_changes(caches.nodes.subscribe(), caches.nodes.store()),
+            move |node| owners_on_node(&pods, &node, pool_of_pod),
+        );
     drive(controller, shutdown, reconcile, ctx)
 }
 
@@ -261,7 +262,20 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     // the routing this status recorded (its timers count from there).
     let observed = routing::observe(ctx, &valid);
     let previous_tiers = current.map_or(&[][..], |s| s.tiers.as_slice());
-    let routing = routing::route(&valid, &observed, previous_tiers, now.as_second());
+    let routing = routing::route(
+        &valid,
+        &observed,
+        previous_tiers,
+        Timestamp::now().as_second(),
+    );
+    next.tiers = routing.tiers();
+    next.routing = Some(crate::routing::summary(&next.tiers));
+    conditions::set(
+        &mut next.common.conditions,
+        routing::degraded(&next.tiers),
+        generation,
+        now,
+    );
     let mut desired = build::desired(&valid, &routing, &running);
     // Token signing keys first: the JWKS published below comes from them.
     let (ring, next_key_change) = match tokens::sync_ring(ctx, pool, now.as_second()).await {
@@ -279,6 +293,43 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
     let ns = &valid.namespace;
     let owned = &ctx.owned;
+
+    // Routing changes only once the status records the decision, at the
+    // resourceVersion it was made from: a reconcile working from a stale
+    // copy (its own writes not yet in the cache) stops here with a
+    // conflict instead of switching back without a hold. Written even when
+    // the status looks unchanged: that is what a stale copy looks like. A
+    // switch is told once recorded.
+    let routing_moves = desired
+        .endpoint_slices
+        .iter()
+        .map(|s| reconcile::apply::is_current(&owned.endpoint_slices, s))
+        .chain(
+            desired
+                .config_maps
+                .iter()
+                .filter(|c| c.metadata.name.as_deref() == Some(&crate::names::routing(&valid.name)))
+                .map(|c| reconcile::apply::is_current(&owned.config_maps, c)),
+        )
+        .collect::<Result<Vec<bool>>>()?
+        .contains(&false);
+    let recorded = if routing_moves {
+        status::commit(&ctx.client, pool, None, &next).await?
+    } else {
+        None
+    };
+    let told = recorded.is_some();
+    if told {
+        tell_switches(ctx, pool, &routing).await;
+    }
+    let pool = recorded.as_ref().unwrap_or(pool);
+    let current = if told {
+        Some(&next).cloned()
+    } else {
+        current.cloned()
+    };
+    let current = current.as_ref();
+
     // The ConfigMap an earlier version kept revocations in is the
     // revocation store's to move, then delete: never pruned unread.
     let mut sync =
@@ -304,7 +355,14 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     .await;
     sync.kind(&owned.roles, desired.roles).await;
     sync.kind(&owned.role_bindings, desired.role_bindings).await;
-    let (changes, synced) = sync.finish();
+    let (mut changes, synced) = sync.finish();
+    // Routing follows every pod's readiness: its switches are told by
+    // their own Events, not one per endpoint update.
+    let routing_name = crate::names::routing(&valid.name);
+    changes.retain(|c| {
+        c.verb != reconcile::apply::Verb::Updated
+            || !(c.kind == "EndpointSlice" || c.kind == "ConfigMap" && c.name == routing_name)
+    });
     reconcile::report_changes(ctx, pool, &changes).await;
     if let Err(error) = synced {
         return status::stall_on(ctx, pool, next, error).await;
@@ -320,20 +378,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     next.ready_replicas = Some(ready);
-    next.routing = Some(crate::routing::summary(&routing.tiers()));
     let (pool_image, worker_images): (Vec<_>, Vec<_>) = image_statuses
         .into_iter()
         .partition(|s| s.name.as_deref() == Some(images::POOL));
     next.image = pool_image.into_iter().next();
     next.worker_images = worker_images;
     let image_verified = images::condition(&checked);
-    next.tiers = routing.tiers();
-    conditions::set(
-        &mut next.common.conditions,
-        routing::degraded(&next.tiers),
-        generation,
-        now,
-    );
     let want = pool.spec.replicas;
     let refused = images::refused(&image_verified);
     conditions::set(&mut next.common.conditions, image_verified, generation, now);
@@ -354,12 +404,8 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
         }
     };
     conditions::set_summary(&mut next.common.conditions, summary, generation, now);
-    // Told once recorded: a switch not recorded is decided, and told,
-    // again; one decided from a stale copy fails to write (conflict).
-    if status::write(&ctx.client, pool, current, &next).await? {
-        for (type_, reason, note) in routing.decisions.iter().filter_map(routing::event) {
-            ctx.event_once(pool, type_, reason, "Route", note).await;
-        }
+    if status::write(&ctx.client, pool, current, &next).await? && !told {
+        tell_switches(ctx, pool, &routing).await;
     }
     if let Some(mut refused) = refused {
         // Backoff, and a Warning Event, from the error policy; a fail-over
@@ -382,7 +428,14 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     .flatten()
     .min()
     .unwrap_or(next_key_change);
-    Ok(reconcile::requeue_at(wake, now))
+    Ok(reconcile::requeue_at(wake, Timestamp::now()))
+}
+
+/// The Events of the switches `routing` decided, once its status is written.
+async fn tell_switches(ctx: &Context, pool: &Pool, routing: &routing::Routing) {
+    for (type_, reason, note) in routing.decisions.iter().filter_map(routing::event) {
+        ctx.event_once(pool, type_, reason, "Route", note).await;
+    }
 }
 
 /// For a stalled pool: brings the key ring up to date and applies the

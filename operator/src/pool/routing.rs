@@ -52,7 +52,9 @@ pub fn members(ctx: &Context, namespace: &str, deployment: &str) -> Vec<Member> 
 /// The pods of `valid`'s backends.
 pub fn observe(ctx: &Context, valid: &ValidPool) -> Observed {
     let mut observed = Observed::default();
-    for npu in valid.tiers.iter().filter_map(|t| t.npu.as_ref()) {
+    // An NpuServer of another pool (or none) serves nothing here.
+    let servers = valid.tiers.iter().filter_map(|t| t.npu.as_ref());
+    for npu in servers.filter(|npu| npu.required.is_some()) {
         observed.npu.insert(
             npu.name.clone(),
             members(ctx, &valid.namespace, &npu.deployment),

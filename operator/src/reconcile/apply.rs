@@ -283,6 +283,16 @@ fn check_owner(kind: &str, name: &str, live: &ObjectMeta, owner_uid: &str) -> Re
 /// SHA-256 (hex) of the object's JSON, as it is before the hash annotation
 /// is added. serde_json writes struct fields in declaration order and maps
 /// (BTreeMap) sorted, so the same object always gives the same hash.
+/// Whether `object` is on the API server as last applied (per the cache):
+/// applying it would change nothing the operator wrote.
+pub fn is_current<K: Owned>(store: &Store<K>, object: &K) -> Result<bool> {
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let live = store.get(&ObjectRef::new(&name).within(&namespace));
+    let hash = hash(object)?;
+    Ok(live.is_some_and(|live| live.annotations().get(APPLIED_HASH) == Some(&hash)))
+}
+
 fn hash<T: Serialize>(object: &T) -> Result<String> {
     let bytes = serde_json::to_vec(object).map_err(|source| Error::Serialize {
         what: "an owned object",

@@ -28,8 +28,26 @@ where
         + Debug,
     S: Conditions,
 {
+    Ok(commit(client, obj, current, status).await?.is_some())
+}
+
+/// [`write`], returning `obj` as written (with its new resourceVersion) when
+/// a write was made: what a second write in the same reconcile is made at.
+pub async fn commit<K, S>(
+    client: &kube::Client,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Conditions,
+{
     if current == Some(status) {
-        return Ok(false);
+        return Ok(None);
     }
     tracing::debug!(
         before = %serde_json::to_string(&current).unwrap_or_default(),
@@ -53,13 +71,14 @@ where
     {
         patch["metadata"] = serde_json::json!({ "resourceVersion": version });
     }
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(Some(written))
 }
 
 /// A status that carries the conditions every kind shares.

@@ -50,8 +50,11 @@ pub struct Timers {
 
 impl Timers {
     pub fn of(spec: &crate::api::pool::FailoverSpec) -> Self {
-        let secs =
-            |d: &crate::api::common::Duration| i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX);
+        // Whole seconds, rounded up: `500ms` holds a second, not nothing.
+        let secs = |d: &crate::api::common::Duration| {
+            let whole = d.0.as_secs() + u64::from(d.0.subsec_nanos() > 0);
+            i64::try_from(whole).unwrap_or(i64::MAX)
+        };
         Self {
             fail_over_after: secs(&spec.fail_over_after),
             fail_back_after: secs(&spec.fail_back_after),
