@@ -73,9 +73,16 @@ async fn samples_become_running_workloads_with_owner_references() {
             names::<Deployment>(&client, &ns).await?,
             ["heavy-npu", "paris--light-workers", "paris-pool"]
         );
+        // The tier Services: paris--heavy, paris--light.
         assert_eq!(
             names::<Service>(&client, &ns).await?,
-            ["heavy-npu", "paris--light-workers", "paris-pool"]
+            [
+                "heavy-npu",
+                "paris--heavy",
+                "paris--light",
+                "paris--light-workers",
+                "paris-pool"
+            ]
         );
         assert_eq!(
             names::<ConfigMap>(&client, &ns).await?,

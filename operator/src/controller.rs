@@ -288,7 +288,19 @@ impl Caches {
                 Some(API_SERVER_NAMESPACE),
                 watcher::Config::default().fields(&format!("metadata.name={API_SERVER_SLICE}")),
             ),
-            endpoint_slices: Shared::new(client, namespace, owned()),
+            // Only the slices the operator writes: the EndpointSlice
+            // controller copies a Service's labels (ours, owner included)
+            // onto the slices it makes for it, which are not to be pruned.
+            endpoint_slices: Shared::new(
+                client,
+                namespace,
+                watcher::Config::default().labels(&format!(
+                    "{},{}={}",
+                    labels::MANAGED_SELECTOR,
+                    crate::routing::endpoints::SLICE_MANAGER_LABEL,
+                    crate::routing::endpoints::SLICE_MANAGER
+                )),
+            ),
             pods: Shared::watching(
                 api(client, namespace),
                 watcher::Config::default().labels(ROUTED_PODS),

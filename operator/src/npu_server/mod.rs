@@ -243,7 +243,9 @@ async fn apply_npu(npu: &NpuServer, ctx: &Context) -> Result<Action> {
             HEALTHY,
             false,
             "TooFewReplicasReady",
-            format!("{ready} ready, {min} needed: its tier fails over after the Pool's failOverAfter"),
+            format!(
+                "{ready} ready, {min} needed: its tier fails over after the Pool's failOverAfter"
+            ),
         )
     };
     let became_unhealthy = !healthy.status

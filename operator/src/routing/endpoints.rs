@@ -23,7 +23,11 @@ use super::health::Member;
 /// The port of every tier Service.
 pub const TIER_PORT: i32 = 8080;
 pub const PORT_NAME: &str = "http";
-/// Tells the EndpointSlice controller and mirroring to leave the slices alone.
+/// Tells the EndpointSlice controller and mirroring to leave the slices
+/// alone, and tells the operator's slices from the ones that controller
+/// makes for the selector Services (which carry the operator's labels,
+/// copied from their Service).
+pub const SLICE_MANAGER_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const SLICE_MANAGER: &str = "cellule-operator.cellule.ai";
 /// Which backend a slice points at: `npu`, `cpu` or `none`.
 pub const BACKEND_LABEL: &str = "cellule.ai/backend";
@@ -122,10 +126,7 @@ pub fn slices<K: Resource<DynamicType = ()>>(
             endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
             let mut labels = component(pool, name).selector();
             labels.insert("kubernetes.io/service-name".into(), name.into());
-            labels.insert(
-                "endpointslice.kubernetes.io/managed-by".into(),
-                SLICE_MANAGER.into(),
-            );
+            labels.insert(SLICE_MANAGER_LABEL.into(), SLICE_MANAGER.into());
             labels.insert(
                 BACKEND_LABEL.into(),
                 backend.map_or("none", |b| b.kind).into(),
