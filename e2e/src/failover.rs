@@ -839,30 +839,7 @@ pub async fn start_verifier(
     ns: &str,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
     let kubeconfig = crate::service_account_kubeconfig(client, ns, POOL_SA).await?;
-    let addr = crate::free_local_addr().await?;
-    let args = [
-        "--namespace",
-        ns,
-        "--pool",
-        POOL,
-        "--listen",
-        &addr,
-        "--stale-after-seconds",
-        "5",
-    ];
-    let env = [
-        ("KUBECONFIG", kubeconfig.to_str().context("utf-8 path")?),
-        ("RUST_LOG", "info"),
-    ];
-    let child = crate::spawn_ready(
-        &Env::var("CELLULE_E2E_VERIFIER_BIN"),
-        &args,
-        &env,
-        &format!("verifier-{ns}"),
-        &addr,
-    )
-    .await?;
-    Ok((child, addr))
+    crate::start_verifier(&kubeconfig, ns, POOL).await
 }
 
 /// The body of an HTTP/1.1 response, chunked or not.

@@ -886,3 +886,35 @@ async fn events_matching(
     })
     .await
 }
+
+/// `cellule-verifier` for `pool`, as the pool, ready when this returns.
+pub async fn start_verifier(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let addr = crate::free_local_addr().await?;
+    let args = [
+        "--namespace",
+        ns,
+        "--pool",
+        pool,
+        "--listen",
+        &addr,
+        "--stale-after-seconds",
+        "5",
+    ];
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_str().context("utf-8 path")?),
+        ("RUST_LOG", "info"),
+    ];
+    let child = crate::spawn_ready(
+        &Env::var("CELLULE_E2E_VERIFIER_BIN"),
+        &args,
+        &env,
+        &format!("verifier-{ns}"),
+        &addr,
+    )
+    .await?;
+    Ok((child, addr))
+}

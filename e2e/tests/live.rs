@@ -4,45 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
-use cellule_e2e::{Env, apply_sample_site, cellule_api, in_namespace, merge_patch};
+use anyhow::ensure;
+use cellule_e2e::{apply_sample_site, cellule_api, in_namespace, merge_patch, start_verifier};
 use cellule_verifier::revocations::{RevocationList, RevocationListSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, api::PostParams};
 use serde_json::json;
-use tokio::process::Child;
-
-/// `cellule-verifier` for `pool`, as the pool, ready when this returns.
-async fn start_verifier(
-    kubeconfig: &std::path::Path,
-    ns: &str,
-    pool: &str,
-) -> anyhow::Result<(Child, String)> {
-    let addr = cellule_e2e::free_local_addr().await?;
-    let args = [
-        "--namespace",
-        ns,
-        "--pool",
-        pool,
-        "--listen",
-        &addr,
-        "--stale-after-seconds",
-        "5",
-    ];
-    let env = [
-        ("KUBECONFIG", kubeconfig.to_str().context("utf-8 path")?),
-        ("RUST_LOG", "info"),
-    ];
-    let child = cellule_e2e::spawn_ready(
-        &Env::var("CELLULE_E2E_VERIFIER_BIN"),
-        &args,
-        &env,
-        &format!("verifier-{ns}"),
-        &addr,
-    )
-    .await?;
-    Ok((child, addr))
-}
 
 /// The verifier's verdict on `token`: the HTTP status and the body.
 async fn verdict(addr: &str, token: &str) -> Result<(u16, String), String> {

@@ -122,16 +122,7 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(super::bounded(&note)),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(%error, reason, "could not record an Event");
-        }
+        publish(&self.recorder, obj, type_, reason, action, note).await;
     }
 
     /// Publishes an Event on `obj` as a new Event, never as one more
@@ -146,17 +137,8 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(super::bounded(&note)),
-            action: action.into(),
-            secondary: None,
-        };
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(error) = recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(%error, reason, "could not record an Event");
-        }
+        publish(&recorder, obj, type_, reason, action, note).await;
     }
 
     /// Counts a failed reconcile of `obj`; returns how many in a row.
@@ -181,4 +163,24 @@ pub fn secret_exists(ctx: &Context, namespace: &str, name: &str) -> bool {
     ctx.secret_metadata
         .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
         .is_some()
+}
+
+async fn publish<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(super::bounded(&note)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not record an Event");
+    }
 }
