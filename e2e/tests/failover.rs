@@ -130,10 +130,13 @@ fn ensure_npu_status(pool: &kube::api::DynamicObject, required: i64) -> anyhow::
     Ok(())
 }
 
+/// The NPU pods that are Ready and not going away (after a rollout, the
+/// old ReplicaSet's pods may still be listed, being deleted).
 async fn npu_pod_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     Ok(pods(client, ns, &npu_selector())
         .await?
         .iter()
+        .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
         .map(|p| p.metadata.name.clone().unwrap_or_default())
         .collect())
 }
