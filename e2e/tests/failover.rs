@@ -864,3 +864,57 @@ async fn a_burst_of_readiness_changes_ends_in_the_right_routing_with_one_switch_
     })
     .await;
 }
+
+/// A Pool blocked on something else (its TLS Secret deleted) still routes:
+/// its NPU pods go NotReady, the tier's slice moves to the CPU workers and
+/// its status says so, while the Pool stays Stalled for the Secret.
+#[tokio::test]
+async fn a_blocked_pool_still_fails_over() {
+    in_namespace("fo-blocked", |client: Client, ns: String| async move {
+        let site = Site::new("0s", "3s");
+        site_ready(&client, &ns, &site).await?;
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+            .delete("paris-tls", &Default::default())
+            .await?;
+        cellule_e2e::wait_condition(&client, &ns, "Pool", POOL, "Stalled", "True", WAIT).await?;
+        let pod = npu_pod_names(&client, &ns)
+            .await?
+            .pop()
+            .context("an NPU pod")?;
+        toggle_pod(&client, &ns, &pod, false).await?;
+        let cpu = cpu_ips(&client, &ns).await?;
+        wait_route(&client, &ns, TIER, "cpu", &cpu, WAIT).await?;
+        let failed = wait_tier(
+            &client,
+            &ns,
+            "heavy on light while blocked",
+            WAIT,
+            |t, _| failed_over(t),
+        )
+        .await?;
+        let stalled = condition_of(&failed, "Stalled");
+        ensure!(
+            stalled["status"] == "True" && stalled["reason"] == "TlsSecretMissing",
+            "still stalled for the Secret: {stalled}"
+        );
+        ensure!(
+            condition_of(&failed, "Degraded")["reason"] == "NpuUnavailable",
+            "Degraded: {}",
+            condition_of(&failed, "Degraded")
+        );
+        // And back after the hold, still blocked.
+        toggle_pod(&client, &ns, &pod, true).await?;
+        let npu = ready_ips(&client, &ns, &npu_selector()).await?;
+        wait_route(&client, &ns, TIER, "npu", &npu, WAIT).await?;
+        wait_tier(
+            &client,
+            &ns,
+            "heavy back on NPU while blocked",
+            WAIT,
+            |t, _| on_npu(t),
+        )
+        .await?;
+        Ok(())
+    })
+    .await;
+}

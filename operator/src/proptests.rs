@@ -966,7 +966,12 @@ fn check_pool_pipeline(pool: &Pool, refs: &Refs) -> Result<(), TestCaseError> {
             prop_assert!(refs.secret_exists(&spec.tls.name));
             prop_assert!(refs.secret_exists(&spec.database.dsn_secret_ref.name));
 
-            let routing = routing::route(&valid, &routing::Observed::default(), &[], 1_800_000_000);
+            let routing = routing::route(
+                routing::Scope::of(&valid),
+                &routing::Observed::default(),
+                &[],
+                1_800_000_000,
+            );
             prop_assert_eq!(
                 routing
                     .tiers()

@@ -104,7 +104,6 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
     let component = pool_component(&valid.name);
     let config_text = config::render_config(valid);
     let config_name = names::config(&valid.name);
-    let routing_name = names::routing(&valid.name);
     let config_map = |name: &str, key: &str, text: String| ConfigMap {
         metadata: workload::owned_meta(pool, name, component.selector()),
         data: Some(BTreeMap::from([(key.to_owned(), text)])),
@@ -165,11 +164,7 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
             .collect(),
         config_maps: vec![
             config_map(&config_name, config::CONFIG_KEY, config_text),
-            config_map(
-                &routing_name,
-                config::ROUTING_KEY,
-                config::render_routing(valid, &routing.tiers()),
-            ),
+            routing_config_map(pool, &valid.namespace, &routing.tiers()),
         ],
         service_accounts: vec![ServiceAccount {
             metadata: workload::owned_meta(pool, &component.name, component.selector()),
@@ -235,6 +230,27 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
         ));
     }
     desired
+}
+
+/// The routing the pool watches (`<pool>-routing`), for `tiers`.
+pub fn routing_config_map(
+    pool: &crate::api::Pool,
+    namespace: &str,
+    tiers: &[crate::api::pool::TierStatus],
+) -> ConfigMap {
+    let name = kube::ResourceExt::name_any(pool);
+    ConfigMap {
+        metadata: workload::owned_meta(
+            pool,
+            &names::routing(&name),
+            pool_component(&name).selector(),
+        ),
+        data: Some(BTreeMap::from([(
+            config::ROUTING_KEY.to_owned(),
+            config::render_routing(&name, namespace, tiers),
+        )])),
+        ..Default::default()
+    }
 }
 
 /// The pool's live channel: its ServiceAccount may read and watch exactly

@@ -35,7 +35,7 @@ pub fn render_config(valid: &ValidPool) -> String {
         "database": {"dsnFile": format!("{DB_DIR}/{}", spec.database.dsn_secret_ref.key)},
         "tiers": spec.tiers.iter().map(|t| json!({
             "name": t.name, "model": t.model, "backend": t.backend, "fallbackTier": t.fallback_tier,
-            "service": tier_address(valid, &t.name),
+            "service": tier_address(&valid.name, &valid.namespace, &t.name),
         })).collect::<Vec<_>>(),
         "verification": spec.verification,
         "privacy": {
@@ -86,11 +86,10 @@ pub fn render_config(valid: &ValidPool) -> String {
 }
 
 /// The address of a tier's Service.
-fn tier_address(valid: &ValidPool, tier: &str) -> String {
+fn tier_address(pool: &str, namespace: &str, tier: &str) -> String {
     format!(
-        "{}.{}.svc:{}",
-        crate::names::tier(&valid.name, tier),
-        valid.namespace,
+        "{}.{namespace}.svc:{}",
+        crate::names::tier(pool, tier),
         crate::routing::endpoints::TIER_PORT
     )
 }
@@ -98,7 +97,7 @@ fn tier_address(valid: &ValidPool, tier: &str) -> String {
 /// Where each tier's requests go now: the tier's Service (whose endpoints
 /// the operator points at the backend serving it), and for the pool's own
 /// dispatch to laptop workers, which tier's workers take the requests.
-pub fn render_routing(valid: &ValidPool, tiers: &[TierStatus]) -> String {
+pub fn render_routing(pool: &str, namespace: &str, tiers: &[TierStatus]) -> String {
     let routes: BTreeMap<&str, serde_json::Value> = tiers
         .iter()
         .map(|status| {
@@ -110,7 +109,7 @@ pub fn render_routing(valid: &ValidPool, tiers: &[TierStatus]) -> String {
                     "model": status.model,
                     "since": status.since,
                     "reason": status.reason,
-                    "service": tier_address(valid, &status.name),
+                    "service": tier_address(pool, namespace, &status.name),
                 }),
             )
         })

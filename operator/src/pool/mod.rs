@@ -236,15 +236,25 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             // Whatever is wrong with the pool, its keys rotate and a key
             // declared compromised leaves the JWKS at once.
             let next_key_change = sync_published_keys(ctx, pool, &mut next, now).await;
+            // And routing follows the pods.
+            let (recorded, next_switch) =
+                route_blocked(ctx, pool, &refs, current, &mut next, now).await?;
+            let written = recorded.as_ref().and_then(|p| p.status.clone());
+            let (pool, current) = match &recorded {
+                Some(recorded) => (recorded, written.as_ref()),
+                None => (pool, current),
+            };
             let reason = blocked.reason();
             status::stall(ctx, pool, current, next, reason, blocked.message()).await?;
             // The watch on Secrets brings the pool back when it appears;
-            // the keys and the revocation list have their own times.
+            // the keys, the revocation list and routing have their own
+            // times.
             let at = next_key_change?;
-            return Ok(reconcile::requeue_at(
-                next_revocation_expiry.map_or(at, |e| e.min(at)),
-                now,
-            ));
+            let at = [next_revocation_expiry, next_switch]
+                .into_iter()
+                .flatten()
+                .fold(at, i64::min);
+            return Ok(reconcile::requeue_at(at, Timestamp::now()));
         }
     };
 
@@ -260,22 +270,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
 
     // Routing, from the pods and nodes as the caches have them and from
     // the routing this status recorded (its timers count from there).
-    let observed = routing::observe(ctx, &valid);
-    let previous_tiers = current.map_or(&[][..], |s| s.tiers.as_slice());
-    let routing = routing::route(
-        &valid,
-        &observed,
-        previous_tiers,
-        Timestamp::now().as_second(),
-    );
-    next.tiers = routing.tiers();
-    next.routing = Some(crate::routing::summary(&next.tiers));
-    conditions::set(
-        &mut next.common.conditions,
-        routing::degraded(&next.tiers),
-        generation,
-        now,
-    );
+    let routing = decide_routing(ctx, routing::Scope::of(&valid), current, &mut next, now);
     let mut desired = build::desired(&valid, &routing, &running);
     // Token signing keys first: the JWKS published below comes from them.
     let (ring, next_key_change) = match tokens::sync_ring(ctx, pool, now.as_second()).await {
@@ -294,34 +289,12 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let ns = &valid.namespace;
     let owned = &ctx.owned;
 
-    // Routing changes only once the status records the decision, at the
-    // resourceVersion it was made from: a reconcile working from a stale
-    // copy (its own writes not yet in the cache) stops here with a
-    // conflict instead of switching back without a hold. Written even when
-    // the status looks unchanged: that is what a stale copy looks like. A
-    // switch is told once recorded.
-    let routing_moves = desired
-        .endpoint_slices
+    let routing_map = desired
+        .config_maps
         .iter()
-        .map(|s| reconcile::apply::is_current(&owned.endpoint_slices, s))
-        .chain(
-            desired
-                .config_maps
-                .iter()
-                .filter(|c| c.metadata.name.as_deref() == Some(&crate::names::routing(&valid.name)))
-                .map(|c| reconcile::apply::is_current(&owned.config_maps, c)),
-        )
-        .collect::<Result<Vec<bool>>>()?
-        .contains(&false);
-    let recorded = if routing_moves {
-        status::commit(&ctx.client, pool, None, &next).await?
-    } else {
-        None
-    };
+        .find(|c| c.metadata.name.as_deref() == Some(&crate::names::routing(&valid.name)));
+    let recorded = record(ctx, pool, &next, &routing, routing_map).await?;
     let told = recorded.is_some();
-    if told {
-        tell_switches(ctx, pool, &routing).await;
-    }
     let pool = recorded.as_ref().unwrap_or(pool);
     let current = if told {
         Some(&next).cloned()
@@ -429,6 +402,99 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     .min()
     .unwrap_or(next_key_change);
     Ok(reconcile::requeue_at(wake, Timestamp::now()))
+}
+
+/// `scope`'s routing now, from its pods and from the routing `current`
+/// recorded (its timers count from there), set in `next`.
+fn decide_routing(
+    ctx: &Context,
+    scope: routing::Scope<'_>,
+    current: Option<&crate::api::PoolStatus>,
+    next: &mut crate::api::PoolStatus,
+    now: Timestamp,
+) -> routing::Routing {
+    let observed = routing::observe(ctx, scope);
+    let previous = current.map_or(&[][..], |s| s.tiers.as_slice());
+    let routing = routing::route(scope, &observed, previous, Timestamp::now().as_second());
+    next.tiers = routing.tiers();
+    next.routing = Some(crate::routing::summary(&next.tiers));
+    conditions::set(
+        &mut next.common.conditions,
+        routing::degraded(&next.tiers),
+        scope.pool.metadata.generation,
+        now,
+    );
+    routing
+}
+
+/// Routing objects change only once the status records the decision, at
+/// the resourceVersion it was made from: a reconcile working from a stale
+/// copy (its own writes not yet in the cache) stops here with a conflict
+/// instead of switching back without a hold. Written even when the status
+/// looks unchanged: that is what a stale copy looks like. The switches are
+/// told once recorded. Returns the Pool as written, if it was.
+async fn record(
+    ctx: &Context,
+    pool: &Pool,
+    next: &crate::api::PoolStatus,
+    routing: &routing::Routing,
+    routing_map: Option<&k8s_openapi::api::core::v1::ConfigMap>,
+) -> Result<Option<Pool>> {
+    let owned = &ctx.owned;
+    let slices = routing
+        .slices
+        .iter()
+        .map(|s| reconcile::apply::is_current(&owned.endpoint_slices, s));
+    let maps = routing_map.map(|c| reconcile::apply::is_current(&owned.config_maps, c));
+    let moves = slices
+        .chain(maps)
+        .collect::<Result<Vec<bool>>>()?
+        .contains(&false);
+    if !moves {
+        return Ok(None);
+    }
+    let recorded = status::commit(&ctx.client, pool, None, next).await?;
+    if recorded.is_some() {
+        tell_switches(ctx, pool, routing).await;
+    }
+    Ok(recorded)
+}
+
+/// For a blocked pool whose names are valid: its routing still follows
+/// the pods (the tier Services, their slices, the routing ConfigMap, its
+/// status), pruning nothing. Returns the Pool as written, if it was, and
+/// when a hold ends.
+async fn route_blocked(
+    ctx: &Context,
+    pool: &Pool,
+    refs: &Cached<'_>,
+    current: Option<&crate::api::PoolStatus>,
+    next: &mut crate::api::PoolStatus,
+    now: Timestamp,
+) -> Result<(Option<Pool>, Option<i64>)> {
+    if !validate::routable(pool) {
+        return Ok((None, None));
+    }
+    let name = pool.name_any();
+    let tiers = validate::tiers(pool, refs);
+    let scope = routing::Scope {
+        pool,
+        name: &name,
+        namespace: &refs.namespace,
+        tiers: &tiers,
+    };
+    let routing = decide_routing(ctx, scope, current, next, now);
+    let map = build::routing_config_map(pool, &refs.namespace, &next.tiers);
+    let recorded = record(ctx, pool, next, &routing, Some(&map)).await?;
+    let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
+    let owned = &ctx.owned;
+    let mut sync = OwnerSync::new(&ctx.client, &refs.namespace, uid);
+    sync.some(&owned.services, routing.services.clone()).await;
+    sync.some(&owned.endpoint_slices, routing.slices.clone())
+        .await;
+    sync.some(&owned.config_maps, vec![map]).await;
+    sync.finish().1?;
+    Ok((recorded, routing.wake()))
 }
 
 /// The Events of the switches `routing` decided, once its status is written.

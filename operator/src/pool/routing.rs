@@ -18,7 +18,32 @@ use crate::{
     },
 };
 
-use super::{build::CPU_WORKER_PORT, validate::ValidPool};
+use super::{
+    build::CPU_WORKER_PORT,
+    validate::{Tier, ValidPool},
+};
+
+/// What routing reads of a Pool: there whenever its names are valid, also
+/// while the rest of it is blocked (a Secret missing), so that routing
+/// keeps following the pods.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    pub pool: &'a crate::api::Pool,
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub tiers: &'a [Tier],
+}
+
+impl<'a> Scope<'a> {
+    pub fn of(valid: &'a ValidPool) -> Self {
+        Self {
+            pool: &valid.pool,
+            name: &valid.name,
+            namespace: &valid.namespace,
+            tiers: &valid.tiers,
+        }
+    }
+}
 
 /// The pods of a Pool's backends: each NpuServer's (by name) and each CPU
 /// tier's in-cluster workers (by tier).
@@ -50,23 +75,23 @@ pub fn members(ctx: &Context, namespace: &str, deployment: &str) -> Vec<Member> 
 }
 
 /// The pods of `valid`'s backends.
-pub fn observe(ctx: &Context, valid: &ValidPool) -> Observed {
+pub fn observe(ctx: &Context, valid: Scope<'_>) -> Observed {
     let mut observed = Observed::default();
     // An NpuServer of another pool (or none) serves nothing here.
     let servers = valid.tiers.iter().filter_map(|t| t.npu.as_ref());
     for npu in servers.filter(|npu| npu.required.is_some()) {
         observed.npu.insert(
             npu.name.clone(),
-            members(ctx, &valid.namespace, &npu.deployment),
+            members(ctx, valid.namespace, &npu.deployment),
         );
     }
     for set in &valid.pool.spec.cpu_workers {
-        let deployment = names::cpu_workers(&valid.name, &set.name);
+        let deployment = names::cpu_workers(valid.name, &set.name);
         observed
             .cpu
             .entry(set.tier.clone())
             .or_default()
-            .extend(members(ctx, &valid.namespace, &deployment));
+            .extend(members(ctx, valid.namespace, &deployment));
     }
     observed
 }
@@ -92,15 +117,15 @@ impl Routing {
 
 /// Every tier's routing at `now` (seconds), from `previous` (the Pool's
 /// `status.tiers`) and the pods.
-pub fn route(valid: &ValidPool, observed: &Observed, previous: &[TierStatus], now: i64) -> Routing {
+pub fn route(valid: Scope<'_>, observed: &Observed, previous: &[TierStatus], now: i64) -> Routing {
     let timers = Timers::of(&valid.pool.spec.failover);
     let none: &[Member] = &[];
     let cpu = |tier: &str| observed.cpu.get(tier).map_or(none, Vec::as_slice);
     let has_workers = |tier: &str| valid.pool.spec.cpu_workers.iter().any(|w| w.tier == tier);
     let mut routing = Routing::default();
-    for tier in &valid.tiers {
+    for tier in valid.tiers {
         let spec = &tier.spec;
-        let service = names::tier(&valid.name, &spec.name);
+        let service = names::tier(valid.name, &spec.name);
         let fallback = spec.fallback_tier.as_ref().and_then(|name| {
             let fallback = valid.tiers.iter().find(|t| &t.spec.name == name)?;
             Some(Fallback {
@@ -152,13 +177,10 @@ pub fn route(valid: &ValidPool, observed: &Observed, previous: &[TierStatus], no
         };
         routing
             .services
-            .push(endpoints::service(&valid.pool, &valid.name, &service));
-        routing.slices.extend(endpoints::slices(
-            &valid.pool,
-            &valid.name,
-            &service,
-            backend,
-        ));
+            .push(endpoints::service(valid.pool, valid.name, &service));
+        routing
+            .slices
+            .extend(endpoints::slices(valid.pool, valid.name, &service, backend));
         routing.decisions.push(decision);
     }
     routing

@@ -85,7 +85,7 @@ fn observed(npu_ready: usize) -> routing::Observed {
 }
 
 fn desired_with(valid: &ValidPool, observed: &routing::Observed) -> build::Desired {
-    let routing = routing::route(valid, observed, &[], NOW);
+    let routing = routing::route(routing::Scope::of(valid), observed, &[], NOW);
     build::desired(valid, &routing, &super::all_verified(&valid.pool))
 }
 
@@ -209,7 +209,9 @@ fn default_deny_covers_every_pod_of_the_pool() {
 fn routing_summary_reads_for_on_call() {
     let pool = sample_pool();
     let summary = |valid: &ValidPool, observed: &routing::Observed| {
-        crate::routing::summary(&routing::route(valid, observed, &[], NOW).tiers())
+        crate::routing::summary(
+            &routing::route(routing::Scope::of(valid), observed, &[], NOW).tiers(),
+        )
     };
     assert_eq!(
         summary(&valid(&pool, true), &observed(2)),

@@ -99,6 +99,32 @@ pub struct ValidPool {
     pub api_server: ApiServer,
 }
 
+/// Whether `pool`'s names make valid object names: what its routing
+/// needs, even while the rest of it is blocked.
+pub fn routable(pool: &Pool) -> bool {
+    check_names(&pool.name_any(), &pool.spec).is_ok()
+}
+
+/// `pool`'s tiers, each with the NpuServer that serves it resolved.
+pub fn tiers(pool: &Pool, refs: &impl References) -> Vec<Tier> {
+    let name = pool.name_any();
+    pool.spec
+        .tiers
+        .iter()
+        .map(|tier| Tier {
+            spec: tier.clone(),
+            npu: match (tier.backend, &tier.npu_server_ref) {
+                (TierBackend::Npu, Some(reference)) => Some(npu_backend(
+                    &reference.name,
+                    refs.npu_server(&reference.name).as_deref(),
+                    &name,
+                )),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
 /// Validates `pool` against what it references (pure given `refs`).
 pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocked> {
     let namespace = pool.namespace().unwrap_or_default();
@@ -138,21 +164,7 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
             });
         }
     }
-    let tiers = spec
-        .tiers
-        .iter()
-        .map(|tier| Tier {
-            spec: tier.clone(),
-            npu: match (tier.backend, &tier.npu_server_ref) {
-                (TierBackend::Npu, Some(reference)) => Some(npu_backend(
-                    &reference.name,
-                    refs.npu_server(&reference.name).as_deref(),
-                    &name,
-                )),
-                _ => None,
-            },
-        })
-        .collect();
+    let tiers = tiers(pool, refs);
     Ok(ValidPool {
         name,
         namespace,
