@@ -267,7 +267,7 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()> + kube::ResourceExt>(
     let failures = ctx.failed(obj.as_ref());
     if error.is_conflict() {
         // Soon: the cache is about to catch up (still bounded, in case not).
-        let millis = 200u64 << failures.min(10);
+        let millis = 100u64 << failures.min(11);
         return Action::requeue(Duration::from_millis(millis.min(300_000)));
     }
     tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), %error, failures, "reconcile failed");
