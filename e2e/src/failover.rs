@@ -36,8 +36,8 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
-    Env, NODE_READY_ANNOTATION, POD_READY_ANNOTATION, apply_signing_key, cellule_api,
-    create_secret, eventually, install_crds, sample_documents, wait_condition,
+    Env, NODE_READY_ANNOTATION, POD_READY_ANNOTATION, apply_signing_key, cellule_api, eventually,
+    sample_documents, wait_condition,
 };
 
 pub const POOL: &str = "paris";
@@ -169,21 +169,7 @@ pub async fn apply(client: &Client, ns: &str, object: &Value) -> anyhow::Result<
 /// The CRDs, the Secrets and signing key the Pool needs, the Pool and the
 /// NpuServer (no WorkerGrant or PeerTrust: nothing here needs them).
 pub async fn apply_site(client: &Client, ns: &str, site: &Site) -> anyhow::Result<()> {
-    install_crds(client).await;
-    create_secret(
-        client,
-        ns,
-        "paris-db",
-        &[("dsn", "postgres://cellule@db:5432/cellule")],
-    )
-    .await?;
-    create_secret(
-        client,
-        ns,
-        "paris-tls",
-        &[("tls.crt", "cert"), ("tls.key", "key")],
-    )
-    .await?;
+    crate::site_secrets(client, ns).await?;
     apply_signing_key(client, ns).await?;
     apply(client, ns, &pool_document(site)).await?;
     apply(client, ns, &npu_document(site)).await

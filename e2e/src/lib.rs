@@ -333,6 +333,12 @@ pub async fn apply_samples(client: &Client, ns: &str) -> anyhow::Result<()> {
 /// The sample site in `ns`: the CRDs, the database and TLS Secrets the
 /// sample Pool references, and every object of `config/samples/`.
 pub async fn apply_sample_site(client: &Client, ns: &str) -> anyhow::Result<()> {
+    site_secrets(client, ns).await?;
+    apply_samples(client, ns).await
+}
+
+/// The CRDs, and the database and TLS Secrets a Pool `paris` references.
+pub async fn site_secrets(client: &Client, ns: &str) -> anyhow::Result<()> {
     install_crds(client).await;
     create_secret(
         client,
@@ -347,8 +353,7 @@ pub async fn apply_sample_site(client: &Client, ns: &str) -> anyhow::Result<()> 
         "paris-tls",
         &[("tls.crt", "cert"), ("tls.key", "key")],
     )
-    .await?;
-    apply_samples(client, ns).await
+    .await
 }
 
 /// Creates an Opaque Secret with the given string data.

@@ -56,42 +56,73 @@ pub struct Observed {
 /// The pods of Deployment `deployment` in `namespace`, as routing sees
 /// them: only those its ReplicaSets made, their nodes read from the cache.
 pub fn members(ctx: &Context, namespace: &str, deployment: &str) -> Vec<Member> {
-    ctx.pods
-        .state()
-        .iter()
-        .filter(|pod| {
-            pod.metadata.namespace.as_deref() == Some(namespace)
-                && pod.labels().get(labels::INSTANCE).map(String::as_str) == Some(deployment)
-                && health::made_by(pod, deployment)
-        })
-        .map(|pod| {
-            health::member(pod, |node| {
-                ctx.nodes
-                    .get(&ObjectRef::new(node))
-                    .map(|n| health::node_ready(&n))
-            })
-        })
-        .collect()
+    members_of(ctx, namespace, &[deployment])
+        .remove(deployment)
+        .unwrap_or_default()
+}
+
+/// The pods of each of `deployments` in `namespace` (see [`members`]), in
+/// one pass over the cache.
+fn members_of(
+    ctx: &Context,
+    namespace: &str,
+    deployments: &[&str],
+) -> BTreeMap<String, Vec<Member>> {
+    let mut found: BTreeMap<String, Vec<Member>> = BTreeMap::new();
+    for pod in ctx.pods.state() {
+        if pod.metadata.namespace.as_deref() != Some(namespace) {
+            continue;
+        }
+        let Some(deployment) = pod.labels().get(labels::INSTANCE) else {
+            continue;
+        };
+        if !deployments.contains(&deployment.as_str()) || !health::made_by(&pod, deployment) {
+            continue;
+        }
+        let member = health::member(&pod, |node| {
+            ctx.nodes
+                .get(&ObjectRef::new(node))
+                .map(|n| health::node_ready(&n))
+        });
+        found.entry(deployment.clone()).or_default().push(member);
+    }
+    found
 }
 
 /// The pods of `valid`'s backends.
 pub fn observe(ctx: &Context, valid: Scope<'_>) -> Observed {
-    let mut observed = Observed::default();
     // An NpuServer of another pool (or none) serves nothing here.
-    let servers = valid.tiers.iter().filter_map(|t| t.npu.as_ref());
-    for npu in servers.filter(|npu| npu.required.is_some()) {
-        observed.npu.insert(
-            npu.name.clone(),
-            members(ctx, valid.namespace, &npu.deployment),
-        );
+    let servers: Vec<_> = valid
+        .tiers
+        .iter()
+        .filter_map(|t| t.npu.as_ref())
+        .filter(|npu| npu.required.is_some())
+        .collect();
+    let sets: Vec<(String, &str)> = valid
+        .pool
+        .spec
+        .cpu_workers
+        .iter()
+        .map(|set| (names::cpu_workers(valid.name, &set.name), set.tier.as_str()))
+        .collect();
+    let deployments: Vec<&str> = servers
+        .iter()
+        .map(|npu| npu.deployment.as_str())
+        .chain(sets.iter().map(|(deployment, _)| deployment.as_str()))
+        .collect();
+    let mut found = members_of(ctx, valid.namespace, &deployments);
+    let mut observed = Observed::default();
+    for npu in servers {
+        let pods = found.remove(&npu.deployment).unwrap_or_default();
+        observed.npu.insert(npu.name.clone(), pods);
     }
-    for set in &valid.pool.spec.cpu_workers {
-        let deployment = names::cpu_workers(valid.name, &set.name);
+    for (deployment, tier) in sets {
+        let pods = found.remove(&deployment).unwrap_or_default();
         observed
             .cpu
-            .entry(set.tier.clone())
+            .entry(tier.to_owned())
             .or_default()
-            .extend(members(ctx, valid.namespace, &deployment));
+            .extend(pods);
     }
     observed
 }
