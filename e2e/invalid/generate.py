@@ -40,9 +40,10 @@ BASES = {
     }),
     "peertrust": obj("PeerTrust", {
         "poolRef": {"name": "paris"}, "site": "lyon", "endpoint": {"host": "10.30.0.10", "port": 8443},
-        "publicKey": KEY, "trustLevel": 3,
+        "publicKey": KEY, "trustLevel": 3, "peerPool": {"namespace": "cellule", "name": "lyon"},
         "handshake": {"nonce": "0123456789abcdef", "notBefore": "2026-11-01T00:00:00Z", "notAfter": "2027-10-31T00:00:00Z",
-                      "localSignature": SIG, "peerAdminPublicKey": KEY, "peerSignature": SIG2},
+                      "localSignature": SIG, "peerSignature": SIG2,
+                      "peerCountersignature": {"poolPublicKey": KEY, "adminPublicKey": KEY, "signature": SIG2}},
     }),
 }
 
@@ -143,6 +144,8 @@ CASES = [
     case("peertrust-handshake-window-too-long", "peertrust", setp(S("handshake", "notAfter"), "2028-06-01T00:00:00Z"), "spec.handshake.notAfter", "at most 396 days"),
     case("peertrust-handshake-signature-short", "peertrust", setp(S("handshake", "localSignature"), SIG[:86] + "A="), "spec.handshake.localSignature", "base64 of exactly 64 bytes"),
     case("peertrust-handshake-same-signature", "peertrust", setp(S("handshake", "peerSignature"), SIG), "spec.handshake.peerSignature", "two different administrators"),
+    case("peertrust-handshake-without-peer-pool", "peertrust", setp(S("peerPool"), DELETE), "spec.peerPool", "names the peer pool"),
+    case("peertrust-countersignature-short", "peertrust", setp(S("handshake", "peerCountersignature", "signature"), SIG[:86] + "A="), "spec.handshake.peerCountersignature.signature", "base64 of exactly 64 bytes"),
     case("peertrust-handshake-nonce-short", "peertrust", setp(S("handshake", "nonce"), "abc"), "spec.handshake.nonce", "at least 16"),
 ]
 

@@ -31,8 +31,8 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    api::{NpuServer, Pool, WorkerGrant},
-    npu_server, pool,
+    api::{NpuServer, PeerTrust, Pool, WorkerGrant},
+    npu_server, peer_trust, pool,
     reconcile::{
         Context,
         context::{OwnedStores, Stores},
@@ -236,6 +236,7 @@ pub struct Caches {
     pub pools: Shared<Pool>,
     pub npu_servers: Shared<NpuServer>,
     pub grants: Shared<WorkerGrant>,
+    pub peer_trusts: Shared<PeerTrust>,
     pub deployments: Shared<Deployment>,
     pub services: Shared<Service>,
     pub config_maps: Shared<ConfigMap>,
@@ -270,6 +271,7 @@ impl Caches {
             pools: Shared::new(client, namespace, all()),
             npu_servers: Shared::new(client, namespace, all()),
             grants: Shared::new(client, namespace, all()),
+            peer_trusts: Shared::new(client, namespace, all()),
             deployments: Shared::new(client, namespace, owned()),
             services: Shared::new(client, namespace, owned()),
             config_maps: Shared::new(client, namespace, owned()),
@@ -332,6 +334,7 @@ impl Caches {
             npu_servers: self.npu_servers.store(),
             pools: self.pools.store(),
             grants: self.grants.store(),
+            peer_trusts: self.peer_trusts.store(),
         }
     }
 
@@ -341,6 +344,7 @@ impl Caches {
             self.pools.synced(),
             self.npu_servers.synced(),
             self.grants.synced(),
+            self.peer_trusts.synced(),
             self.deployments.synced(),
             self.services.synced(),
             self.config_maps.synced(),
@@ -368,6 +372,7 @@ impl Caches {
             self.pools.run(),
             self.npu_servers.run(),
             self.grants.run(),
+            self.peer_trusts.run(),
             self.deployments.run(),
             self.services.run(),
             self.config_maps.run(),
@@ -526,6 +531,12 @@ pub async fn run(
             shutdown.clone(),
         ));
         controllers.push(worker_grant::controller(
+            &caches,
+            ctx.clone(),
+            config.clone(),
+            shutdown.clone(),
+        ));
+        controllers.push(peer_trust::controller(
             &caches,
             ctx,
             config,

@@ -181,14 +181,19 @@ enum HandshakeCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Print the exact text that both administrators sign.
+    /// Print a fresh nonce for a handshake.
+    Nonce,
+    /// Print the exact text that both sites' admins sign, built from this
+    /// site's Pool and its PeerTrust as the operator builds it (the peer
+    /// site gets the same bytes from theirs).
     Statement(StatementArgs),
-    /// Sign the statement with an administrator's key; prints the base64
-    /// signature for `handshake.localSignature` or `peerSignature`.
+    /// Sign the statement with an admin's key; prints the base64 signature
+    /// for `handshake.localSignature` (or to send to the peer site for
+    /// their `peerSignature`).
     Sign {
         #[command(flatten)]
         statement: StatementArgs,
-        /// File with the administrator's private seed (from `keygen`).
+        /// File with the admin's private seed (from `keygen`).
         #[arg(long)]
         key: PathBuf,
     },
@@ -196,36 +201,71 @@ enum HandshakeCommand {
 
 #[derive(clap::Args, Debug)]
 struct StatementArgs {
-    /// The site that writes the PeerTrust (its Pool's `federation.site`).
+    /// This site's Pool as YAML or JSON (`kubectl get pool NAME -o yaml`):
+    /// its federation site, endpoint and (from status) its key.
     #[arg(long)]
-    local_site: String,
-    /// The PeerTrust's `site`.
+    pool: PathBuf,
+    /// The PeerTrust as YAML or JSON (the manifest, with its handshake's
+    /// nonce and window).
     #[arg(long)]
-    peer_site: String,
-    /// The PeerTrust's `publicKey`.
-    #[arg(long)]
-    peer_public_key: String,
-    /// Start of validity, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
-    #[arg(long)]
-    not_before: jiff::Timestamp,
-    /// End of validity, RFC 3339.
-    #[arg(long)]
-    not_after: jiff::Timestamp,
-    /// The handshake's nonce.
-    #[arg(long)]
-    nonce: String,
+    peer_trust: PathBuf,
 }
 
-impl From<StatementArgs> for handshake::Statement {
-    fn from(a: StatementArgs) -> Self {
-        Self {
-            local_site: a.local_site,
-            peer_site: a.peer_site,
-            peer_public_key: a.peer_public_key,
-            not_before: a.not_before,
-            not_after: a.not_after,
-            nonce: a.nonce,
-        }
+impl StatementArgs {
+    fn statement(&self) -> anyhow::Result<handshake::Statement> {
+        use cellule_operator::{
+            api::{PeerTrust, Pool},
+            peer_trust::judge,
+        };
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let pool: Pool = serde_yaml::from_str(&read(&self.pool)?).context("parsing the Pool")?;
+        let peer: PeerTrust =
+            serde_yaml::from_str(&read(&self.peer_trust)?).context("parsing the PeerTrust")?;
+        let federation = &pool.spec.federation;
+        let site = federation
+            .site
+            .as_deref()
+            .context("the Pool has no spec.federation.site")?;
+        let endpoint = federation
+            .endpoint
+            .as_ref()
+            .context("the Pool has no spec.federation.endpoint")?;
+        let key = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.federation.as_ref())
+            .context("the Pool has no status.federation: get it from the cluster (-o yaml)")?;
+        let handshake = peer
+            .spec
+            .handshake
+            .as_ref()
+            .context("the PeerTrust has no spec.handshake (nonce, notBefore, notAfter)")?;
+        anyhow::ensure!(
+            peer.spec.peer_pool.is_some(),
+            "the PeerTrust has no spec.peerPool"
+        );
+        let namespace = pool
+            .metadata
+            .namespace
+            .clone()
+            .context("the Pool has no metadata.namespace")?;
+        let name = pool
+            .metadata
+            .name
+            .clone()
+            .context("the Pool has no metadata.name")?;
+        let local = judge::Local {
+            site,
+            namespace: &namespace,
+            name: &name,
+            endpoint,
+            key: handshake::public_key("the Pool's status.federation.publicKey", &key.public_key)?,
+        };
+        let peer_key =
+            handshake::public_key("the PeerTrust's spec.publicKey", &peer.spec.public_key)?;
+        Ok(judge::statement(&local, &peer.spec, peer_key, handshake))
     }
 }
 
@@ -249,14 +289,13 @@ fn run_handshake(command: HandshakeCommand) -> anyhow::Result<()> {
             write_private(&out, &seed).with_context(|| format!("writing {}", out.display()))?;
             println!("{public}");
         }
-        HandshakeCommand::Statement(args) => {
-            print!("{}", handshake::Statement::from(args).canonical())
-        }
+        HandshakeCommand::Nonce => println!("{}", handshake::generate_nonce()),
+        HandshakeCommand::Statement(args) => print!("{}", args.statement()?.canonical()?),
         HandshakeCommand::Sign { statement, key } => {
             let seed = std::fs::read_to_string(&key)
                 .with_context(|| format!("reading {}", key.display()))?;
             let key = handshake::signing_key(&seed)?;
-            println!("{}", handshake::sign(&key, &statement.into()));
+            println!("{}", handshake::sign(&key, &statement.statement()?)?);
         }
     }
     Ok(())

@@ -99,6 +99,21 @@ pub fn pool_of_signing_keys(name: &str) -> Option<&str> {
     name.strip_suffix(SIGNING_KEYS)
 }
 
+/// A pool's federation keys and nonce ledger (a Secret).
+pub fn federation(pool: &str) -> String {
+    format!("{pool}-federation")
+}
+
+/// Where a pool reports on its peers (a ConfigMap the pool writes).
+pub fn peer_reports(pool: &str) -> String {
+    format!("{pool}-peer-reports")
+}
+
+/// The pool whose federation Secret `name` would be.
+pub fn pool_of_federation(name: &str) -> Option<&str> {
+    name.strip_suffix("-federation")
+}
+
 /// An NpuServer's Deployment, Service and NetworkPolicy.
 pub fn npu_server(npu: &str) -> String {
     format!("{npu}-npu")
@@ -136,6 +151,8 @@ mod tests {
                 jwks,
                 legacy_revocations,
                 signing_keys,
+                federation,
+                peer_reports,
             ] {
                 out.push((f(p), format!("Pool {p}")));
             }

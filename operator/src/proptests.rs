@@ -580,6 +580,7 @@ fn settings() -> BoxedStrategy<(
                 site,
                 anti_replay_window,
                 admin_public_keys,
+                ..FederationSpec::default()
             },
         );
     let workers = (prop::collection::vec(cidr(), 0..4), port(), duration()).prop_map(

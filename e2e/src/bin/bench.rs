@@ -330,6 +330,7 @@ async fn store_context(client: &Client, ns: &str) -> anyhow::Result<Arc<Context>
             npu_servers: empty(),
             pools,
             grants: empty(),
+            peer_trusts: empty(),
             pods: empty(),
             nodes: empty(),
         },

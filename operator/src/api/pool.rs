@@ -318,6 +318,47 @@ pub struct FederationSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[x_kube(validation = Rule::new(format!("self.all(k, k.matches('{}'))", super::ED25519_PUBLIC_KEY_PATTERN)).message("each admin public key must be the base64 of exactly 32 bytes (an Ed25519 public key)"))]
     pub admin_public_keys: Vec<String>,
+    /// Where peers reach this pool, as they write it in their PeerTrust:
+    /// a level-3 handshake names it. Required for level-3 handshakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<super::peer_trust::PeerEndpoint>,
+    /// Raise to replace the pool's federation key now (e.g. when its Secret
+    /// may have leaked); the replaced key stays valid for `keyOverlap`.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub key_generation: i64,
+    /// How long a replaced federation key still signs and is accepted in
+    /// handshakes: the time peers have to pin the new one.
+    #[serde(default = "defaults::federation_key_overlap")]
+    #[x_kube(validation = duration_rule("0s", "2160h", "keyOverlap"))]
+    pub key_overlap: Duration,
+    /// When the pool's reports on a peer downgrade its trust.
+    #[serde(default)]
+    pub reputation: ReputationPolicy,
+}
+
+/// Past `mismatchPercent` mismatches over at least `minSamples` samples
+/// (as the pool reports them), a peer's effective trust goes down a level.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReputationPolicy {
+    /// Share of sampled answers that may disagree, in percent.
+    #[serde(default = "defaults::mismatch_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub mismatch_percent: i32,
+    /// Samples needed before a share counts.
+    #[serde(default = "defaults::min_samples")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_samples: i64,
+}
+
+impl Default for ReputationPolicy {
+    fn default() -> Self {
+        Self {
+            mismatch_percent: defaults::mismatch_percent(),
+            min_samples: defaults::min_samples(),
+        }
+    }
 }
 
 impl Default for FederationSpec {
@@ -326,6 +367,10 @@ impl Default for FederationSpec {
             site: None,
             anti_replay_window: defaults::anti_replay_window(),
             admin_public_keys: Vec::new(),
+            endpoint: None,
+            key_generation: 0,
+            key_overlap: defaults::federation_key_overlap(),
+            reputation: ReputationPolicy::default(),
         }
     }
 }
@@ -611,6 +656,35 @@ pub struct PoolStatus {
     /// incident runbook names in `spec.tokens.compromisedKeys`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signing_keys: Vec<SigningKeyStatus>,
+    /// The pool's federation identity, for the admins of peer sites to pin
+    /// in their PeerTrusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationStatus>,
+}
+
+/// The pool's federation keys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationStatus {
+    /// The current key (base64 of 32 bytes): what peers pin.
+    pub public_key: String,
+    /// `sha256:` and the hex SHA-256 of the key's 32 bytes.
+    pub fingerprint: String,
+    /// Replaced keys that still sign until `validUntil`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousFederationKey>,
+}
+
+/// A replaced federation key, valid for the overlap.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousFederationKey {
+    /// The key (base64 of 32 bytes).
+    pub public_key: String,
+    /// `sha256:` and the hex SHA-256 of its 32 bytes.
+    pub fingerprint: String,
+    /// When it stops signing and is no longer accepted in handshakes.
+    pub valid_until: Time,
 }
 
 /// One published signing key.
@@ -678,6 +752,15 @@ pub mod defaults {
     }
     pub fn anti_replay_window() -> Duration {
         duration(60)
+    }
+    pub fn federation_key_overlap() -> Duration {
+        duration(7 * 24 * 3600)
+    }
+    pub fn mismatch_percent() -> i32 {
+        20
+    }
+    pub fn min_samples() -> i64 {
+        50
     }
     pub fn worker_port() -> i32 {
         8443

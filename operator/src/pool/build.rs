@@ -35,6 +35,7 @@ pub const CONFIG_DIR: &str = "/etc/cellule/config";
 pub const TLS_DIR: &str = "/etc/cellule/tls";
 pub const DB_DIR: &str = "/etc/cellule/db";
 pub const JWKS_DIR: &str = "/etc/cellule/jwks";
+pub const FEDERATION_DIR: &str = "/etc/cellule/federation";
 /// Port the in-cluster CPU workers serve on.
 pub const CPU_WORKER_PORT: i32 = 8080;
 pub const CONFIG_CHECKSUM: &str = "cellule.ai/config-sha256";
@@ -132,6 +133,15 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
             ),
             path: DB_DIR.into(),
         },
+        // The pool's federation keys, not the operator's nonce ledger.
+        Mount {
+            volume: secret_volume(
+                "federation",
+                &names::federation(&valid.name),
+                Some(crate::peer_trust::identity::KEYS_KEY),
+            ),
+            path: FEDERATION_DIR.into(),
+        },
     ];
     let checksum = BTreeMap::from([(CONFIG_CHECKSUM.to_owned(), config::checksum(&config_text))]);
     let deployment = images.0.get(images::POOL).map(|image| {
@@ -165,6 +175,16 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
         config_maps: vec![
             config_map(&config_name, config::CONFIG_KEY, config_text),
             routing_config_map(pool, &valid.namespace, &routing.tiers()),
+            // Created empty: its data is the pool's to write (another
+            // field manager), never overwritten by an apply of ours.
+            ConfigMap {
+                metadata: workload::owned_meta(
+                    pool,
+                    &names::peer_reports(&valid.name),
+                    component.selector(),
+                ),
+                ..Default::default()
+            },
         ],
         service_accounts: vec![ServiceAccount {
             metadata: workload::owned_meta(pool, &component.name, component.selector()),
@@ -267,6 +287,15 @@ fn live_channel_role(valid: &ValidPool, component: &Component) -> Role {
                 resources: Some(vec!["configmaps".into()]),
                 resource_names: Some(vec![names::jwks(&valid.name), names::routing(&valid.name)]),
                 verbs: read.clone(),
+                non_resource_urls: None,
+            },
+            // Its reports on peers (mismatches, samples): the one object
+            // it writes.
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![names::peer_reports(&valid.name)]),
+                verbs: ["get", "patch"].map(String::from).into(),
                 non_resource_urls: None,
             },
             PolicyRule {

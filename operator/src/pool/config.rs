@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::api::pool::{PrivacyMode, TierStatus};
 
 use super::{
-    build::{DB_DIR, JWKS_DIR, TLS_DIR},
+    build::{DB_DIR, FEDERATION_DIR, JWKS_DIR, TLS_DIR},
     validate::ValidPool,
 };
 
@@ -46,8 +46,24 @@ pub fn render_config(valid: &ValidPool) -> String {
         "rateLimit": spec.rate_limit,
         "federation": {
             "antiReplayWindow": spec.federation.anti_replay_window,
-            // Filled from PeerTrusts by the federation work; Paranoid has none.
-            "peers": [],
+            // The key the pool signs federation messages with, from the
+            // operator's Secret (docs/federation.md).
+            "keysFile": format!("{FEDERATION_DIR}/{}", crate::peer_trust::identity::KEYS_KEY),
+            // Paranoid has none (peer_trust::peers).
+            "peers": valid.peers.iter().map(|p| json!({
+                "name": p.name,
+                "site": p.site,
+                "host": p.endpoint.host,
+                "cidr": p.endpoint.cidr,
+                "port": p.endpoint.port,
+                "publicKey": p.public_key,
+                "trustLevel": p.level,
+                // At this instant the pool itself drops the peer to 2.
+                "level3Until": p.level3_until,
+            })).collect::<Vec<_>>(),
+            // Where the pool reports mismatches and samples per peer
+            // (its Role may patch exactly this ConfigMap).
+            "reportsConfigMap": crate::names::peer_reports(&valid.name),
         },
         "workers": {
             "heartbeatInterval": spec.workers.heartbeat_interval,

@@ -30,7 +30,7 @@ use crate::{
     api::{NpuServer, Pool},
     conditions::{self, Summary},
     controller::{Caches, created, drive, owners_on_node, readiness_changes},
-    images,
+    images, peer_trust,
     reconcile::{self, Context, Result, apply::OwnerSync, context::secret_exists, status},
     tokens::{
         self,
@@ -50,6 +50,7 @@ pub fn controller(
     let pools = caches.pools.store();
     let pools_for_npus = pools.clone();
     let pools_for_api = pools.clone();
+    let pools_for_peers = pools.clone();
     let pods = caches.pods.store();
     let controller = caches
         .pools
@@ -76,6 +77,12 @@ pub fn controller(
                 .iter()
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
+        })
+        // A peer judged again: the config and egress follow its level.
+        .watches_shared_stream(caches.peer_trusts.subscribe(), move |peer| {
+            let pool = ObjectRef::new(&peer.spec.pool_ref.name)
+                .within(&peer.namespace().unwrap_or_default());
+            pools_for_peers.get(&pool).map(|_| pool)
         })
         .watches_shared_stream(caches.npu_servers.subscribe(), move |npu| {
             let pool = ObjectRef::new(&npu.spec.pool_ref.name)
@@ -157,6 +164,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
 struct Cached<'a> {
     ctx: &'a Context,
     namespace: String,
+    pool: &'a Pool,
 }
 
 impl validate::References for Cached<'_> {
@@ -170,6 +178,10 @@ impl validate::References for Cached<'_> {
     }
     fn api_server(&self) -> validate::ApiServer {
         api_server_endpoints(&self.ctx.api_server.state())
+    }
+    fn peers(&self) -> Vec<crate::peer_trust::Peer> {
+        let trusts = self.ctx.peer_trusts.state();
+        crate::peer_trust::peers(self.pool, trusts.iter().map(|p| p.as_ref()))
     }
 }
 
@@ -228,8 +240,17 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let next_revocation_expiry = revocations::store(ctx, &namespace, &pool.name_any())
         .sync(now.as_second())
         .await?;
+    // Its federation identity too: peers' admins pin it before the pool
+    // runs, and the pod mounts it.
+    let (federation, next_identity_change) =
+        peer_trust::identity::sync(ctx, pool, now.as_second()).await?;
+    next.federation = federation;
 
-    let refs = Cached { ctx, namespace };
+    let refs = Cached {
+        ctx,
+        namespace,
+        pool,
+    };
     let valid = match validate::validate(pool, &refs) {
         Ok(valid) => valid,
         Err(blocked) => {
@@ -250,7 +271,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             // the keys, the revocation list and routing have their own
             // times.
             let at = next_key_change?;
-            let at = [next_revocation_expiry, next_switch]
+            let at = [next_revocation_expiry, next_identity_change, next_switch]
                 .into_iter()
                 .flatten()
                 .fold(at, i64::min);
@@ -394,6 +415,7 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let wake = [
         Some(next_key_change),
         next_revocation_expiry,
+        next_identity_change,
         images::next_refresh(&named, now.as_second()),
         routing.wake(),
     ]

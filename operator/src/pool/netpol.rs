@@ -68,7 +68,12 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
             api_server.ports.iter().copied().map(tcp).collect(),
         ));
     }
-    // Peers: added from PeerTrusts by the federation work (none in Paranoid).
+    // Trusted peers, each to its own range and port (none in Paranoid).
+    for peer in &valid.peers {
+        if let Some(range) = peer.cidr() {
+            pool_egress.push(egress(vec![cidr(&range)], vec![tcp(peer.endpoint.port)]));
+        }
+    }
     for extra in &spec.extra_egress {
         pool_egress.push(egress(vec![cidr(&extra.cidr)], vec![tcp(extra.port)]));
     }

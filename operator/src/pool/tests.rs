@@ -250,11 +250,11 @@ fn the_live_channel_reads_its_jwks_routing_and_revocation_lists_and_reaches_only
         .iter()
         .flatten()
         .map(|r| {
-            assert_eq!(r.verbs, ["get", "list", "watch"]);
             (
                 r.api_groups.clone().unwrap(),
                 r.resources.clone().unwrap(),
                 r.resource_names.clone(),
+                r.verbs.clone(),
             )
         })
         .collect();
@@ -264,12 +264,20 @@ fn the_live_channel_reads_its_jwks_routing_and_revocation_lists_and_reaches_only
             (
                 vec![String::new()],
                 vec!["configmaps".to_owned()],
-                Some(vec!["paris-jwks".to_owned(), "paris-routing".to_owned()])
+                Some(vec!["paris-jwks".to_owned(), "paris-routing".to_owned()]),
+                vec!["get".to_owned(), "list".into(), "watch".into()],
+            ),
+            (
+                vec![String::new()],
+                vec!["configmaps".to_owned()],
+                Some(vec!["paris-peer-reports".to_owned()]),
+                vec!["get".to_owned(), "patch".into()],
             ),
             (
                 vec!["cellule.ai".to_owned()],
                 vec!["revocationlists".to_owned()],
-                None
+                None,
+                vec!["get".to_owned(), "list".into(), "watch".into()],
             ),
         ]
     );

@@ -58,6 +58,10 @@ pub trait References {
     fn api_server(&self) -> ApiServer {
         ApiServer::default()
     }
+    /// The peers the pool federates with (see `peer_trust::peers`).
+    fn peers(&self) -> Vec<crate::peer_trust::Peer> {
+        Vec::new()
+    }
 }
 
 /// The API server's addresses (as CIDRs of one address) and ports.
@@ -97,6 +101,8 @@ pub struct ValidPool {
     pub database: NetworkPolicyPeer,
     /// The pool's live channel to its JWKS and revocation list.
     pub api_server: ApiServer,
+    /// Trusted peers: in its config, and the only egress to other sites.
+    pub peers: Vec<crate::peer_trust::Peer>,
 }
 
 /// Whether `pool`'s names make valid object names: what its routing
@@ -171,6 +177,7 @@ pub fn validate(pool: &Pool, refs: &impl References) -> Result<ValidPool, Blocke
         tiers,
         database,
         api_server: refs.api_server(),
+        peers: refs.peers(),
         pool: pool.clone(),
     })
 }
@@ -327,7 +334,7 @@ fn check_spec(spec: &PoolSpec) -> Result<(), (&'static str, String)> {
 }
 
 /// Why `cidr` cannot be a NetworkPolicy peer of ours, if it cannot.
-fn cidr_problem(cidr: &str) -> Option<&'static str> {
+pub(crate) fn cidr_problem(cidr: &str) -> Option<&'static str> {
     let Some((ip, prefix)) = cidr.split_once('/') else {
         return Some("not a CIDR like 10.20.0.0/16");
     };

@@ -51,6 +51,7 @@ pub struct Stores {
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
+    pub peer_trusts: Store<crate::api::PeerTrust>,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
 }
@@ -68,6 +69,7 @@ pub struct Context {
     pub npu_servers: Store<crate::api::NpuServer>,
     pub pools: Store<crate::api::Pool>,
     pub grants: Store<crate::api::WorkerGrant>,
+    pub peer_trusts: Store<crate::api::PeerTrust>,
     /// NPU servers' and CPU workers' pods, and every node (routing).
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
@@ -89,6 +91,7 @@ impl Context {
             npu_servers,
             pools,
             grants,
+            peer_trusts,
             pods,
             nodes,
         } = stores;
@@ -106,6 +109,7 @@ impl Context {
             npu_servers,
             pools,
             grants,
+            peer_trusts,
             pods,
             nodes,
             images,

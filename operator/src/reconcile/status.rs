@@ -107,6 +107,14 @@ impl Conditions for crate::api::NpuServerStatus {
     }
 }
 
+// Carries the reputation baseline and a downgrade, which only the status
+// remembers: a stale copy must not write them away.
+impl Conditions for crate::api::PeerTrustStatus {
+    fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
+        &mut self.common
+    }
+}
+
 impl Conditions for crate::api::WorkerGrantStatus {
     fn common_mut(&mut self) -> &mut crate::api::common::CommonStatus {
         &mut self.common
