@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod failover;
+pub mod federation;
 pub mod images;
 
 use std::{future::Future, panic::AssertUnwindSafe, path::PathBuf, time::Duration};

@@ -120,3 +120,277 @@ async fn self_approval_is_refused_and_a_second_person_approves() {
     })
     .await;
 }
+
+/// A level-3 PeerTrust's handshake, well formed (admission checks the
+/// form; the operator, not admission, checks the signatures).
+fn peer_trust(requested_by: &str, level: i32, nonce: &str) -> DynamicObject {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    let signature = |n: u8| STANDARD.encode([n; 64]);
+    let key = cellule_operator::peer_trust::handshake::generate_key().1;
+    serde_json::from_value(json!({
+        "apiVersion": "cellule.ai/v1alpha1", "kind": "PeerTrust",
+        "metadata": {"name": "lyon"},
+        "spec": {
+            "poolRef": {"name": "paris"}, "site": "lyon",
+            "peerPool": {"namespace": "lyon-site", "name": "lyon"},
+            "endpoint": {"host": "pool.lyon.example.com", "cidr": "10.30.0.0/24", "port": 8443},
+            "publicKey": key, "trustLevel": level, "requestedBy": requested_by,
+            "handshake": {
+                "nonce": nonce, "notBefore": "2026-01-01T00:00:00Z", "notAfter": "2026-12-01T00:00:00Z",
+                "localSignature": signature(1), "peerSignature": signature(2),
+            },
+        },
+    }))
+    .unwrap()
+}
+
+/// Four-eyes enforced in `ns` (config/admission applied, the namespace
+/// labelled), where alice and bob may create and edit PeerTrusts, and
+/// nothing more; once the API server enforces the policy.
+async fn peer_trust_editors(client: &Client, ns: &str) -> anyhow::Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"cellule.ai/four-eyes": "enforced"}}})),
+        )
+        .await?;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "peer-editor"},
+        "rules": [{"apiGroups": ["cellule.ai"], "resources": ["peertrusts"], "verbs": ["get", "create", "patch", "update"]}]
+    }))?;
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "peer-editors"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "peer-editor"},
+        "subjects": [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "bob"}]
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    // The policy is enforced once the API server has loaded it.
+    let alice = cellule_api(&user_client("alice").await, ns, "PeerTrust");
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let refused = eventually(
+        "the policy is in force",
+        Duration::from_secs(30),
+        || async {
+            let m = message(
+                alice
+                    .create(&dry, &peer_trust("bob", 2, "nonce-0123456789abcdef"))
+                    .await,
+            );
+            if m.contains("must be alice") {
+                Ok(m)
+            } else {
+                Err(m)
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        refused.contains("spec.requestedBy must be alice, the user who creates the PeerTrust"),
+        "{refused}"
+    );
+    Ok(())
+}
+
+async fn apply_admission() -> anyhow::Result<()> {
+    let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
+    let admission = cellule_e2e::repo_path("config/admission");
+    run_tool(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            admission.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn level_3_trust_in_a_peer_takes_a_second_person() {
+    in_namespace("foureyes-peer", |client: Client, ns: String| async move {
+        install_crds(&client).await;
+        apply_admission().await?;
+        peer_trust_editors(&client, &ns).await?;
+        let alice = cellule_api(&user_client("alice").await, &ns, "PeerTrust");
+        let bob = cellule_api(&user_client("bob").await, &ns, "PeerTrust");
+        let pp = PostParams::default();
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let patch = |spec: serde_json::Value| Patch::Merge(json!({ "spec": spec }));
+        let pp_patch = PatchParams::default();
+
+        // Level 3 at creation: one person only, refused, even "approved".
+        let mut approved = peer_trust("alice", 3, "nonce-0123456789abcdef");
+        approved.data["spec"]["approvedBy"] = json!("bob");
+        let m = message(alice.create(&dry, &approved).await);
+        ensure!(
+            m.contains("needs a second person"),
+            "created at level 3: {m}"
+        );
+
+        // Alice asks for the trust at level 2 (her handshake is checked at
+        // 2), then cannot raise it herself.
+        alice
+            .create(&pp, &peer_trust("alice", 2, "nonce-0123456789abcdef"))
+            .await?;
+        for raise in [
+            json!({"trustLevel": 3}),
+            json!({"trustLevel": 3, "approvedBy": "alice"}),
+            json!({"trustLevel": 3, "approvedBy": "bob"}),
+        ] {
+            let m = message(alice.patch("lyon", &pp_patch, &patch(raise.clone())).await);
+            ensure!(
+                m.contains("needs a second person"),
+                "alice raising with {raise}: {m}"
+            );
+        }
+        let m = message(
+            bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3})))
+                .await,
+        );
+        ensure!(
+            m.contains("needs a second person"),
+            "bob raising without naming himself: {m}"
+        );
+        let m = message(
+            bob.patch(
+                "lyon",
+                &pp_patch,
+                &patch(json!({"trustLevel": 3, "approvedBy": "carol"})),
+            )
+            .await,
+        );
+        ensure!(
+            m.contains("needs a second person"),
+            "bob raising in carol's name: {m}"
+        );
+        let raised = bob
+            .patch(
+                "lyon",
+                &pp_patch,
+                &patch(json!({"trustLevel": 3, "approvedBy": "bob"})),
+            )
+            .await?;
+        ensure!(
+            raised.data["spec"]["trustLevel"] == 3 && raised.data["spec"]["approvedBy"] == "bob",
+            "{:?}",
+            raised.data
+        );
+
+        // At level 3, what the approval covered is bound to it.
+        let endpoint =
+            json!({"host": "pool.lyon.example.com", "cidr": "10.31.0.0/24", "port": 8443});
+        for change in [
+            json!({"handshake": {"nonce": "nonce-fedcba9876543210"}}),
+            json!({"handshake": {"peerSignature": SIGNATURE_3}}),
+            json!({"publicKey": cellule_operator::peer_trust::handshake::generate_key().1}),
+            json!({"endpoint": endpoint}),
+            json!({"site": "lyon-2"}),
+            json!({"peerPool": {"namespace": "lyon-site", "name": "lyon-2"}}),
+        ] {
+            let m = message(alice.patch("lyon", &pp_patch, &patch(change.clone())).await);
+            ensure!(
+                m.contains("needs a second person"),
+                "alice changing {change} at level 3: {m}"
+            );
+        }
+        // Bob can change it (naming himself), and alice can lower it, not
+        // raise it again.
+        bob.patch(
+            "lyon",
+            &pp_patch,
+            &patch(json!({"handshake": {"nonce": "nonce-fedcba9876543210"}})),
+        )
+        .await?;
+        alice
+            .patch("lyon", &pp_patch, &patch(json!({"trustLevel": 2})))
+            .await?;
+        let m = message(
+            alice
+                .patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3})))
+                .await,
+        );
+        ensure!(
+            m.contains("needs a second person"),
+            "alice raising it again: {m}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// A PeerTrust made before its namespace enforced four-eyes (by GitOps,
+/// say) has no requestedBy: naming someone else as its requester in the
+/// same change must not let alice approve level 3 alone (BUGS.md).
+#[tokio::test]
+async fn a_requester_named_after_the_fact_does_not_make_a_second_person() {
+    in_namespace("foureyes-legacy", |client: Client, ns: String| async move {
+        install_crds(&client).await;
+        apply_admission().await?;
+        let mut legacy = peer_trust("x", 2, "legacy-nonce-0123456789");
+        legacy.data["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("requestedBy");
+        cellule_api(&client, &ns, "PeerTrust")
+            .create(&PostParams::default(), &legacy)
+            .await?;
+        peer_trust_editors(&client, &ns).await?;
+        let alice = cellule_api(&user_client("alice").await, &ns, "PeerTrust");
+        let patch = Patch::Merge(
+            json!({"spec": {"requestedBy": "bob", "trustLevel": 3, "approvedBy": "alice"}}),
+        );
+        let m = message(alice.patch("lyon", &PatchParams::default(), &patch).await);
+        ensure!(
+            m.contains("second person") || m.contains("requestedBy"),
+            "alice approving alone a request she wrote in bob's name: {m}"
+        );
+        // In two steps as well.
+        let m = message(
+            alice
+                .patch(
+                    "lyon",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"requestedBy": "bob"}})),
+                )
+                .await,
+        );
+        if m == "accepted" {
+            let m = message(
+                alice
+                    .patch(
+                        "lyon",
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"trustLevel": 3, "approvedBy": "alice"}})),
+                    )
+                    .await,
+            );
+            ensure!(
+                m.contains("second person"),
+                "alice approving alone after naming bob the requester: {m}"
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
+
+const SIGNATURE_3: &str =
+    "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAw==";

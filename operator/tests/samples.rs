@@ -3,7 +3,7 @@
 
 use cellule_operator::{
     api::{NpuServer, PeerTrust, Pool, WorkerGrant},
-    peer_trust::handshake::{self, Statement},
+    peer_trust::{self, handshake},
 };
 use serde::Deserialize;
 
@@ -33,36 +33,21 @@ fn samples_are_a_complete_site() {
     );
     assert!(!pools[0].spec.cpu_workers.is_empty());
     let levels: Vec<i32> = peers.iter().map(|p| p.spec.trust_level).collect();
-    assert_eq!(levels, [3, 2]);
+    assert_eq!(levels, [2, 1]);
 }
 
 #[test]
-fn sample_level_3_handshake_verifies() {
+fn sample_peers_are_routable_and_the_pool_can_be_named_in_a_handshake() {
     let pool = &samples::<Pool>("pool.yaml", "Pool")[0];
-    let lyon = samples::<PeerTrust>("peertrusts.yaml", "PeerTrust")
-        .into_iter()
-        .find(|p| p.spec.trust_level == 3)
-        .unwrap();
-    let hs = lyon.spec.handshake.as_ref().unwrap();
-    let statement = Statement {
-        local_site: pool.spec.federation.site.clone().unwrap(),
-        peer_site: lyon.spec.site.clone(),
-        peer_public_key: lyon.spec.public_key.clone(),
-        not_before: hs.not_before.0,
-        not_after: hs.not_after.0,
-        nonce: hs.nonce.clone(),
-    };
-    let local_admin =
-        handshake::public_key("admin key", &pool.spec.federation.admin_public_keys[0]).unwrap();
-    let peer_admin = handshake::public_key("peer admin key", &hs.peer_admin_public_key).unwrap();
-    handshake::verify(
-        "localSignature",
-        &local_admin,
-        &hs.local_signature,
-        &statement,
-    )
-    .unwrap();
-    handshake::verify("peerSignature", &peer_admin, &hs.peer_signature, &statement).unwrap();
-    // Swapped signers do not verify.
-    assert!(handshake::verify("x", &local_admin, &hs.peer_signature, &statement).is_err());
+    let federation = &pool.spec.federation;
+    assert!(federation.site.is_some() && federation.endpoint.is_some());
+    assert!(!federation.admin_public_keys.is_empty());
+    for peer in samples::<PeerTrust>("peertrusts.yaml", "PeerTrust") {
+        assert!(
+            peer_trust::egress_cidr(&peer.spec.endpoint).is_some(),
+            "{}: no range for egress",
+            peer.spec.site
+        );
+        handshake::public_key("publicKey", &peer.spec.public_key).unwrap();
+    }
 }

@@ -351,17 +351,30 @@ fn check_handshake(facts: &Facts<'_>, h: &Handshake, peer_key: VerifyingKey, now
         endpoint,
         key: own_key,
     };
-    let statement = |own_key| statement(&local(own_key), spec, peer_key, h);
     // This site's admin signed the statement naming one of this pool's
     // valid keys (the current one, or one still in its overlap).
-    let signed = pool.own_keys.iter().find_map(|own| {
-        let statement = statement(*own);
-        admins
-            .iter()
-            .find(|admin| handshake::verify("", admin, &h.local_signature, &statement).is_ok())
-            .map(|admin| (*own, *admin, statement))
-    });
-    let Some((own_key, admin, statement)) = signed else {
+    let signed_for = |peer_key| {
+        pool.own_keys.iter().find_map(|own| {
+            let statement = statement(&local(*own), spec, peer_key, h);
+            admins
+                .iter()
+                .find(|admin| handshake::verify("", admin, &h.local_signature, &statement).is_ok())
+                .map(|admin| (*own, *admin, statement))
+        })
+    };
+    let Some((own_key, admin, statement)) = signed_for(peer_key) else {
+        // Made for the key that countersigned, not the pinned one: say so.
+        let other = h
+            .peer_countersignature
+            .as_ref()
+            .and_then(|c| handshake::public_key("", &c.pool_public_key).ok())
+            .filter(|k| *k != peer_key);
+        if other.is_some_and(|k| signed_for(k).is_some()) {
+            return Outcome::refused(
+                reasons::KEY_MISMATCH,
+                "the handshake was made for another peer pool key than spec.publicKey pins (the one that countersigned it): pin the key the peer publishes, or sign a new handshake",
+            );
+        }
         return Outcome::refused(
             reasons::INVALID,
             "localSignature does not verify with any of the Pool's federation.adminPublicKeys over the statement this PeerTrust and its Pool make (sites, pools, keys, endpoints, window, nonce): check each field against the one signed",

@@ -311,3 +311,46 @@ fn the_live_channel_reads_its_jwks_routing_and_revocation_lists_and_reaches_only
     };
     assert_eq!(count(&valid), 1);
 }
+
+#[test]
+fn each_trusted_peer_gets_its_own_range_and_port_in_egress_and_config() {
+    let pool = sample_pool();
+    let mut valid = valid(&pool, true);
+    let rules = |valid: &ValidPool| -> Vec<(String, i32)> {
+        super::netpol::pool_policies(valid)
+            .iter()
+            .flat_map(|p| p.spec.as_ref().unwrap().egress.clone().unwrap_or_default())
+            .filter_map(|rule| {
+                let to = rule.to?;
+                let block = to.first()?.ip_block.clone()?;
+                let port = match rule.ports?.first()?.port.clone()? {
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => p,
+                    _ => return None,
+                };
+                Some((block.cidr, port))
+            })
+            .collect()
+    };
+    let before = rules(&valid);
+    valid.peers = vec![crate::peer_trust::Peer {
+        name: "lyon".into(),
+        site: "lyon".into(),
+        endpoint: crate::api::peer_trust::PeerEndpoint {
+            host: Some("10.30.0.7".into()),
+            cidr: None,
+            port: 9443,
+        },
+        public_key: "k".into(),
+        level: 3,
+        level3_until: None,
+    }];
+    let after = rules(&valid);
+    assert_eq!(after.len(), before.len() + 1);
+    assert!(after.contains(&("10.30.0.7/32".into(), 9443)), "{after:?}");
+    let config: serde_json::Value =
+        serde_yaml::from_str(&super::config::render_config(&valid)).unwrap();
+    let peers = &config["federation"]["peers"];
+    assert_eq!(peers[0]["name"], "lyon");
+    assert_eq!(peers[0]["trustLevel"], 3);
+    assert_eq!(peers.as_array().unwrap().len(), 1);
+}
