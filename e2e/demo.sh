@@ -58,8 +58,10 @@ Pools, NpuServers and WorkerGrants are reconciled (laptop-alice has a token in
 Secret laptop-alice-token; laptop-contractor waits for approval). The images
 run pinned to the digests whose cosign signatures verified (the Digest column;
 the samples' registry is the local one here, signed by up.sh). PeerTrusts are
-validated and stored, but no controller acts on them yet (federation is later
-work), so they have no status.
+judged (Effective column): lyon at level 2 and marseille at 1, each in the
+pool's config and its egress NetworkPolicy (their range and port only); the
+Pool's status.federation is the key the other sites pin. docs/federation.md
+walks through the level-3 handshake.
 
 The control plane ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')) and the operator keep running.
   export KUBECONFIG=$KUBECONFIG

@@ -26,6 +26,12 @@ cargo run --quiet --locked -p cellule-operator --bin crdgen -- "$generated"
 diff -ru crds "$generated" || die "crds/ is stale: run 'cargo run -p cellule-operator --bin crdgen -- crds' and commit"
 step "unit tests"
 cargo test --locked -p cellule-operator -p cellule-verifier
+step "handshake vectors, rebuilt by another implementation"
+if python3 -c 'import cryptography' 2>/dev/null; then
+  python3 operator/src/peer_trust/handshake/check_vectors.py operator/src/peer_trust/handshake/vectors.json
+else
+  log "SKIPPED: python3 has no 'cryptography' module here (pip install cryptography)"
+fi
 step "build the operator and the e2e tests"
 cargo build --locked -p cellule-operator --bin cellule-operator
 cargo build --locked -p cellule-verifier --bin cellule-verifier

@@ -104,6 +104,11 @@ pub fn federation(pool: &str) -> String {
     format!("{pool}-federation")
 }
 
+/// The NetworkPolicy of a pool's egress to its trusted peers.
+pub fn peers(pool: &str) -> String {
+    format!("{pool}-peers")
+}
+
 /// Where a pool reports on its peers (a ConfigMap the pool writes).
 pub fn peer_reports(pool: &str) -> String {
     format!("{pool}-peer-reports")
@@ -153,6 +158,7 @@ mod tests {
                 signing_keys,
                 federation,
                 peer_reports,
+                peers,
             ] {
                 out.push((f(p), format!("Pool {p}")));
             }

@@ -257,6 +257,13 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             // Whatever is wrong with the pool, its keys rotate and a key
             // declared compromised leaves the JWKS at once.
             let next_key_change = sync_published_keys(ctx, pool, &mut next, now).await;
+            // Egress to peers follows the PeerTrusts (a peer no longer
+            // trusted loses its rule now, not once the pool is fixed).
+            let peers = vec![netpol::peer_policy(pool, &validate::References::peers(&refs))];
+            let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
+            let mut sync = OwnerSync::new(&ctx.client, &refs.namespace, uid);
+            sync.some(&ctx.owned.network_policies, peers).await;
+            sync.finish().1?;
             // And routing follows the pods.
             let (recorded, next_switch) =
                 route_blocked(ctx, pool, &refs, current, &mut next, now).await?;

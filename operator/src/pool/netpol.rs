@@ -68,12 +68,7 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
             api_server.ports.iter().copied().map(tcp).collect(),
         ));
     }
-    // Trusted peers, each to its own range and port (none in Paranoid).
-    for peer in &valid.peers {
-        if let Some(range) = peer.cidr() {
-            pool_egress.push(egress(vec![cidr(&range)], vec![tcp(peer.endpoint.port)]));
-        }
-    }
+    // Trusted peers: their own policy (`peer_policy`).
     for extra in &spec.extra_egress {
         pool_egress.push(egress(vec![cidr(&extra.cidr)], vec![tcp(extra.port)]));
     }
@@ -89,6 +84,7 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
         [pool_ingress],
         pool_egress,
     ));
+    policies.push(peer_policy(pool, &valid.peers));
 
     for set in &spec.cpu_workers {
         let worker = cpu_worker_component(valid, &set.name);
@@ -105,6 +101,27 @@ pub fn pool_policies(valid: &ValidPool) -> Vec<NetworkPolicy> {
         ));
     }
     policies
+}
+
+/// The pool's egress to its trusted peers, each to its own range and port
+/// (none in Paranoid: `peer_trust::peers`). A policy of its own, always
+/// present (with no rule when there is no peer), so that it follows the
+/// PeerTrusts even while the rest of the Pool is blocked.
+pub fn peer_policy(pool: &crate::api::Pool, peers: &[crate::peer_trust::Peer]) -> NetworkPolicy {
+    let name = kube::ResourceExt::name_any(pool);
+    // Both directions, as every policy of ours: no ingress rule here adds
+    // nothing (the pool's ingress is the pool policy's).
+    policy(
+        pool,
+        &names::peers(&name),
+        &name,
+        role_pods(&name, "pool"),
+        [],
+        peers.iter().map(|peer| {
+            let range = peer.cidr()?;
+            egress(vec![cidr(&range)], vec![tcp(peer.endpoint.port)])
+        }),
+    )
 }
 
 /// Ingress for an NpuServer's pods: from its pool's orchestrator only.
