@@ -42,6 +42,8 @@ if compgen -G "config/samples/*.yaml" >/dev/null; then
     sed "s#$CELLULE_E2E_SAMPLE_REGISTRY/#$CELLULE_E2E_REGISTRY/#g" "$sample"; echo ---
   done | kubectl -n cellule-demo apply --server-side -f -
   kubectl -n cellule-demo wait --for condition=Ready --timeout 60s pool/paris npuserver/heavy >/dev/null || true
+  # The second site, and the level-3 handshake between the two.
+  bash e2e/federation-demo.sh "$state"
   echo
   kubectl -n cellule-demo get cellule -o wide
   echo
@@ -58,10 +60,10 @@ Pools, NpuServers and WorkerGrants are reconciled (laptop-alice has a token in
 Secret laptop-alice-token; laptop-contractor waits for approval). The images
 run pinned to the digests whose cosign signatures verified (the Digest column;
 the samples' registry is the local one here, signed by up.sh). PeerTrusts are
-judged (Effective column): lyon at level 2 and marseille at 1, each in the
-pool's config and its egress NetworkPolicy (their range and port only); the
-Pool's status.federation is the key the other sites pin. docs/federation.md
-walks through the level-3 handshake.
+judged (Effective column): Lyon, a second site in namespace cellule-lyon,
+reached level 3 through the handshake above (both admins signed, both pool
+keys countersigned); Marseille is at level 1. Each is in the pool's config
+and its egress NetworkPolicy paris-peers (its range and port only).
 
 The control plane ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')) and the operator keep running.
   export KUBECONFIG=$KUBECONFIG

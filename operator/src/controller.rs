@@ -439,6 +439,37 @@ where
     })
 }
 
+/// Only the objects for which `key` changed, that are new, or that were
+/// deleted (gone from `store`): what wakes a dependant that reads only
+/// that part of them.
+pub fn changes_of<K, T>(
+    stream: impl Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    key: impl Fn(&K) -> T + Send + 'static,
+) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    T: PartialEq + Send + 'static,
+{
+    let mut seen: HashMap<String, T> = HashMap::new();
+    stream.filter(move |object| {
+        let uid = object.uid().unwrap_or_default();
+        let changed = if store
+            .get(&reflector::ObjectRef::from_obj(object.as_ref()))
+            .is_none()
+        {
+            seen.remove(&uid);
+            true
+        } else {
+            let now = key(object);
+            let changed = seen.get(&uid) != Some(&now);
+            seen.insert(uid, now);
+            changed
+        };
+        futures::future::ready(changed)
+    })
+}
+
 /// Only the nodes whose readiness changed, that are new, or that were
 /// deleted (gone from `store`): a node's heartbeat, every few seconds,
 /// wakes nothing.

@@ -109,9 +109,12 @@ pub fn peers(pool: &str) -> String {
     format!("{pool}-peers")
 }
 
+/// The tag of [`peer_reports`].
+pub const PEER_REPORTS: &str = "-peer-reports";
+
 /// Where a pool reports on its peers (a ConfigMap the pool writes).
 pub fn peer_reports(pool: &str) -> String {
-    format!("{pool}-peer-reports")
+    format!("{pool}{PEER_REPORTS}")
 }
 
 /// The pool whose federation Secret `name` would be.

@@ -42,7 +42,7 @@ use super::{
     ),
     printcolumn(
         name = "Until",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.level3Until",
         priority = 1
     ),
@@ -54,7 +54,6 @@ use super::{
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.trustLevel < 3 || has(self.handshake)").message("trustLevel 3 requires a handshake signed by both sites' administrators").field_path(".handshake"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.requestedBy) || (has(self.requestedBy) && self.requestedBy == oldSelf.requestedBy)").message("requestedBy is immutable").field_path(".requestedBy"))]
 #[x_kube(validation = Rule::new("!has(self.handshake) || has(self.peerPool)").message("a handshake names the peer pool: give peerPool (its namespace and name)").field_path(".peerPool"))]
 pub struct PeerTrustSpec {
     /// The local Pool that trusts this peer. Cannot be changed.
@@ -83,8 +82,9 @@ pub struct PeerTrustSpec {
     /// Bilateral handshake, required for level 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake: Option<Handshake>,
-    /// Who asked for this trust (set at creation; checked at admission in
-    /// namespaces with four-eyes enforced).
+    /// Who last created or changed what is trusted (key, endpoint, site,
+    /// peer pool, handshake): checked at admission in namespaces with
+    /// four-eyes enforced, where only someone else may raise it to 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub requested_by: Option<String>,

@@ -40,8 +40,15 @@ pub struct Party {
 }
 
 impl Party {
-    fn order(&self) -> (&str, &str, &str) {
-        (&self.site, &self.namespace, &self.pool)
+    /// The canonical order; the key breaks a tie (two pools named alike
+    /// at two sites named alike), so both sites still agree.
+    fn order(&self) -> (&str, &str, &str, [u8; 32]) {
+        (
+            &self.site,
+            &self.namespace,
+            &self.pool,
+            self.pool_key.to_bytes(),
+        )
     }
 }
 

@@ -81,10 +81,14 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The keys that sign and are accepted now: the current one first,
-    /// then the replaced ones still in their overlap, newest first.
-    pub fn valid(&self) -> impl Iterator<Item = &StoredKey> {
-        self.keys.iter().rev()
+    /// The keys that sign and are accepted at `now`: the current one
+    /// first, then the replaced ones still in their overlap, newest first
+    /// (whether or not a Pool reconcile has pruned the others yet).
+    pub fn valid(&self, now: i64, overlap: i64) -> impl Iterator<Item = &StoredKey> {
+        self.keys.iter().rev().filter(move |k| {
+            k.replaced_at
+                .is_none_or(|at| at.saturating_add(overlap) > now)
+        })
     }
 
     /// The key that signs from now on.
@@ -96,7 +100,9 @@ impl Identity {
     pub fn status(&self, overlap: i64) -> Option<FederationStatus> {
         let current = self.current()?.public()?;
         let previous_keys = self
-            .valid()
+            .keys
+            .iter()
+            .rev()
             .skip(1)
             .filter_map(|k| {
                 let public = k.public()?;
@@ -194,6 +200,7 @@ impl Nonces {
 }
 
 /// What the Secret holds, as the cache has it.
+#[derive(Clone)]
 pub struct Stored {
     pub identity: Identity,
     pub nonces: Nonces,
@@ -201,27 +208,36 @@ pub struct Stored {
 }
 
 /// `pool`'s federation Secret from the cache (empty when there is none).
-pub fn stored(ctx: &Context, namespace: &str, pool: &str) -> Stored {
+/// A key that is there but unreadable is an error, never taken for empty:
+/// that would mint a new key over the old ones and forget every nonce.
+pub fn stored(ctx: &Context, namespace: &str, pool: &str) -> Result<Stored> {
+    let name = names::federation(pool);
     let live = ctx
         .owned
         .secrets
-        .get(&ObjectRef::new(&names::federation(pool)).within(namespace));
-    let read = |key: &str| {
-        live.as_ref()
-            .and_then(|s| s.data.as_ref()?.get(key).map(|v| v.0.clone()))
-    };
-    Stored {
-        identity: read(KEYS_KEY)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default(),
-        nonces: read(NONCES_KEY)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default(),
-        live,
+        .get(&ObjectRef::new(&name).within(namespace));
+    fn read<T: Default + serde::de::DeserializeOwned>(
+        live: Option<&Secret>,
+        name: &str,
+        key: &'static str,
+    ) -> Result<T> {
+        match live.and_then(|s| s.data.as_ref()?.get(key)) {
+            None => Ok(T::default()),
+            Some(bytes) => serde_json::from_slice(&bytes.0).map_err(|_| Error::Unreadable {
+                kind: "Secret",
+                name: name.to_owned(),
+                key,
+            }),
+        }
     }
+    Ok(Stored {
+        identity: read(live.as_deref(), &name, KEYS_KEY)?,
+        nonces: read(live.as_deref(), &name, NONCES_KEY)?,
+        live,
+    })
 }
 
-fn secs(d: crate::api::common::Duration) -> i64 {
+pub fn secs(d: crate::api::common::Duration) -> i64 {
     i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX)
 }
 
@@ -234,7 +250,7 @@ pub async fn sync(
 ) -> Result<(Option<FederationStatus>, Option<i64>)> {
     let federation = &pool.spec.federation;
     let overlap = secs(federation.key_overlap);
-    let mut stored = stored(ctx, &pool.namespace().unwrap_or_default(), &pool.name_any());
+    let mut stored = stored(ctx, &pool.namespace().unwrap_or_default(), &pool.name_any())?;
     let (identity, wake) = next(
         &stored.identity,
         federation.key_generation,
@@ -258,10 +274,18 @@ pub async fn sync(
     Ok((stored.identity.status(overlap), wake))
 }
 
-/// Records that `nonce` was accepted for the statement of `digest`, before
-/// any status says so.
-pub async fn record_nonce(ctx: &Context, pool: &Pool, nonce: &str, used: UsedNonce) -> Result<()> {
-    let mut stored = stored(ctx, &pool.namespace().unwrap_or_default(), &pool.name_any());
+/// Records that `nonce` was accepted (for the statement of `used`) in the
+/// ledger `judged` is, at its resourceVersion: if another reconcile took a
+/// nonce meanwhile, this fails with a conflict and the handshake is judged
+/// again on the newer ledger.
+pub async fn record_nonce(
+    ctx: &Context,
+    pool: &Pool,
+    judged: &Stored,
+    nonce: &str,
+    used: UsedNonce,
+) -> Result<()> {
+    let mut stored = judged.clone();
     stored.nonces.0.insert(nonce.to_owned(), used);
     write(ctx, pool, &stored).await
 }

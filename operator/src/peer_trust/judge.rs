@@ -88,22 +88,22 @@ pub struct Verdict {
     pub wake: Option<i64>,
 }
 
-/// A refusal of the peer's key: the peer gets nothing.
-fn refused(reason: &'static str, message: String) -> Verdict {
-    Verdict {
+pub fn judge(facts: &Facts<'_>, now: i64) -> Verdict {
+    let spec = facts.spec;
+    // The reputation (and a downgrade: sticky) is kept on every path.
+    let reputation = reputation(facts, now);
+    let kept = (facts.report.is_some() || facts.previous.is_some()).then(|| reputation.clone());
+    // A refusal of the peer's key: the peer gets nothing.
+    let refused = |reason, message| Verdict {
         level: 0,
         summary: Summary::Stalled { reason, message },
         conditions: vec![],
         countersign: None,
         record_nonce: None,
         level3_until: None,
-        reputation: None,
+        reputation: kept.clone(),
         wake: None,
-    }
-}
-
-pub fn judge(facts: &Facts<'_>, now: i64) -> Verdict {
-    let spec = facts.spec;
+    };
     let peer_key = match handshake::public_key("spec.publicKey", &spec.public_key) {
         Ok(key) => key,
         Err(error) => return refused("PeerKeyInvalid", error.to_string()),
@@ -210,7 +210,6 @@ pub fn judge(facts: &Facts<'_>, now: i64) -> Verdict {
         }
     }
 
-    let reputation = reputation(facts, now);
     if let Some(downgrade) = &reputation.downgrade {
         verdict.level = (verdict.level - 1).max(1);
         verdict.conditions.push(Desired::new(
@@ -228,7 +227,7 @@ pub fn judge(facts: &Facts<'_>, now: i64) -> Verdict {
         ));
     }
     let downgraded = reputation.downgrade.clone();
-    verdict.reputation = (facts.report.is_some() || facts.previous.is_some()).then_some(reputation);
+    verdict.reputation = kept;
 
     verdict.summary = if facts.pool.paranoid {
         verdict.level = 0;

@@ -75,9 +75,16 @@ pub fn controller(
     let controller = caches
         .peer_trusts
         .controller(config)
-        .watches_shared_stream(caches.pools.subscribe(), move |pool| {
-            by_pool(pool.namespace(), &pool.name_any())
-        })
+        // Its spec (keys, site, privacy mode), or its going: not the
+        // routing changes of its status.
+        .watches_shared_stream(
+            crate::controller::changes_of(
+                caches.pools.subscribe(),
+                caches.pools.store(),
+                |p: &Pool| p.metadata.generation,
+            ),
+            move |pool| by_pool(pool.namespace(), &pool.name_any()),
+        )
         .watches_shared_stream(caches.secrets.subscribe(), move |secret| {
             let name = secret.name_any();
             names::pool_of_federation(&name)
@@ -86,18 +93,22 @@ pub fn controller(
         })
         .watches_shared_stream(caches.config_maps.subscribe(), move |map| {
             let name = map.name_any();
-            name.strip_suffix(REPORTS_SUFFIX)
-                .filter(|pool| names::peer_reports(pool) == name)
+            name.strip_suffix(names::PEER_REPORTS)
                 .map(|pool| by_report(map.namespace(), pool))
                 .unwrap_or_default()
         })
-        .watches_shared_stream(caches.peer_trusts.subscribe(), move |peer| {
-            by_sibling(peer.namespace(), &peer.spec.pool_ref.name)
-        });
+        // Which PeerTrust pinned a key first changes only when one comes,
+        // goes, or pins another key.
+        .watches_shared_stream(
+            crate::controller::changes_of(
+                caches.peer_trusts.subscribe(),
+                caches.peer_trusts.store(),
+                |p: &PeerTrust| p.spec.public_key.clone(),
+            ),
+            move |peer| by_sibling(peer.namespace(), &peer.spec.pool_ref.name),
+        );
     drive(controller, shutdown, reconcile, ctx)
 }
-
-const REPORTS_SUFFIX: &str = "-peer-reports";
 
 pub async fn reconcile(peer: Arc<PeerTrust>, ctx: Arc<Context>) -> Result<Action> {
     if reconcile::deleting(peer.as_ref()) {
@@ -157,16 +168,29 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
     let current = peer.status.as_ref();
     let mut next = PeerTrustStatus::default();
     next.common.observed_generation = generation;
+    // Conditions carried over, so that their transition times hold (a
+    // status rewritten at every look would wake this object forever).
+    next.common.conditions = current
+        .map(|s| s.common.conditions.clone())
+        .unwrap_or_default();
 
     let pool_name = &peer.spec.pool_ref.name;
     let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&namespace)) else {
         next.effective_trust_level = Some(0);
+        // The reputation (and a downgrade) is kept whatever happens.
+        next.reputation = current.and_then(|s| s.reputation.clone());
+        keep_only(&mut next.common.conditions, &[]);
         let message = format!("Pool {pool_name:?} does not exist in this namespace");
         status::stall(ctx, peer, current, next, "PoolNotFound", message).await?;
         return Ok(Action::await_change());
     };
-    let stored = identity::stored(ctx, &namespace, pool_name);
+    let stored = match identity::stored(ctx, &namespace, pool_name) {
+        Ok(stored) => stored,
+        Err(error) => return status::stall_on(ctx, peer, next, error).await,
+    };
     let federation = &pool.spec.federation;
+    let overlap = identity::secs(federation.key_overlap);
+    let own_keys = || stored.identity.valid(now.as_second(), overlap);
     let pinned_by = pinned_first(ctx, peer);
     let facts = judge::Facts {
         spec: &peer.spec,
@@ -176,7 +200,7 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
             name: pool_name,
             endpoint: federation.endpoint.as_ref(),
             admin_keys: &federation.admin_public_keys,
-            own_keys: stored.identity.valid().filter_map(|k| k.public()).collect(),
+            own_keys: own_keys().filter_map(|k| k.public()).collect(),
             paranoid: pool.spec.privacy.mode == PrivacyMode::Paranoid,
             reputation: &federation.reputation,
         },
@@ -188,9 +212,10 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
     };
     let verdict = judge::judge(&facts, now.as_second());
 
-    // The nonce is taken before any status grants level 3 with it.
+    // The nonce is taken before any status grants level 3 with it, in the
+    // ledger as judged (a newer one means a conflict, and a new look).
     if let Some((nonce, used)) = &verdict.record_nonce {
-        identity::record_nonce(ctx, &pool, nonce, used.clone()).await?;
+        identity::record_nonce(ctx, &pool, &stored, nonce, used.clone()).await?;
     }
     next.effective_trust_level = Some(verdict.level);
     next.peer_key_fingerprint = handshake::public_key("", &peer.spec.public_key)
@@ -203,9 +228,7 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
     next.reputation = verdict.reputation.clone();
     next.countersignature = verdict.countersign.as_ref().and_then(|c| {
         // The private half, for one signature (dropped, and zeroed, after).
-        let key = stored
-            .identity
-            .valid()
+        let key = own_keys()
             .find(|k| k.public() == Some(c.own_key))?
             .signing()?;
         let signature = handshake::countersign(&key, &c.admin, &c.statement).ok()?;
@@ -216,19 +239,8 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
         })
     });
     let conds = &mut next.common.conditions;
-    // Carried over, so that their transition times hold.
-    *conds = current
-        .map(|s| s.common.conditions.clone())
-        .unwrap_or_default();
-    for type_ in [
-        judge::types::HANDSHAKE_VERIFIED,
-        judge::types::DOWNGRADED,
-        judge::types::SUSPENDED,
-    ] {
-        if !verdict.conditions.iter().any(|c| c.type_ == type_) {
-            conditions::remove(conds, type_);
-        }
-    }
+    let kept: Vec<&str> = verdict.conditions.iter().map(|c| c.type_).collect();
+    keep_only(conds, &kept);
     for desired in verdict.conditions.iter().cloned() {
         conditions::set(conds, desired, generation, now);
     }
@@ -241,6 +253,22 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
         Some(at) => reconcile::requeue_at(at, Timestamp::now()),
         None => Action::await_change(),
     })
+}
+
+/// Removes the PeerTrust-specific conditions not in `kept`.
+fn keep_only(
+    conds: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    kept: &[&str],
+) {
+    for type_ in [
+        judge::types::HANDSHAKE_VERIFIED,
+        judge::types::DOWNGRADED,
+        judge::types::SUSPENDED,
+    ] {
+        if !kept.contains(&type_) {
+            conditions::remove(conds, type_);
+        }
+    }
 }
 
 /// Events for what on-call must see: the effective level moving, a

@@ -175,6 +175,7 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
         config_maps: vec![
             config_map(&config_name, config::CONFIG_KEY, config_text),
             routing_config_map(pool, &valid.namespace, &routing.tiers()),
+            peers_config_map(pool, &valid.peers),
             // Created empty: its data is the pool's to write (another
             // field manager), never overwritten by an apply of ours.
             ConfigMap {
@@ -252,6 +253,23 @@ pub fn desired(valid: &ValidPool, routing: &Routing, images: &Running) -> Desire
     desired
 }
 
+/// The peers the pool watches (`<pool>-peers`).
+pub fn peers_config_map(pool: &crate::api::Pool, peers: &[crate::peer_trust::Peer]) -> ConfigMap {
+    let name = kube::ResourceExt::name_any(pool);
+    ConfigMap {
+        metadata: workload::owned_meta(
+            pool,
+            &names::peers(&name),
+            pool_component(&name).selector(),
+        ),
+        data: Some(BTreeMap::from([(
+            config::PEERS_KEY.to_owned(),
+            config::render_peers(peers),
+        )])),
+        ..Default::default()
+    }
+}
+
 /// The routing the pool watches (`<pool>-routing`), for `tiers`.
 pub fn routing_config_map(
     pool: &crate::api::Pool,
@@ -285,7 +303,11 @@ fn live_channel_role(valid: &ValidPool, component: &Component) -> Role {
             PolicyRule {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(vec![names::jwks(&valid.name), names::routing(&valid.name)]),
+                resource_names: Some(vec![
+                    names::jwks(&valid.name),
+                    names::routing(&valid.name),
+                    names::peers(&valid.name),
+                ]),
                 verbs: read.clone(),
                 non_resource_urls: None,
             },

@@ -21,6 +21,7 @@ use super::{
 
 pub const CONFIG_KEY: &str = "pool.yaml";
 pub const ROUTING_KEY: &str = "routing.yaml";
+pub const PEERS_KEY: &str = "peers.yaml";
 
 /// The settings file of the pool orchestrator.
 pub fn render_config(valid: &ValidPool) -> String {
@@ -49,18 +50,10 @@ pub fn render_config(valid: &ValidPool) -> String {
             // The key the pool signs federation messages with, from the
             // operator's Secret (docs/federation.md).
             "keysFile": format!("{FEDERATION_DIR}/{}", crate::peer_trust::identity::KEYS_KEY),
-            // Paranoid has none (peer_trust::peers).
-            "peers": valid.peers.iter().map(|p| json!({
-                "name": p.name,
-                "site": p.site,
-                "host": p.endpoint.host,
-                "cidr": p.endpoint.cidr,
-                "port": p.endpoint.port,
-                "publicKey": p.public_key,
-                "trustLevel": p.level,
-                // At this instant the pool itself drops the peer to 2.
-                "level3Until": p.level3_until,
-            })).collect::<Vec<_>>(),
+            // The trusted peers change with trust, never restarting the
+            // pool: read live, as routing (render_peers).
+            "peersConfigMap": crate::names::peers(&valid.name),
+            "peersKey": PEERS_KEY,
             // Where the pool reports mismatches and samples per peer
             // (its Role may patch exactly this ConfigMap).
             "reportsConfigMap": crate::names::peer_reports(&valid.name),
@@ -132,6 +125,28 @@ pub fn render_routing(pool: &str, namespace: &str, tiers: &[TierStatus]) -> Stri
         .collect();
     serde_yaml::to_string(&json!({ "tiers": routes }))
         .expect("JSON values always serialize to YAML")
+}
+
+/// The peers the pool federates with now (`<pool>-peers`; none when
+/// Paranoid): each one's level, where it is and the key it signs with.
+pub fn render_peers(peers: &[crate::peer_trust::Peer]) -> String {
+    let peers: Vec<serde_json::Value> = peers
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "site": p.site,
+                "host": p.endpoint.host,
+                "cidr": p.endpoint.cidr,
+                "port": p.endpoint.port,
+                "publicKey": p.public_key,
+                "trustLevel": p.level,
+                // At this instant the pool itself drops the peer to 2.
+                "level3Until": p.level3_until,
+            })
+        })
+        .collect();
+    serde_yaml::to_string(&json!({ "peers": peers })).expect("JSON values always serialize to YAML")
 }
 
 pub fn checksum(text: &str) -> String {

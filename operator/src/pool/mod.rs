@@ -13,7 +13,7 @@ mod tests;
 
 use std::{future::Future, sync::Arc};
 
-use futures::future::BoxFuture;
+use futures::{StreamExt as _, future::BoxFuture};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 
 use jiff::Timestamp;
@@ -27,7 +27,7 @@ use kube::{
 };
 
 use crate::{
-    api::{NpuServer, Pool},
+    api::{NpuServer, PeerTrust, Pool},
     conditions::{self, Summary},
     controller::{Caches, created, drive, owners_on_node, readiness_changes},
     images, peer_trust,
@@ -57,7 +57,11 @@ pub fn controller(
         .controller(config)
         .owns_shared_stream(caches.deployments.subscribe())
         .owns_shared_stream(caches.services.subscribe())
-        .owns_shared_stream(caches.config_maps.subscribe())
+        // Not the peer reports, which the pool writes as often as it
+        // likes: they are the PeerTrusts' to read.
+        .owns_shared_stream(caches.config_maps.subscribe().filter(|map| {
+            futures::future::ready(!map.name_any().ends_with(crate::names::PEER_REPORTS))
+        }))
         .owns_shared_stream(caches.service_accounts.subscribe())
         .owns_shared_stream(caches.pod_disruption_budgets.subscribe())
         .owns_shared_stream(caches.network_policies.subscribe())
@@ -79,7 +83,7 @@ pub fn controller(
                 .collect::<Vec<_>>()
         })
         // A peer judged again: the config and egress follow its level.
-        .watches_shared_stream(caches.peer_trusts.subscribe(), move |peer| {
+        .watches_shared_stream(peer_changes(caches), move |peer| {
             let pool = ObjectRef::new(&peer.spec.pool_ref.name)
                 .within(&peer.namespace().unwrap_or_default());
             pools_for_peers.get(&pool).map(|_| pool)
@@ -98,6 +102,24 @@ pub fn controller(
             move |node| owners_on_node(&pods, &node, pool_of_pod),
         );
     drive(controller, shutdown, reconcile, ctx)
+}
+
+/// The PeerTrusts whose part in what a Pool renders changed.
+fn peer_changes(caches: &Caches) -> impl futures::Stream<Item = Arc<PeerTrust>> + Send + 'static {
+    crate::controller::changes_of(
+        caches.peer_trusts.subscribe(),
+        caches.peer_trusts.store(),
+        |p: &PeerTrust| {
+            let status = p.status.as_ref();
+            (
+                p.metadata.generation,
+                p.metadata.deletion_timestamp.is_some(),
+                status.and_then(|s| s.common.observed_generation),
+                status.and_then(|s| s.effective_trust_level),
+                status.and_then(|s| s.level3_until.clone()),
+            )
+        },
+    )
 }
 
 /// The Pool whose routing a pod of `pool`'s workloads counts in.
@@ -243,7 +265,10 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     // Its federation identity too: peers' admins pin it before the pool
     // runs, and the pod mounts it.
     let (federation, next_identity_change) =
-        peer_trust::identity::sync(ctx, pool, now.as_second()).await?;
+        match peer_trust::identity::sync(ctx, pool, now.as_second()).await {
+            Ok(synced) => synced,
+            Err(error) => return status::stall_on(ctx, pool, next, error).await,
+        };
     next.federation = federation;
 
     let refs = Cached {
@@ -257,12 +282,21 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
             // Whatever is wrong with the pool, its keys rotate and a key
             // declared compromised leaves the JWKS at once.
             let next_key_change = sync_published_keys(ctx, pool, &mut next, now).await;
-            // Egress to peers follows the PeerTrusts (a peer no longer
-            // trusted loses its rule now, not once the pool is fixed).
-            let peers = vec![netpol::peer_policy(pool, &validate::References::peers(&refs))];
+            // Trust follows the PeerTrusts (a peer no longer trusted loses
+            // its egress and its level now, not once the pool is fixed).
+            let peers = validate::References::peers(&refs);
             let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
             let mut sync = OwnerSync::new(&ctx.client, &refs.namespace, uid);
-            sync.some(&ctx.owned.network_policies, peers).await;
+            sync.some(
+                &ctx.owned.network_policies,
+                vec![netpol::peer_policy(pool, &peers)],
+            )
+            .await;
+            sync.some(
+                &ctx.owned.config_maps,
+                vec![build::peers_config_map(pool, &peers)],
+            )
+            .await;
             sync.finish().1?;
             // And routing follows the pods.
             let (recorded, next_switch) =

@@ -264,7 +264,11 @@ fn the_live_channel_reads_its_jwks_routing_and_revocation_lists_and_reaches_only
             (
                 vec![String::new()],
                 vec!["configmaps".to_owned()],
-                Some(vec!["paris-jwks".to_owned(), "paris-routing".to_owned()]),
+                Some(vec![
+                    "paris-jwks".to_owned(),
+                    "paris-routing".into(),
+                    "paris-peers".into()
+                ]),
                 vec!["get".to_owned(), "list".into(), "watch".into()],
             ),
             (
@@ -347,10 +351,26 @@ fn each_trusted_peer_gets_its_own_range_and_port_in_egress_and_config() {
     let after = rules(&valid);
     assert_eq!(after.len(), before.len() + 1);
     assert!(after.contains(&("10.30.0.7/32".into(), 9443)), "{after:?}");
-    let config: serde_json::Value =
-        serde_yaml::from_str(&super::config::render_config(&valid)).unwrap();
-    let peers = &config["federation"]["peers"];
-    assert_eq!(peers[0]["name"], "lyon");
-    assert_eq!(peers[0]["trustLevel"], 3);
-    assert_eq!(peers.as_array().unwrap().len(), 1);
+    // Read live by the pool, beside its config, which does not change
+    // (a change of trust never restarts the pool).
+    let config = super::config::render_config(&valid);
+    valid.peers.clear();
+    assert_eq!(super::config::render_config(&valid), config);
+    let map = super::build::peers_config_map(
+        &pool,
+        &[crate::peer_trust::Peer {
+            name: "lyon".into(),
+            site: "lyon".into(),
+            endpoint: Default::default(),
+            public_key: "k".into(),
+            level: 3,
+            level3_until: None,
+        }],
+    );
+    assert_eq!(map.metadata.name.as_deref(), Some("paris-peers"));
+    let peers: serde_json::Value =
+        serde_yaml::from_str(&map.data.unwrap()[super::config::PEERS_KEY]).unwrap();
+    assert_eq!(peers["peers"][0]["name"], "lyon");
+    assert_eq!(peers["peers"][0]["trustLevel"], 3);
+    assert_eq!(peers["peers"].as_array().unwrap().len(), 1);
 }

@@ -70,6 +70,16 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// An object the operator keeps its own state in cannot be read (a
+    /// hand edit, a rollback): nothing is written over it.
+    #[error(
+        "{kind} {name:?}: {key} cannot be read; it is left as it is (restore it, or delete the {kind} to start over)"
+    )]
+    Unreadable {
+        kind: &'static str,
+        name: String,
+        key: &'static str,
+    },
     /// An image is refused (unsigned, wrongly signed, unreachable): what
     /// runs is left as it is, the status says why, and it is tried again
     /// with backoff (a signature may be pushed, the registry come back).
@@ -94,6 +104,7 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::NameConflict { .. } => "NameConflict",
             Error::ApplyRefused { .. } => "ApplyFailed",
+            Error::Unreadable { .. } => "StateUnreadable",
             Error::ImageRefused { reason, .. } => reason,
         }
     }
@@ -118,7 +129,7 @@ impl Error {
     pub fn stall(&self) -> Option<(&'static str, String)> {
         matches!(
             self,
-            Error::NameConflict { .. } | Error::ApplyRefused { .. }
+            Error::NameConflict { .. } | Error::ApplyRefused { .. } | Error::Unreadable { .. }
         )
         .then(|| (self.reason(), bounded(&self.to_string())))
     }
@@ -236,10 +247,18 @@ pub async fn report_changes<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
-/// Reconcile again at `at` (seconds since the epoch), at least a second
-/// from `now`.
+/// Reconcile again at `at` (seconds since the epoch) exactly, not a
+/// fraction of a second late (a handshake's end, a hold's); a second from
+/// `now` when that time has come already.
 pub fn requeue_at(at: i64, now: jiff::Timestamp) -> Action {
-    Action::requeue(Duration::from_secs((at - now.as_second()).max(1) as u64))
+    let ahead = at.saturating_sub(now.as_second());
+    if ahead <= 0 {
+        return Action::requeue(Duration::from_secs(1));
+    }
+    let exact = jiff::Timestamp::from_second(at)
+        .ok()
+        .and_then(|at| Duration::try_from(at.duration_since(now)).ok());
+    Action::requeue(exact.unwrap_or(Duration::from_secs(ahead as u64)))
 }
 
 /// Whether `obj` is being deleted: what becomes of its objects is then the
@@ -295,4 +314,24 @@ const IMAGE_RETRY_MAX: Duration = Duration::from_secs(60);
 pub fn backoff(failures: u32, max: Duration) -> Action {
     let secs = 1u64 << failures.min(16);
     Action::requeue(Duration::from_secs(secs).min(max))
+}
+
+#[cfg(test)]
+mod requeue_tests {
+    use super::*;
+
+    #[test]
+    fn a_requeue_lands_on_the_second_not_a_fraction_after() {
+        let now = jiff::Timestamp::from_millisecond(100_300).unwrap();
+        assert_eq!(requeue_at(101, now), Action::requeue(Duration::from_millis(700)));
+        assert_eq!(requeue_at(160, now), Action::requeue(Duration::from_millis(59_700)));
+        // Due already (or this very second): soon, never at once.
+        assert_eq!(requeue_at(100, now), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(requeue_at(i64::MIN, now), Action::requeue(Duration::from_secs(1)));
+        // Beyond what a timestamp holds: far away, not soon.
+        assert_eq!(
+            requeue_at(i64::MAX, now),
+            Action::requeue(Duration::from_secs((i64::MAX - 100) as u64))
+        );
+    }
 }
