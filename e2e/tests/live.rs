@@ -49,7 +49,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
         }
 
         // The pool's credentials read its JWKS and the revocation lists,
-        // and write nothing.
+        // and write nothing here (its peer reports are federation's test).
         let as_pool = cellule_e2e::client_from(&kubeconfig).await?;
         let pool_cms = Api::<ConfigMap>::namespaced(as_pool.clone(), &ns);
         pool_cms.get("paris-jwks").await?;
@@ -59,6 +59,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_running_as_the_pool() {
         for denied in [
             pool_cms.get("paris-config").await.err().map(|e| e.to_string()),
             Api::<Secret>::namespaced(as_pool.clone(), &ns).get("paris-signing-keys").await.err().map(|e| e.to_string()),
+            Api::<Secret>::namespaced(as_pool.clone(), &ns).get("paris-federation").await.err().map(|e| e.to_string()),
             pool_cms.list(&Default::default()).await.err().map(|e| e.to_string()),
             pool_lists.create(&PostParams::default(), &forged).await.err().map(|e| e.to_string()),
             pool_lists.delete_collection(&Default::default(), &Default::default()).await.err().map(|e| e.to_string()),

@@ -86,7 +86,13 @@ async fn samples_become_running_workloads_with_owner_references() {
         );
         assert_eq!(
             names::<ConfigMap>(&client, &ns).await?,
-            ["paris-config", "paris-jwks", "paris-routing"]
+            [
+                "paris-config",
+                "paris-jwks",
+                "paris-peer-reports",
+                "paris-peers",
+                "paris-routing"
+            ]
         );
         assert_eq!(names::<ServiceAccount>(&client, &ns).await?, ["paris-pool"]);
         assert_eq!(
@@ -99,6 +105,7 @@ async fn samples_become_running_workloads_with_owner_references() {
                 "heavy-npu",
                 "paris--light-workers",
                 "paris-default-deny",
+                "paris-peers",
                 "paris-pool"
             ]
         );
@@ -271,19 +278,21 @@ async fn deleting_the_pool_removes_everything_it_made() {
             .delete("paris", &DeleteParams::foreground())
             .await?;
         eventually(
-            "every owned object gone, the signing keys too",
+            "every owned object gone, the signing and federation keys too",
             WAIT,
             || async {
                 let mut left = owned_objects(&client, &ns).await?;
                 let keys =
                     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns);
-                if keys
-                    .get_opt("paris-signing-keys")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_some()
-                {
-                    left.push("Secret/paris-signing-keys".into());
+                for secret in ["paris-signing-keys", "paris-federation"] {
+                    if keys
+                        .get_opt(secret)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .is_some()
+                    {
+                        left.push(format!("Secret/{secret}"));
+                    }
                 }
                 if left.is_empty() {
                     Ok(())

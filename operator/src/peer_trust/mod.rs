@@ -173,12 +173,12 @@ async fn apply_peer(peer: &PeerTrust, ctx: &Context) -> Result<Action> {
     next.common.conditions = current
         .map(|s| s.common.conditions.clone())
         .unwrap_or_default();
+    // The reputation (and a downgrade) is kept whatever happens below.
+    next.reputation = current.and_then(|s| s.reputation.clone());
 
     let pool_name = &peer.spec.pool_ref.name;
     let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&namespace)) else {
         next.effective_trust_level = Some(0);
-        // The reputation (and a downgrade) is kept whatever happens.
-        next.reputation = current.and_then(|s| s.reputation.clone());
         keep_only(&mut next.common.conditions, &[]);
         let message = format!("Pool {pool_name:?} does not exist in this namespace");
         status::stall(ctx, peer, current, next, "PoolNotFound", message).await?;
