@@ -51,8 +51,7 @@ log "  lyon  $(kubectl "${lyon[@]}" get pool lyon -o jsonpath='{.status.federati
 # One nonce and window for both sites; each pins the other's pool key.
 nonce=$("$cli" handshake nonce)
 not_before=$(date -u -d '-1 minute' +%FT%TZ) not_after=$(date -u -d '+30 days' +%FT%TZ)
-handshake="\"handshake\":{\"nonce\":\"$nonce\",\"notBefore\":\"$not_before\",\"notAfter\":\"$not_after\",\"localSignature\":\"%s\"}"
-placeholder=$(printf 'A%.0s' $(seq 1 86))==
+handshake="\"handshake\":{\"nonce\":\"$nonce\",\"notBefore\":\"$not_before\",\"notAfter\":\"$not_after\"}"
 
 sign() { # ns pool peertrust admin-key-file → signature (and the statement in $work)
   kubectl -n "$1" get pool "$2" -o yaml >"$work/$2-pool.yaml"
@@ -60,10 +59,10 @@ sign() { # ns pool peertrust admin-key-file → signature (and the statement in 
   "$cli" handshake statement --pool "$work/$2-pool.yaml" --peer-trust "$work/$2-peertrust.yaml" >"$work/$2.statement"
   "$cli" handshake sign --pool "$work/$2-pool.yaml" --peer-trust "$work/$2-peertrust.yaml" --key "$4"
 }
-# The handshake's fields first (with a placeholder signature: admission
-# wants one), then the statement is printed from what is stored.
-kubectl "${paris[@]}" patch peertrust lyon --type merge -p "{\"spec\":{\"publicKey\":\"$lyon_key\",$(printf "$handshake" "$placeholder")}}" >/dev/null
-kubectl "${lyon[@]}" patch peertrust paris --type merge -p "{\"spec\":{\"publicKey\":\"$paris_key\",$(printf "$handshake" "$placeholder")}}" >/dev/null
+# The pinned key, the nonce and the window first; the statement is printed
+# from what is stored.
+kubectl "${paris[@]}" patch peertrust lyon --type merge -p "{\"spec\":{\"publicKey\":\"$lyon_key\",$handshake}}" >/dev/null
+kubectl "${lyon[@]}" patch peertrust paris --type merge -p "{\"spec\":{\"publicKey\":\"$paris_key\",$handshake}}" >/dev/null
 paris_sig=$(sign cellule-demo paris lyon "$work/paris-admin.key")
 lyon_sig=$(sign cellule-lyon lyon paris "$work/lyon-admin.key")
 cmp -s "$work/paris.statement" "$work/lyon.statement" || die "the two sites' statements differ: $(diff "$work/paris.statement" "$work/lyon.statement")"

@@ -147,7 +147,7 @@ pub struct PeerPoolRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("timestamp(self.notAfter) > timestamp(self.notBefore)").message("notAfter must be later than notBefore").field_path(".notAfter"))]
 #[x_kube(validation = Rule::new("timestamp(self.notAfter) - timestamp(self.notBefore) <= duration('9504h')").message("a handshake is valid for at most 396 days: sign a new one").field_path(".notAfter"))]
-#[x_kube(validation = Rule::new("!has(self.peerSignature) || self.localSignature != self.peerSignature").message("the two signatures must come from two different administrators").field_path(".peerSignature"))]
+#[x_kube(validation = Rule::new("!has(self.peerSignature) || !has(self.localSignature) || self.localSignature != self.peerSignature").message("the two signatures must come from two different administrators").field_path(".peerSignature"))]
 pub struct Handshake {
     /// A single-use random value (at least 16 characters): one nonce, one
     /// statement, ever, for this pool.
@@ -158,10 +158,12 @@ pub struct Handshake {
     /// End of validity: the peer drops to level 2 at this instant.
     pub not_after: Time,
     /// Signature of this site's administrator (base64 of 64 bytes); its key
-    /// must be in the Pool's `federation.adminPublicKeys`.
+    /// must be in the Pool's `federation.adminPublicKeys`. Absent until they
+    /// sign the statement printed from this very object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 88, max = 88))]
     #[x_kube(validation = Rule::new(format!("self.matches('{ED25519_SIGNATURE_PATTERN}')")).message("localSignature must be the base64 of exactly 64 bytes (an Ed25519 signature)"))]
-    pub local_signature: String,
+    pub local_signature: Option<String>,
     /// Signature of the peer site's administrator (base64 of 64 bytes),
     /// made with the admin key the peer pool's countersignature names.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -343,6 +343,12 @@ fn check_handshake(facts: &Facts<'_>, h: &Handshake, peer_key: VerifyingKey, now
     let (Some(site), Some(endpoint)) = (pool.site, pool.endpoint) else {
         unreachable!("checked as missing above")
     };
+    let Some(local_signature) = &h.local_signature else {
+        return Outcome::refused(
+            reasons::INCOMPLETE,
+            "waiting for localSignature: this site's admin signs the statement `cellule-operator handshake statement` prints from this PeerTrust and its Pool",
+        );
+    };
     let local = |own_key| Local {
         site,
         namespace: pool.namespace,
@@ -357,7 +363,7 @@ fn check_handshake(facts: &Facts<'_>, h: &Handshake, peer_key: VerifyingKey, now
             let statement = statement(&local(*own), spec, peer_key, h);
             admins
                 .iter()
-                .find(|admin| handshake::verify("", admin, &h.local_signature, &statement).is_ok())
+                .find(|admin| handshake::verify("", admin, local_signature, &statement).is_ok())
                 .map(|admin| (*own, *admin, statement))
         })
     };

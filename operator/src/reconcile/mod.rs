@@ -323,11 +323,23 @@ mod requeue_tests {
     #[test]
     fn a_requeue_lands_on_the_second_not_a_fraction_after() {
         let now = jiff::Timestamp::from_millisecond(100_300).unwrap();
-        assert_eq!(requeue_at(101, now), Action::requeue(Duration::from_millis(700)));
-        assert_eq!(requeue_at(160, now), Action::requeue(Duration::from_millis(59_700)));
+        assert_eq!(
+            requeue_at(101, now),
+            Action::requeue(Duration::from_millis(700))
+        );
+        assert_eq!(
+            requeue_at(160, now),
+            Action::requeue(Duration::from_millis(59_700))
+        );
         // Due already (or this very second): soon, never at once.
-        assert_eq!(requeue_at(100, now), Action::requeue(Duration::from_secs(1)));
-        assert_eq!(requeue_at(i64::MIN, now), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(
+            requeue_at(100, now),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert_eq!(
+            requeue_at(i64::MIN, now),
+            Action::requeue(Duration::from_secs(1))
+        );
         // Beyond what a timestamp holds: far away, not soon.
         assert_eq!(
             requeue_at(i64::MAX, now),

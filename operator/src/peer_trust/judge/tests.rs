@@ -93,12 +93,12 @@ impl Fixture {
             nonce: nonce.into(),
             not_before: at(NOW - DAY),
             not_after: at(NOW + DAY),
-            local_signature: String::new(),
+            local_signature: None,
             peer_signature: None,
             peer_countersignature: None,
         };
         let statement = statement(&self.local(), spec, self.lyon_pool.verifying_key(), &h);
-        h.local_signature = handshake::sign(&self.paris_admin, &statement).unwrap();
+        h.local_signature = Some(handshake::sign(&self.paris_admin, &statement).unwrap());
         h.peer_signature = Some(handshake::sign(&self.lyon_admin, &statement).unwrap());
         h.peer_countersignature = Some(Countersignature {
             pool_public_key: handshake::encode(&self.lyon_pool.verifying_key()),
@@ -230,7 +230,7 @@ fn one_byte_changed_in_any_signature_is_invalid() {
         *s = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
     };
     let edits: [fn(&mut Handshake) -> &mut String; 3] = [
-        |h| &mut h.local_signature,
+        |h| h.local_signature.as_mut().unwrap(),
         |h| h.peer_signature.as_mut().unwrap(),
         |h| &mut h.peer_countersignature.as_mut().unwrap().signature,
     ];
@@ -376,7 +376,7 @@ fn a_reused_nonce_is_refused_and_a_recorded_one_is_not_recorded_again() {
         again.handshake.as_ref().unwrap(),
     );
     let h = again.handshake.as_mut().unwrap();
-    h.local_signature = handshake::sign(&f.paris_admin, &statement).unwrap();
+    h.local_signature = Some(handshake::sign(&f.paris_admin, &statement).unwrap());
     let v = judge(&f.facts(&again), NOW);
     assert_eq!(v.level, 2);
     assert_eq!(handshake_reason(&v), Some(reasons::NONCE_REUSED));
@@ -409,6 +409,16 @@ fn what_is_missing_is_named() {
     };
     assert!(message.contains("spec.federation.endpoint"), "{message}");
     assert!(v.countersign.is_none());
+    // Nobody signed yet: the nonce and window alone.
+    let mut spec = f.level3();
+    let h = spec.handshake.as_mut().unwrap();
+    (h.local_signature, h.peer_signature, h.peer_countersignature) = (None, None, None);
+    let v = judge(&f.facts(&spec), NOW);
+    assert_eq!(handshake_reason(&v), Some(reasons::INCOMPLETE));
+    assert!(
+        v.countersign.is_none(),
+        "nothing of this site's to vouch for yet"
+    );
     // Level 3 without a handshake (stored before admission required one).
     let spec = f.spec(3);
     assert_eq!(
