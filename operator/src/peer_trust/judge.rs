@@ -287,8 +287,9 @@ fn iso(secs: i64) -> String {
     Timestamp::from_second(secs).map_or_else(|_| secs.to_string(), |t| t.to_string())
 }
 
-/// The checks in order: what is missing, the window, this site's admin
-/// (then this pool countersigns), the nonce, the peer's parts.
+/// The checks in order: what is missing, the end of the window, this
+/// site's admin (then this pool countersigns, even before the window
+/// starts), the nonce, the peer's parts, the start of the window.
 fn check_handshake(facts: &Facts<'_>, h: &Handshake, peer_key: VerifyingKey, now: i64) -> Outcome {
     let (spec, pool) = (facts.spec, &facts.pool);
     let missing: Vec<&str> = [
@@ -317,15 +318,6 @@ fn check_handshake(facts: &Facts<'_>, h: &Handshake, peer_key: VerifyingKey, now
         );
     }
     let (not_before, not_after) = (h.not_before.0.as_second(), h.not_after.0.as_second());
-    if now < not_before {
-        return Outcome {
-            wake: Some(not_before),
-            ..Outcome::refused(
-                reasons::NOT_YET_VALID,
-                format!("the handshake is valid from {}", iso(not_before)),
-            )
-        };
-    }
     if now >= not_after {
         return Outcome::refused(
             reasons::EXPIRED,
@@ -458,6 +450,15 @@ fn check_handshake(facts: &Facts<'_>, h: &Handshake, peer_key: VerifyingKey, now
         handshake::verify("peerSignature", &peer_admin, peer_signature, &statement)
     });
     match checks {
+        // Complete and sound, before its window: granted at notBefore (the
+        // exchange can be finished ahead of it; the nonce is taken then).
+        Ok(()) if now < not_before => Outcome {
+            wake: Some(not_before),
+            ..outcome(Err((
+                reasons::NOT_YET_VALID,
+                format!("verified; the handshake is valid from {}", iso(not_before)),
+            )))
+        },
         Ok(()) => outcome(Ok((not_after, record))),
         Err(error) => outcome(Err((reasons::INVALID, error.to_string()))),
     }

@@ -113,6 +113,24 @@ impl Fixture {
         h
     }
 
+    /// `spec`'s handshake with its window and nonce as they are, signed
+    /// again by everyone.
+    fn resign(&self, spec: &PeerTrustSpec) -> Handshake {
+        let h = spec.handshake.clone().unwrap();
+        let mut fresh = self.signed(spec, &h.nonce);
+        (fresh.not_before, fresh.not_after) = (h.not_before.clone(), h.not_after.clone());
+        let statement = statement(&self.local(), spec, self.lyon_pool.verifying_key(), &fresh);
+        fresh.local_signature = Some(handshake::sign(&self.paris_admin, &statement).unwrap());
+        fresh.peer_signature = Some(handshake::sign(&self.lyon_admin, &statement).unwrap());
+        fresh.peer_countersignature.as_mut().unwrap().signature = handshake::countersign(
+            &self.lyon_pool,
+            &self.lyon_admin.verifying_key(),
+            &statement,
+        )
+        .unwrap();
+        fresh
+    }
+
     fn level3(&self) -> PeerTrustSpec {
         let mut spec = self.spec(3);
         spec.handshake = Some(self.signed(&spec, "nonce-0123456789abcdef"));
@@ -208,17 +226,36 @@ fn at_not_after_the_level_drops_to_2() {
 }
 
 #[test]
-fn before_not_before_it_waits_for_it() {
+fn before_not_before_it_waits_for_it_countersigned() {
     let f = Fixture::new();
     let mut spec = f.spec(3);
     let mut h = f.signed(&spec, "nonce-0123456789abcdef");
     h.not_before = at(NOW + 60);
     spec.handshake = Some(h);
+    // The window is signed: sign again with the later start.
+    spec.handshake = Some(f.resign(&spec));
     let v = judge(&f.facts(&spec), NOW);
     assert_eq!(v.level, 2);
     assert_eq!(handshake_reason(&v), Some(reasons::NOT_YET_VALID));
     assert_eq!(v.wake, Some(NOW + 60));
     assert!(matches!(v.summary, Summary::Progressing { .. }));
+    assert!(
+        v.countersign.is_some(),
+        "the exchange can finish ahead of the window"
+    );
+    assert!(
+        v.record_nonce.is_none(),
+        "the nonce is taken when 3 is granted"
+    );
+    let v = judge(&f.facts(&spec), NOW + 60);
+    assert_eq!(v.level, 3);
+    // A flaw still shows before the window.
+    spec.handshake.as_mut().unwrap().peer_signature =
+        spec.handshake.as_ref().unwrap().local_signature.clone();
+    assert_eq!(
+        handshake_reason(&judge(&f.facts(&spec), NOW)),
+        Some(reasons::INVALID)
+    );
 }
 
 #[test]
