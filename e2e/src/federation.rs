@@ -4,14 +4,15 @@
 //! Two sites are two namespaces of the one API server, each with its own
 //! Pool (named after its site: `paris`, `lyon`), its own federation
 //! endpoint and its own administrator key. A level-3 handshake is made as
-//! the admins make it: with the `cellule-operator handshake` commands, on
-//! the Pool as `kubectl get pool -o yaml` prints it and the PeerTrust
-//! manifest; the countersignatures are copied from one site's PeerTrust
-//! status into the other site's spec.
+//! the admins make it (docs/federation.md): with the `cellule-operator
+//! handshake` commands, on the Pool and the PeerTrust as `kubectl get -o
+//! yaml` prints them; the countersignatures are copied from one site's
+//! PeerTrust status into the other site's spec.
 //!
 //! What the operator shows is read as a client does: the PeerTrust's
-//! status and Events, the Pool's status, its `<pool>-config` ConfigMap,
-//! its `<pool>-pool` NetworkPolicy and its `<pool>-federation` Secret.
+//! status and Events, the Pool's status, the peers its config points it to
+//! (`<pool>-config`, then `<pool>-peers`), the egress of the
+//! NetworkPolicies it owns and its `<pool>-federation` Secret.
 
 use std::{
     collections::BTreeSet,
@@ -310,6 +311,13 @@ pub fn rfc3339(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// A number no other call of this process got (file names of concurrent
+/// handshakes).
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The Pool as `kubectl get pool -o yaml` prints it, in a file.
 async fn pool_file(site: &Site) -> anyhow::Result<PathBuf> {
     let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
@@ -329,26 +337,41 @@ async fn pool_file(site: &Site) -> anyhow::Result<PathBuf> {
         &[],
     )
     .await?;
-    let path = scratch(&site.ns).join(format!("pool-{}.yaml", site.pool));
+    let path = scratch(&site.ns).join(format!("pool-{}-{}.yaml", site.pool, unique()));
     std::fs::write(&path, yaml)?;
     Ok(path)
 }
 
-/// The PeerTrust manifest in a file, as an admin has it before signing.
-/// The CLI cannot parse a handshake without `localSignature` yet (BUGS.md:
-/// the statement needs the signature made of it), so a manifest without
-/// one gets a placeholder, which the statement does not include.
+/// The PeerTrust (a manifest, or the object as `kubectl get -o yaml`
+/// prints it) in a file.
 fn manifest_file(site: &Site, trust: &Value) -> anyhow::Result<PathBuf> {
-    let mut trust = trust.clone();
-    if trust["spec"]["handshake"].is_object()
-        && trust["spec"]["handshake"]["localSignature"].is_null()
-    {
-        trust["spec"]["handshake"]["localSignature"] = json!("placeholder");
-    }
     let name = trust["metadata"]["name"].as_str().context("a name")?;
-    let path = scratch(&site.ns).join(format!("peertrust-{name}.yaml"));
-    std::fs::write(&path, serde_yaml::to_string(&trust)?)?;
+    let path = scratch(&site.ns).join(format!("peertrust-{name}-{}.yaml", unique()));
+    std::fs::write(&path, serde_yaml::to_string(trust)?)?;
     Ok(path)
+}
+
+/// The PeerTrust `name` of `site` as `kubectl get peertrust -o yaml`
+/// prints it (metadata, spec and status).
+pub async fn stored_trust(site: &Site, name: &str) -> anyhow::Result<Value> {
+    let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
+    let yaml = crate::run_tool(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            &site.ns,
+            "get",
+            "peertrust",
+            name,
+            "-o",
+            "yaml",
+        ],
+        &[],
+    )
+    .await?;
+    Ok(serde_yaml::from_str(&yaml)?)
 }
 
 /// `handshake statement` at `site` for its PeerTrust `trust`.
@@ -410,14 +433,8 @@ impl Federation {
 }
 
 /// The whole handshake between `a` and `b` at `level` (2 or 3) in
-/// `window`, as two sites' admins make it:
-/// 1. each writes its PeerTrust of the other (same nonce and window);
-/// 2. each makes the statement from its own Pool and PeerTrust (the same
-///    bytes) and signs it with `handshake sign`;
-/// 3. each sets `localSignature` (its own) and `peerSignature` (the
-///    other's): each operator then countersigns in its PeerTrust's status;
-/// 4. each copies the other's countersignature into
-///    `peerCountersignature`: both verify.
+/// `window`, as two sites' admins make it: [`sign_both`], then
+/// [`exchange_countersignatures`]; once both verify.
 pub async fn federate(
     client: &Client,
     a: &Site,
@@ -425,19 +442,61 @@ pub async fn federate(
     window: &Window,
     level: i32,
 ) -> anyhow::Result<Federation> {
-    let mut a_trust = trust_of(a, b, level);
-    let mut b_trust = trust_of(b, a, level);
+    let signed = sign_both(client, a, b, window).await?;
+    exchange_countersignatures(client, signed, level).await
+}
+
+/// The admins' part of a handshake, as docs/federation.md has it:
+/// 1. each writes its PeerTrust of the other at level 2, with the
+///    handshake's nonce and window only (the same at both sites): the
+///    operator waits for `localSignature`;
+/// 2. each prints the statement from its Pool and its stored PeerTrust
+///    (`kubectl get -o yaml`; both sites get the same bytes) and signs it
+///    with `handshake sign`;
+/// 3. each sets `localSignature` (its own) and `peerSignature` (the
+///    other's): each operator then countersigns in its PeerTrust's status.
+///
+/// The manifests returned are at level 2; [`exchange_countersignatures`]
+/// raises them.
+pub async fn sign_both(
+    client: &Client,
+    a: &Site,
+    b: &Site,
+    window: &Window,
+) -> anyhow::Result<Federation> {
+    let mut a_trust = trust_of(a, b, 2);
+    let mut b_trust = trust_of(b, a, 2);
     a_trust["spec"]["handshake"] = window.json();
     b_trust["spec"]["handshake"] = window.json();
+    tokio::try_join!(
+        apply(client, &a.ns, &a_trust),
+        apply(client, &b.ns, &b_trust)
+    )?;
+    let unsigned = |obj: &Value| {
+        observed(obj)
+            && condition(obj, "HandshakeVerified").is_some_and(|c| {
+                c["reason"] == "HandshakeIncomplete"
+                    && c["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("localSignature")
+            })
+    };
+    tokio::try_join!(
+        wait_peer(client, &a.ns, &b.pool, "A waits for its admin", unsigned),
+        wait_peer(client, &b.ns, &a.pool, "B waits for its admin", unsigned),
+    )?;
+    let (a_stored, b_stored) =
+        tokio::try_join!(stored_trust(a, &b.pool), stored_trust(b, &a.pool))?;
     let (a_statement, b_statement) =
-        tokio::try_join!(statement(a, &a_trust), statement(b, &b_trust))?;
+        tokio::try_join!(statement(a, &a_stored), statement(b, &b_stored))?;
     ensure!(
         a_statement == b_statement,
         "the two sites make different statements:\n{a_statement}\n---\n{b_statement}"
     );
     let (a_signature, b_signature) = tokio::try_join!(
-        sign(a, &a_trust, &a.admin_seed),
-        sign(b, &b_trust, &b.admin_seed)
+        sign(a, &a_stored, &a.admin_seed),
+        sign(b, &b_stored, &b.admin_seed)
     )?;
     a_trust["spec"]["handshake"]["localSignature"] = json!(a_signature);
     a_trust["spec"]["handshake"]["peerSignature"] = json!(b_signature);
@@ -447,6 +506,32 @@ pub async fn federate(
         apply(client, &a.ns, &a_trust),
         apply(client, &b.ns, &b_trust)
     )?;
+    Ok(Federation {
+        a: a.clone(),
+        b: b.clone(),
+        window: window.clone(),
+        a_trust,
+        b_trust,
+        statement: a_statement,
+    })
+}
+
+/// 4. Once each operator countersigned (`status.countersignature`, the
+///    PeerTrust at level 2, `HandshakeIncomplete`), each admin copies the
+///    other side's into `peerCountersignature`: both verify, at level 2;
+/// 5. then (the approver) raises `trustLevel` to `level`: both at `level`.
+pub async fn exchange_countersignatures(
+    client: &Client,
+    signed: Federation,
+    level: i32,
+) -> anyhow::Result<Federation> {
+    let Federation {
+        a,
+        b,
+        mut a_trust,
+        mut b_trust,
+        ..
+    } = signed.clone();
     let countersigned = |obj: &Value| {
         observed(obj)
             && obj["status"]["countersignature"]["signature"].is_string()
@@ -459,7 +544,7 @@ pub async fn federate(
     )?;
     for (side, half) in [("A", &a_half), ("B", &b_half)] {
         ensure!(
-            half["status"]["effectiveTrustLevel"] == level.min(2),
+            half["status"]["effectiveTrustLevel"] == 2,
             "{side}: level while only half the handshake is there: {}",
             summary(half)
         );
@@ -468,26 +553,37 @@ pub async fn federate(
         b_half["status"]["countersignature"].clone();
     b_trust["spec"]["handshake"]["peerCountersignature"] =
         a_half["status"]["countersignature"].clone();
-    tokio::try_join!(
-        apply(client, &a.ns, &a_trust),
-        apply(client, &b.ns, &b_trust)
-    )?;
-    let verified = |obj: &Value| {
-        obj["status"]["effectiveTrustLevel"] == level
-            && observed(obj)
-            && condition(obj, "HandshakeVerified").is_some_and(|c| c["status"] == "True")
+    let verified_at = |level: i32| {
+        move |obj: &Value| {
+            obj["status"]["effectiveTrustLevel"] == level
+                && observed(obj)
+                && condition(obj, "HandshakeVerified").is_some_and(|c| c["status"] == "True")
+        }
     };
-    tokio::try_join!(
-        wait_peer(client, &a.ns, &b.pool, "A's handshake verified", verified),
-        wait_peer(client, &b.ns, &a.pool, "B's handshake verified", verified),
-    )?;
+    let mut levels = vec![2];
+    if level != 2 {
+        levels.push(level);
+    }
+    for level in levels {
+        a_trust["spec"]["trustLevel"] = json!(level);
+        b_trust["spec"]["trustLevel"] = json!(level);
+        tokio::try_join!(
+            apply(client, &a.ns, &a_trust),
+            apply(client, &b.ns, &b_trust)
+        )?;
+        let (what_a, what_b) = (
+            format!("A verified at {level}"),
+            format!("B verified at {level}"),
+        );
+        tokio::try_join!(
+            wait_peer(client, &a.ns, &b.pool, &what_a, verified_at(level)),
+            wait_peer(client, &b.ns, &a.pool, &what_b, verified_at(level)),
+        )?;
+    }
     Ok(Federation {
-        a: a.clone(),
-        b: b.clone(),
-        window: window.clone(),
         a_trust,
         b_trust,
-        statement: a_statement,
+        ..signed
     })
 }
 
@@ -581,31 +677,45 @@ pub async fn wait_handshake(
     .await
 }
 
-/// `federation.peers` of the Pool's config (`<pool>-config`, `pool.yaml`);
-/// `None` while there is no config.
+/// The peers the Pool's config gives it: `federation.peers` of
+/// `<pool>-config` (`pool.yaml`), or, where the config points the pool to
+/// a ConfigMap it reads live (`federation.peersConfigMap`, key
+/// `federation.peersKey`), that one's `peers`; `None` while there is no
+/// config (or no such ConfigMap) yet.
 pub async fn config_peers(
     client: &Client,
     ns: &str,
     pool: &str,
 ) -> anyhow::Result<Option<Vec<Value>>> {
-    let Some(map) = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(&cellule_operator::names::config(pool))
-        .await?
-    else {
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let read = |map: ConfigMap, key: &str| -> anyhow::Result<Value> {
+        let text = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .with_context(|| {
+                format!(
+                    "{key} in ConfigMap {}",
+                    map.metadata.name.unwrap_or_default()
+                )
+            })?;
+        Ok(serde_yaml::from_str(text)?)
+    };
+    let Some(map) = maps.get_opt(&cellule_operator::names::config(pool)).await? else {
         return Ok(None);
     };
-    let text = map
-        .data
-        .as_ref()
-        .and_then(|d| d.get("pool.yaml"))
-        .context("pool.yaml in the config")?;
-    let config: Value = serde_yaml::from_str(text)?;
-    Ok(Some(
-        config["federation"]["peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
-    ))
+    let federation = read(map, "pool.yaml")?["federation"].clone();
+    let peers = match federation["peersConfigMap"].as_str() {
+        None => federation["peers"].clone(),
+        Some(live) => {
+            let Some(map) = maps.get_opt(live).await? else {
+                return Ok(None);
+            };
+            let key = federation["peersKey"].as_str().unwrap_or("peers.yaml");
+            read(map, key)?["peers"].clone()
+        }
+    };
+    Ok(Some(peers.as_array().cloned().unwrap_or_default()))
 }
 
 /// The config's peers, once `check` holds.
@@ -635,28 +745,22 @@ pub fn config_peer<'a>(peers: &'a [Value], name: &str) -> Option<&'a Value> {
     peers.iter().find(|p| p["name"] == name)
 }
 
-/// Every `(ipBlock.cidr, TCP port)` the Pool's egress policy `<pool>-pool`
-/// allows (the API server's address, the peers, extra egress); `None`
-/// while there is no policy.
-pub async fn ip_egress(
-    client: &Client,
-    ns: &str,
-    pool: &str,
-) -> anyhow::Result<Option<BTreeSet<(String, i32)>>> {
-    let Some(policy) = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
-        .get_opt(&cellule_operator::names::pool(pool))
-        .await?
-    else {
-        return Ok(None);
-    };
+/// Every `(ipBlock.cidr, TCP port)` the egress rules of `policy` allow.
+pub fn policy_ip_egress(policy: &NetworkPolicy) -> anyhow::Result<BTreeSet<(String, i32)>> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let mut found = BTreeSet::new();
-    for rule in policy.spec.and_then(|s| s.egress).unwrap_or_default() {
+    for rule in policy
+        .spec
+        .as_ref()
+        .and_then(|s| s.egress.clone())
+        .unwrap_or_default()
+    {
         let ports: Vec<i32> = rule
             .ports
             .iter()
             .flatten()
             .filter_map(|p| match &p.port {
-                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => Some(*n),
+                Some(IntOrString::Int(n)) => Some(*n),
                 _ => None,
             })
             .collect();
@@ -666,11 +770,54 @@ pub async fn ip_egress(
                     block.except.as_ref().is_none_or(Vec::is_empty),
                     "an ipBlock with exceptions: {block:?}"
                 );
+                ensure!(!ports.is_empty(), "an ipBlock on every port: {block:?}");
                 for port in &ports {
                     found.insert((block.cidr.clone(), *port));
                 }
             }
         }
+    }
+    Ok(found)
+}
+
+/// The NetworkPolicies the Pool owns, by name.
+pub async fn pool_policies(
+    client: &Client,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, NetworkPolicy>> {
+    Ok(Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "Pool" && o.name == pool)
+        })
+        .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+        .collect())
+}
+
+/// Every `(ipBlock.cidr, TCP port)` the Pool's NetworkPolicies (those it
+/// owns: `<pool>-pool`, `<pool>-peers`) allow as egress: the API server's
+/// address, the peers, extra egress; `None` while there is no
+/// `<pool>-pool` policy yet.
+pub async fn ip_egress(
+    client: &Client,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<Option<BTreeSet<(String, i32)>>> {
+    let owned = pool_policies(client, ns, pool).await?;
+    if !owned.contains_key(&cellule_operator::names::pool(pool)) {
+        return Ok(None);
+    }
+    let mut found = BTreeSet::new();
+    for policy in owned.values() {
+        found.extend(policy_ip_egress(policy)?);
     }
     Ok(Some(found))
 }
@@ -857,15 +1004,33 @@ pub async fn sha256_hex(text: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// [`crate::in_namespace`] for a site: its scratch directory (admin
+/// keys, manifests) goes with the namespace.
+pub async fn in_site_namespace<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    crate::in_namespace(prefix, |client, ns| async move {
+        let dir = std::env::temp_dir().join(format!("cellule-federation-{ns}"));
+        // Boxed: nested sites make futures too large for a test thread's
+        // stack in a debug build.
+        let outcome = Box::pin(body(client, ns)).await;
+        let _ = std::fs::remove_dir_all(dir);
+        outcome
+    })
+    .await;
+}
+
 /// Runs `body` in two fresh namespaces (two sites), deleted afterwards
-/// whether `body` passed or not.
+/// (with their scratch directories) whether `body` passed or not.
 pub async fn in_two_namespaces<F, Fut>(prefix: &str, body: F)
 where
     F: FnOnce(Client, String, String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    crate::in_namespace(&format!("{prefix}-a"), |_, a| async move {
-        crate::in_namespace(&format!("{prefix}-b"), move |client, b| body(client, a, b)).await;
+    in_site_namespace(&format!("{prefix}-a"), |_, a| async move {
+        in_site_namespace(&format!("{prefix}-b"), move |client, b| body(client, a, b)).await;
         Ok(())
     })
     .await;

@@ -2,14 +2,18 @@
 //! NetworkPolicy analyzer (built by e2e/scripts/build-tools.sh) reads the
 //! objects from the real API server and lists every allowed connection.
 //! A pool pod may reach its database, its NPU and CPU worker pods,
-//! kube-dns on 53 and the API server's address and port (its live channel),
-//! and nothing else; worker pods reach only DNS.
+//! kube-dns on 53, the API server's address and port (its live channel)
+//! and its trusted peer sites (the sample PeerTrusts: lyon's range and
+//! marseille's address, each on its port), and nothing else; worker pods
+//! reach only DNS.
 
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::ensure;
 use cellule_e2e::{
-    allowed_connections, apply_sample_site, eventually, in_namespace, run_tool, wait_condition,
+    allowed_connections, apply_sample_site, eventually,
+    federation::{rule, wait_ip_egress, wait_level},
+    in_namespace, run_tool, wait_condition,
 };
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{
@@ -45,6 +49,13 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
         }
         wait_condition(&client, &ns, "Pool", "paris", "Ready", "True", WAIT).await?;
         wait_condition(&client, &ns, "NpuServer", "heavy", "Ready", "True", WAIT).await?;
+        // The sample peers judged (lyon at 2, marseille at 1) and in the egress.
+        wait_level(&client, &ns, "lyon", 2).await?;
+        wait_level(&client, &ns, "marseille", 1).await?;
+        wait_ip_egress(&client, &ns, "paris", "the sample peers", |e| {
+            e.contains(&rule("10.30.0.0/24", 8443)) && e.contains(&rule("10.40.0.10/32", 8443))
+        })
+        .await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let all = eventually("9 running pods", WAIT, || async {
             let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
@@ -85,6 +96,9 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
             (group(&npu), "TCP 8000".to_owned()),
             (group(&worker), "TCP 8080".to_owned()),
             (format!("{api_ip}-{api_ip}"), format!("TCP {api_port}")),
+            // The trusted peers: lyon's cidr, marseille's host as a /32.
+            ("10.30.0.0-10.30.0.255".to_owned(), "TCP 8443".to_owned()),
+            ("10.40.0.10-10.40.0.10".to_owned(), "TCP 8443".to_owned()),
         ]);
         println!("pool egress per the analyzer: {pool_egress:?}");
         ensure!(pool_egress == expected, "pool egress {pool_egress:?}, expected exactly {expected:?}");
@@ -101,10 +115,19 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
         ensure!(into_pool == expected_in, "ingress to the pool {into_pool:?}");
 
         // Point checks, with the analyzer's eval: the internet, another
-        // address of the API server's range, and its address on another port
-        // are out.
+        // address of the API server's range, its address on another port,
+        // the peers on another port and next to their ranges are out...
         let other_port = (api_port + 1).to_string();
-        for (ip, port) in [("1.1.1.1", "443"), ("10.0.0.1", "443"), ("10.10.255.2", api_port.to_string().as_str()), (api_ip.as_str(), other_port.as_str())] {
+        for (ip, port) in [
+            ("1.1.1.1", "443"),
+            ("10.0.0.1", "443"),
+            ("10.10.255.2", api_port.to_string().as_str()),
+            (api_ip.as_str(), other_port.as_str()),
+            ("10.30.0.200", "443"),
+            ("10.30.1.1", "8443"),
+            ("10.40.0.10", "443"),
+            ("10.40.0.11", "8443"),
+        ] {
             let out = run_tool(
                 "netpolicy",
                 &["eval", "--dirpath", dirpath, "-n", &ns, "-s", &pool.name_any(), "--destination-ip", ip, "-p", port],
@@ -112,6 +135,16 @@ async fn the_analyzer_finds_no_egress_beyond_the_allowlist() {
             )
             .await?;
             ensure!(out.trim_end().ends_with(": false"), "pool -> {ip}:{port}: {out}");
+        }
+        // ...and the peers themselves are in.
+        for ip in ["10.30.0.200", "10.40.0.10"] {
+            let out = run_tool(
+                "netpolicy",
+                &["eval", "--dirpath", dirpath, "-n", &ns, "-s", &pool.name_any(), "--destination-ip", ip, "-p", "8443"],
+                &[],
+            )
+            .await?;
+            ensure!(out.trim_end().ends_with(": true"), "pool -> {ip}:8443: {out}");
         }
         Ok(())
     })

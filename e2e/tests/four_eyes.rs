@@ -194,7 +194,7 @@ async fn peer_trust_editors(client: &Client, ns: &str) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(
-        refused.contains("spec.requestedBy must be alice, the user who creates the PeerTrust"),
+        refused.contains("spec.requestedBy must be alice"),
         "{refused}"
     );
     Ok(())
@@ -220,6 +220,10 @@ async fn apply_admission() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The four-eyes policy's refusals, by what they say.
+const SECOND_PERSON: &str = "needs a second person";
+const FROZEN_AT_3: &str = "cannot change (and none is created at 3)";
+
 #[tokio::test]
 async fn level_3_trust_in_a_peer_takes_a_second_person() {
     in_namespace("foureyes-peer", |client: Client, ns: String| async move {
@@ -229,116 +233,78 @@ async fn level_3_trust_in_a_peer_takes_a_second_person() {
         let alice = cellule_api(&user_client("alice").await, &ns, "PeerTrust");
         let bob = cellule_api(&user_client("bob").await, &ns, "PeerTrust");
         let pp = PostParams::default();
-        let dry = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
+        let dry = PostParams { dry_run: true, ..Default::default() };
         let patch = |spec: serde_json::Value| Patch::Merge(json!({ "spec": spec }));
         let pp_patch = PatchParams::default();
 
-        // Level 3 at creation: one person only, refused, even "approved".
+        // Nothing is created at level 3, "approved" or not.
         let mut approved = peer_trust("alice", 3, "nonce-0123456789abcdef");
         approved.data["spec"]["approvedBy"] = json!("bob");
         let m = message(alice.create(&dry, &approved).await);
-        ensure!(
-            m.contains("needs a second person"),
-            "created at level 3: {m}"
-        );
+        ensure!(m.contains(FROZEN_AT_3) || m.contains(SECOND_PERSON), "created at level 3: {m}");
 
-        // Alice asks for the trust at level 2 (her handshake is checked at
-        // 2), then cannot raise it herself.
-        alice
-            .create(&pp, &peer_trust("alice", 2, "nonce-0123456789abcdef"))
-            .await?;
-        for raise in [
-            json!({"trustLevel": 3}),
-            json!({"trustLevel": 3, "approvedBy": "alice"}),
-            json!({"trustLevel": 3, "approvedBy": "bob"}),
-        ] {
+        // Alice asks for the trust at level 2, without a handshake, then
+        // adds it (naming herself again): both hers to make.
+        let mut asked = peer_trust("alice", 2, "nonce-0123456789abcdef");
+        let handshake = asked.data["spec"].as_object_mut().unwrap().remove("handshake").unwrap();
+        alice.create(&pp, &asked).await?;
+        alice.patch("lyon", &pp_patch, &patch(json!({"handshake": handshake}))).await?;
+        // Bob changing what is trusted must name himself.
+        let m = message(bob.patch("lyon", &pp_patch, &patch(json!({"handshake": {"nonce": "nonce-bob-0123456789"}}))).await);
+        ensure!(m.contains("spec.requestedBy must be bob"), "bob changing the handshake in alice's name: {m}");
+        // Nobody names someone else.
+        let m = message(alice.patch("lyon", &pp_patch, &patch(json!({"requestedBy": "bob"}))).await);
+        ensure!(m.contains("spec.requestedBy can only be set to alice"), "alice naming bob the requester: {m}");
+
+        // Alice cannot raise it herself, however she words it.
+        for raise in [json!({"trustLevel": 3}), json!({"trustLevel": 3, "approvedBy": "alice"}), json!({"trustLevel": 3, "approvedBy": "bob"})] {
             let m = message(alice.patch("lyon", &pp_patch, &patch(raise.clone())).await);
-            ensure!(
-                m.contains("needs a second person"),
-                "alice raising with {raise}: {m}"
-            );
+            ensure!(m.contains(SECOND_PERSON), "alice raising with {raise}: {m}");
         }
-        let m = message(
-            bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3})))
-                .await,
-        );
-        ensure!(
-            m.contains("needs a second person"),
-            "bob raising without naming himself: {m}"
-        );
-        let m = message(
-            bob.patch(
-                "lyon",
-                &pp_patch,
-                &patch(json!({"trustLevel": 3, "approvedBy": "carol"})),
-            )
-            .await,
-        );
-        ensure!(
-            m.contains("needs a second person"),
-            "bob raising in carol's name: {m}"
-        );
-        let raised = bob
-            .patch(
-                "lyon",
-                &pp_patch,
-                &patch(json!({"trustLevel": 3, "approvedBy": "bob"})),
-            )
-            .await?;
-        ensure!(
-            raised.data["spec"]["trustLevel"] == 3 && raised.data["spec"]["approvedBy"] == "bob",
-            "{:?}",
-            raised.data
-        );
+        // Bob raises it, naming himself, only.
+        let m = message(bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3}))).await);
+        ensure!(m.contains(SECOND_PERSON), "bob raising without naming himself: {m}");
+        let m = message(bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3, "approvedBy": "carol"}))).await);
+        ensure!(m.contains(SECOND_PERSON), "bob raising in carol's name: {m}");
+        // Raising and changing the handshake at once is not a raise.
+        let m = message(bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3, "approvedBy": "bob", "requestedBy": "bob", "handshake": {"peerSignature": SIGNATURE_3}}))).await);
+        ensure!(m.contains(FROZEN_AT_3) || m.contains(SECOND_PERSON), "bob changing the handshake while raising: {m}");
+        let raised = bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3, "approvedBy": "bob"}))).await?;
+        ensure!(raised.data["spec"]["trustLevel"] == 3 && raised.data["spec"]["approvedBy"] == "bob", "{:?}", raised.data);
 
-        // At level 3, what the approval covered is bound to it.
-        let endpoint =
-            json!({"host": "pool.lyon.example.com", "cidr": "10.31.0.0/24", "port": 8443});
-        for change in [
-            json!({"handshake": {"nonce": "nonce-fedcba9876543210"}}),
-            json!({"handshake": {"peerSignature": SIGNATURE_3}}),
-            json!({"publicKey": cellule_operator::peer_trust::handshake::generate_key().1}),
-            json!({"endpoint": endpoint}),
-            json!({"site": "lyon-2"}),
-            json!({"peerPool": {"namespace": "lyon-site", "name": "lyon-2"}}),
-        ] {
-            let m = message(alice.patch("lyon", &pp_patch, &patch(change.clone())).await);
-            ensure!(
-                m.contains("needs a second person"),
-                "alice changing {change} at level 3: {m}"
-            );
+        // At level 3, what was approved is frozen, for both.
+        let endpoint = json!({"host": "pool.lyon.example.com", "cidr": "10.31.0.0/24", "port": 8443});
+        for (who, api) in [("alice", &alice), ("bob", &bob)] {
+            for change in [
+                json!({"handshake": {"nonce": "nonce-fedcba9876543210"}}),
+                json!({"handshake": {"peerSignature": SIGNATURE_3}}),
+                json!({"publicKey": cellule_operator::peer_trust::handshake::generate_key().1}),
+                json!({"endpoint": endpoint}),
+                json!({"site": "lyon-2"}),
+                json!({"peerPool": {"namespace": "lyon-site", "name": "lyon-2"}}),
+            ] {
+                let mut change = change;
+                change["requestedBy"] = json!(who);
+                let m = message(api.patch("lyon", &pp_patch, &patch(change.clone())).await);
+                ensure!(m.contains(FROZEN_AT_3), "{who} changing {change} at level 3: {m}");
+            }
         }
-        // Bob can change it (naming himself), and alice can lower it, not
-        // raise it again.
-        bob.patch(
-            "lyon",
-            &pp_patch,
-            &patch(json!({"handshake": {"nonce": "nonce-fedcba9876543210"}})),
-        )
-        .await?;
-        alice
-            .patch("lyon", &pp_patch, &patch(json!({"trustLevel": 2})))
-            .await?;
-        let m = message(
-            alice
-                .patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3})))
-                .await,
-        );
-        ensure!(
-            m.contains("needs a second person"),
-            "alice raising it again: {m}"
-        );
+        // Lowering is always allowed; then the change is made at 2, by bob
+        // this time, and bob (now the requester) cannot raise it: alice can.
+        alice.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 2}))).await?;
+        bob.patch("lyon", &pp_patch, &patch(json!({"requestedBy": "bob", "handshake": {"nonce": "nonce-fedcba9876543210"}}))).await?;
+        let m = message(bob.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3, "approvedBy": "bob"}))).await);
+        ensure!(m.contains(SECOND_PERSON), "bob raising his own change: {m}");
+        let raised = alice.patch("lyon", &pp_patch, &patch(json!({"trustLevel": 3, "approvedBy": "alice"}))).await?;
+        ensure!(raised.data["spec"]["approvedBy"] == "alice" && raised.data["spec"]["requestedBy"] == "bob", "{:?}", raised.data);
         Ok(())
     })
     .await;
 }
 
 /// A PeerTrust made before its namespace enforced four-eyes (by GitOps,
-/// say) has no requestedBy: naming someone else as its requester in the
-/// same change must not let alice approve level 3 alone (BUGS.md).
+/// say) has no requestedBy: alice cannot name someone else its requester
+/// and then approve level 3 alone.
 #[tokio::test]
 async fn a_requester_named_after_the_fact_does_not_make_a_second_person() {
     in_namespace("foureyes-legacy", |client: Client, ns: String| async move {
@@ -354,39 +320,61 @@ async fn a_requester_named_after_the_fact_does_not_make_a_second_person() {
             .await?;
         peer_trust_editors(&client, &ns).await?;
         let alice = cellule_api(&user_client("alice").await, &ns, "PeerTrust");
-        let patch = Patch::Merge(
-            json!({"spec": {"requestedBy": "bob", "trustLevel": 3, "approvedBy": "alice"}}),
-        );
-        let m = message(alice.patch("lyon", &PatchParams::default(), &patch).await);
-        ensure!(
-            m.contains("second person") || m.contains("requestedBy"),
-            "alice approving alone a request she wrote in bob's name: {m}"
-        );
-        // In two steps as well.
+        let bob = cellule_api(&user_client("bob").await, &ns, "PeerTrust");
+        let patch = |spec: serde_json::Value| Patch::Merge(json!({ "spec": spec }));
+        let pp = PatchParams::default();
         let m = message(
             alice
                 .patch(
                     "lyon",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"requestedBy": "bob"}})),
+                    &pp,
+                    &patch(json!({"requestedBy": "bob", "trustLevel": 3, "approvedBy": "alice"})),
                 )
                 .await,
         );
-        if m == "accepted" {
-            let m = message(
-                alice
-                    .patch(
-                        "lyon",
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"trustLevel": 3, "approvedBy": "alice"}})),
-                    )
-                    .await,
-            );
-            ensure!(
-                m.contains("second person"),
-                "alice approving alone after naming bob the requester: {m}"
-            );
-        }
+        ensure!(
+            m != "accepted",
+            "alice approving alone a request she wrote in bob's name: {m}"
+        );
+        let m = message(
+            alice
+                .patch("lyon", &pp, &patch(json!({"requestedBy": "bob"})))
+                .await,
+        );
+        ensure!(
+            m.contains("spec.requestedBy can only be set to alice"),
+            "alice naming bob the requester: {m}"
+        );
+        // Without any requester, nobody raises it...
+        let m = message(
+            bob.patch(
+                "lyon",
+                &pp,
+                &patch(json!({"trustLevel": 3, "approvedBy": "bob"})),
+            )
+            .await,
+        );
+        ensure!(m.contains(SECOND_PERSON), "raised with no requester: {m}");
+        // ...once alice names herself, bob can.
+        alice
+            .patch("lyon", &pp, &patch(json!({"requestedBy": "alice"})))
+            .await?;
+        let m = message(
+            alice
+                .patch(
+                    "lyon",
+                    &pp,
+                    &patch(json!({"trustLevel": 3, "approvedBy": "alice"})),
+                )
+                .await,
+        );
+        ensure!(m.contains(SECOND_PERSON), "alice raising: {m}");
+        bob.patch(
+            "lyon",
+            &pp,
+            &patch(json!({"trustLevel": 3, "approvedBy": "bob"})),
+        )
+        .await?;
         Ok(())
     })
     .await;

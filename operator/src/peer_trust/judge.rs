@@ -228,9 +228,14 @@ pub fn judge(facts: &Facts<'_>, now: i64) -> Verdict {
     }
     let downgraded = reputation.downgrade.clone();
     verdict.reputation = kept;
+    if facts.pool.paranoid {
+        verdict.level = 0;
+    }
+    if verdict.level < 3 {
+        verdict.level3_until = None;
+    }
 
     verdict.summary = if facts.pool.paranoid {
-        verdict.level = 0;
         verdict.conditions.push(Desired::new(
             types::SUSPENDED,
             true,

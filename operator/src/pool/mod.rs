@@ -262,42 +262,30 @@ async fn apply_pool(pool: &Pool, ctx: &Context) -> Result<Action> {
     let next_revocation_expiry = revocations::store(ctx, &namespace, &pool.name_any())
         .sync(now.as_second())
         .await?;
-    // Its federation identity too: peers' admins pin it before the pool
-    // runs, and the pod mounts it.
-    let (federation, next_identity_change) =
-        match peer_trust::identity::sync(ctx, pool, now.as_second()).await {
-            Ok(synced) => synced,
-            Err(error) => return status::stall_on(ctx, pool, next, error).await,
-        };
-    next.federation = federation;
-
     let refs = Cached {
         ctx,
         namespace,
         pool,
     };
+    // Its federation identity too: peers' admins pin it before the pool
+    // runs, and the pod mounts it.
+    let (federation, next_identity_change) =
+        match peer_trust::identity::sync(ctx, pool, now.as_second()).await {
+            Ok(synced) => synced,
+            Err(error) => {
+                follow_peers(ctx, pool, &refs).await?;
+                return status::stall_on(ctx, pool, next, error).await;
+            }
+        };
+    next.federation = federation;
+
     let valid = match validate::validate(pool, &refs) {
         Ok(valid) => valid,
         Err(blocked) => {
             // Whatever is wrong with the pool, its keys rotate and a key
             // declared compromised leaves the JWKS at once.
             let next_key_change = sync_published_keys(ctx, pool, &mut next, now).await;
-            // Trust follows the PeerTrusts (a peer no longer trusted loses
-            // its egress and its level now, not once the pool is fixed).
-            let peers = validate::References::peers(&refs);
-            let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
-            let mut sync = OwnerSync::new(&ctx.client, &refs.namespace, uid);
-            sync.some(
-                &ctx.owned.network_policies,
-                vec![netpol::peer_policy(pool, &peers)],
-            )
-            .await;
-            sync.some(
-                &ctx.owned.config_maps,
-                vec![build::peers_config_map(pool, &peers)],
-            )
-            .await;
-            sync.finish().1?;
+            follow_peers(ctx, pool, &refs).await?;
             // And routing follows the pods.
             let (recorded, next_switch) =
                 route_blocked(ctx, pool, &refs, current, &mut next, now).await?;
@@ -558,6 +546,25 @@ async fn route_blocked(
     sync.some(&owned.config_maps, vec![map]).await;
     sync.finish().1?;
     Ok((recorded, routing.wake()))
+}
+
+/// For a blocked pool: its peers' egress and levels follow the PeerTrusts
+/// (a peer no longer trusted loses them now, not once the pool is fixed).
+async fn follow_peers(ctx: &Context, pool: &Pool, refs: &Cached<'_>) -> Result<()> {
+    let peers = validate::References::peers(refs);
+    let uid = pool.uid().ok_or(reconcile::Error::MissingMetadata("uid"))?;
+    let mut sync = OwnerSync::new(&ctx.client, &refs.namespace, uid);
+    sync.some(
+        &ctx.owned.network_policies,
+        vec![netpol::peer_policy(pool, &peers)],
+    )
+    .await;
+    sync.some(
+        &ctx.owned.config_maps,
+        vec![build::peers_config_map(pool, &peers)],
+    )
+    .await;
+    sync.finish().1
 }
 
 /// The Events of the switches `routing` decided, once its status is written.

@@ -550,6 +550,7 @@ fn paranoid_suspends_every_peer() {
     facts.pool.paranoid = true;
     let v = judge(&facts, NOW);
     assert_eq!(v.level, 0);
+    assert_eq!(v.level3_until, None);
     assert_eq!(summary_reason(&v), "Suspended");
     assert!(
         v.conditions
@@ -574,6 +575,7 @@ fn past_the_threshold_the_level_goes_down_a_step_and_stays_down() {
     facts.report = Some((11, 50));
     let v = judge(&facts, NOW);
     assert_eq!(v.level, 2);
+    assert_eq!(v.level3_until, None, "level 3 is not what it has");
     assert_eq!(summary_reason(&v), "Downgraded");
     let downgraded = v.reputation.unwrap();
     assert_eq!(
