@@ -746,7 +746,7 @@ pub async fn deny_revocation_writes(
 
 /// A ValidatingAdmissionPolicy, bound to `ns`, refusing the writes of
 /// `rule` where `expression` is false; the closure returned removes it.
-async fn deny_writes(
+pub async fn deny_writes(
     client: &Client,
     ns: &str,
     tag: &str,

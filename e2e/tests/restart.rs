@@ -530,36 +530,16 @@ async fn deny_peer_trust_status(
     ns: &str,
     probe: &str,
 ) -> anyhow::Result<impl AsyncFnOnce() + use<>> {
-    use k8s_openapi::api::admissionregistration::v1::{
-        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    };
     use kube::api::{Patch, PatchParams};
-    let name = format!("cellule-e2e-deny-peer-status-{ns}");
-    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
-    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
-    policies
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": {"resourceRules": [{"apiGroups": ["cellule.ai"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["peertrusts/status"]}]},
-                    "validations": [{"expression": "false", "message": "e2e: PeerTrust status writes refused"}],
-                }
-            }))?,
-        )
-        .await?;
-    bindings
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "spec": {"policyName": name, "validationActions": ["Deny"],
-                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-            }))?,
-        )
-        .await?;
+    let lift = cellule_e2e::deny_writes(
+        client,
+        ns,
+        "peer-status",
+        json!({"apiGroups": ["cellule.ai"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["peertrusts/status"]}),
+        "false",
+        "e2e: PeerTrust status writes refused",
+    )
+    .await?;
     let api = cellule_api(client, ns, "PeerTrust");
     eventually("the fault in force", WAIT, || async {
         let dry = PatchParams {
@@ -579,10 +559,7 @@ async fn deny_peer_trust_status(
         }
     })
     .await?;
-    Ok(async move || {
-        let _ = bindings.delete(&name, &Default::default()).await;
-        let _ = policies.delete(&name, &Default::default()).await;
-    })
+    Ok(lift)
 }
 
 /// Killed between taking a handshake's nonce and saying level 3: the
