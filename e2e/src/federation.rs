@@ -318,10 +318,11 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The Pool as `kubectl get pool -o yaml` prints it, in a file.
-async fn pool_file(site: &Site) -> anyhow::Result<PathBuf> {
+/// `kind`/`name` of `site` as `kubectl get -o yaml` prints it: what an
+/// admin feeds `cellule-operator handshake`.
+async fn kubectl_yaml(site: &Site, kind: &str, name: &str) -> anyhow::Result<String> {
     let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
-    let yaml = crate::run_tool(
+    crate::run_tool(
         "kubectl",
         &[
             "--kubeconfig",
@@ -329,14 +330,19 @@ async fn pool_file(site: &Site) -> anyhow::Result<PathBuf> {
             "-n",
             &site.ns,
             "get",
-            "pool",
-            &site.pool,
+            kind,
+            name,
             "-o",
             "yaml",
         ],
         &[],
     )
-    .await?;
+    .await
+}
+
+/// The Pool as `kubectl get pool -o yaml` prints it, in a file.
+async fn pool_file(site: &Site) -> anyhow::Result<PathBuf> {
+    let yaml = kubectl_yaml(site, "pool", &site.pool).await?;
     let path = scratch(&site.ns).join(format!("pool-{}-{}.yaml", site.pool, unique()));
     std::fs::write(&path, yaml)?;
     Ok(path)
@@ -354,24 +360,9 @@ fn manifest_file(site: &Site, trust: &Value) -> anyhow::Result<PathBuf> {
 /// The PeerTrust `name` of `site` as `kubectl get peertrust -o yaml`
 /// prints it (metadata, spec and status).
 pub async fn stored_trust(site: &Site, name: &str) -> anyhow::Result<Value> {
-    let kubeconfig = Env::var("CELLULE_E2E_KUBECONFIG");
-    let yaml = crate::run_tool(
-        "kubectl",
-        &[
-            "--kubeconfig",
-            &kubeconfig,
-            "-n",
-            &site.ns,
-            "get",
-            "peertrust",
-            name,
-            "-o",
-            "yaml",
-        ],
-        &[],
-    )
-    .await?;
-    Ok(serde_yaml::from_str(&yaml)?)
+    Ok(serde_yaml::from_str(
+        &kubectl_yaml(site, "peertrust", name).await?,
+    )?)
 }
 
 /// `handshake statement` at `site` for its PeerTrust `trust`.

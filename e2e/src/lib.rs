@@ -511,6 +511,42 @@ pub async fn allowed_connections(
     Ok((dir, rows))
 }
 
+/// Whether the np-guard analyzer lets pod `pod` of `ns` reach `ip` on
+/// `port` (`protocol`: TCP unless given), per the objects of `dir` (from
+/// [`allowed_connections`]).
+pub async fn egress_allowed(
+    dir: &std::path::Path,
+    ns: &str,
+    pod: &str,
+    ip: &str,
+    port: &str,
+    protocol: Option<&str>,
+) -> anyhow::Result<bool> {
+    let dirpath = dir.to_str().context("temp dir path")?;
+    let mut args = vec![
+        "eval",
+        "--dirpath",
+        dirpath,
+        "-n",
+        ns,
+        "-s",
+        pod,
+        "--destination-ip",
+        ip,
+        "-p",
+        port,
+    ];
+    if let Some(protocol) = protocol {
+        args.extend(["--protocol", protocol]);
+    }
+    let out = run_tool("netpolicy", &args, &[]).await?;
+    match out.trim_end() {
+        o if o.ends_with(": true") => Ok(true),
+        o if o.ends_with(": false") => Ok(false),
+        _ => anyhow::bail!("np-guard eval {pod} -> {ip}:{port}: {out}"),
+    }
+}
+
 /// Merge-patches the `cellule.ai` object `kind`/`name` in `ns`.
 pub async fn merge_patch(
     client: &Client,

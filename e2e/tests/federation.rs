@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{
-    Env, allowed_connections, cellule_api, eventually,
+    Env, allowed_connections, cellule_api, egress_allowed, eventually,
     federation::{
         Window, apply, baseline_egress, condition, config_peer, endpoint,
         exchange_countersignatures, federate, federation_secret, flip_byte, in_site_namespace,
@@ -2046,7 +2046,6 @@ async fn the_analyzer_finds_egress_to_exactly_the_trusted_peers() {
             before.difference(&after).collect::<Vec<_>>()
         );
         // Each peer on its own port only, and nothing around it.
-        let dirpath = dir.to_str().context("utf-8")?;
         for (ip, port, allowed) in [
             ("10.30.0.77", "8443", true),
             ("10.30.0.77", "9443", false),
@@ -2055,28 +2054,8 @@ async fn the_analyzer_finds_egress_to_exactly_the_trusted_peers() {
             ("10.40.0.10", "8443", false),
             ("10.40.0.11", "9443", false),
         ] {
-            let out = run_tool(
-                "netpolicy",
-                &[
-                    "eval",
-                    "--dirpath",
-                    dirpath,
-                    "-n",
-                    &a,
-                    "-s",
-                    &pool.name_any(),
-                    "--destination-ip",
-                    ip,
-                    "-p",
-                    port,
-                ],
-                &[],
-            )
-            .await?;
-            ensure!(
-                out.trim_end().ends_with(&format!(": {allowed}")),
-                "pool -> {ip}:{port}: {out}"
-            );
+            let verdict = egress_allowed(&dir, &a, &pool.name_any(), ip, port, None).await?;
+            ensure!(verdict == allowed, "pool -> {ip}:{port}: allowed {verdict}");
         }
         Ok(())
     })

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{
-    allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret, events_with,
-    eventually, in_namespace, install_crds, merge_patch, run_tool, sample_site_ready,
-    wait_condition,
+    allowed_connections, apply_sample_site, apply_samples, cellule_api, create_secret,
+    egress_allowed, events_with, eventually, in_namespace, install_crds, merge_patch,
+    sample_site_ready, wait_condition,
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -410,35 +410,16 @@ async fn the_dns_peer_follows_the_pool() {
             .map(|p| p.name_any())
             .context("a pool pod")?;
         let (dir, _) = allowed_connections(&ns).await?;
-        let dirpath = dir.to_str().context("dir")?;
         for (port, protocol, allowed) in [
             ("5353", "udp", true),
             ("53", "tcp", true),
             ("80", "tcp", false),
         ] {
-            let out = run_tool(
-                "netpolicy",
-                &[
-                    "eval",
-                    "--dirpath",
-                    dirpath,
-                    "-n",
-                    &ns,
-                    "-s",
-                    &pool,
-                    "--destination-ip",
-                    "169.254.20.10",
-                    "-p",
-                    port,
-                    "--protocol",
-                    protocol,
-                ],
-                &[],
-            )
-            .await?;
+            let verdict =
+                egress_allowed(&dir, &ns, &pool, "169.254.20.10", port, Some(protocol)).await?;
             ensure!(
-                out.trim_end().ends_with(&format!(": {allowed}")),
-                "pool -> 169.254.20.10 {protocol}/{port}: {out}"
+                verdict == allowed,
+                "pool -> 169.254.20.10 {protocol}/{port}: allowed {verdict}"
             );
         }
         Ok(())

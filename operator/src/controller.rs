@@ -477,18 +477,7 @@ pub fn readiness_changes(
     nodes: impl Stream<Item = Arc<Node>> + Send + 'static,
     store: Store<Node>,
 ) -> impl Stream<Item = Arc<Node>> + Send + 'static {
-    let mut seen: HashMap<String, crate::routing::health::NodeReady> = HashMap::new();
-    nodes.filter(move |node| {
-        let name = node.name_any();
-        let changed = if store.get(&reflector::ObjectRef::new(&name)).is_none() {
-            seen.remove(&name);
-            true
-        } else {
-            let ready = crate::routing::health::node_ready(node);
-            seen.insert(name, ready) != Some(ready)
-        };
-        futures::future::ready(changed)
-    })
+    changes_of(nodes, store, crate::routing::health::node_ready)
 }
 
 /// The objects of `K` that have pods on `node`, found with `owner_of`.

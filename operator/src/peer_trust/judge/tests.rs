@@ -89,10 +89,21 @@ impl Fixture {
     /// The complete handshake both sites made for `spec`, valid a day
     /// either side of NOW.
     fn signed(&self, spec: &PeerTrustSpec, nonce: &str) -> Handshake {
+        self.signed_in(spec, nonce, at(NOW - DAY), at(NOW + DAY))
+    }
+
+    /// The complete handshake both sites made for `spec`, for this window.
+    fn signed_in(
+        &self,
+        spec: &PeerTrustSpec,
+        nonce: &str,
+        not_before: Time,
+        not_after: Time,
+    ) -> Handshake {
         let mut h = Handshake {
             nonce: nonce.into(),
-            not_before: at(NOW - DAY),
-            not_after: at(NOW + DAY),
+            not_before,
+            not_after,
             local_signature: None,
             peer_signature: None,
             peer_countersignature: None,
@@ -117,18 +128,7 @@ impl Fixture {
     /// again by everyone.
     fn resign(&self, spec: &PeerTrustSpec) -> Handshake {
         let h = spec.handshake.clone().unwrap();
-        let mut fresh = self.signed(spec, &h.nonce);
-        (fresh.not_before, fresh.not_after) = (h.not_before.clone(), h.not_after.clone());
-        let statement = statement(&self.local(), spec, self.lyon_pool.verifying_key(), &fresh);
-        fresh.local_signature = Some(handshake::sign(&self.paris_admin, &statement).unwrap());
-        fresh.peer_signature = Some(handshake::sign(&self.lyon_admin, &statement).unwrap());
-        fresh.peer_countersignature.as_mut().unwrap().signature = handshake::countersign(
-            &self.lyon_pool,
-            &self.lyon_admin.verifying_key(),
-            &statement,
-        )
-        .unwrap();
-        fresh
+        self.signed_in(spec, &h.nonce, h.not_before, h.not_after)
     }
 
     fn level3(&self) -> PeerTrustSpec {
@@ -403,17 +403,7 @@ fn a_reused_nonce_is_refused_and_a_recorded_one_is_not_recorded_again() {
     assert!(v.record_nonce.is_none());
     // A new window, both sites signing again, with the same nonce.
     let mut again = f.spec(3);
-    let mut h = f.signed(&again, &nonce);
-    h.not_after = at(NOW + 2 * DAY);
-    again.handshake = Some(h);
-    let statement = statement(
-        &f.local(),
-        &again,
-        f.lyon_pool.verifying_key(),
-        again.handshake.as_ref().unwrap(),
-    );
-    let h = again.handshake.as_mut().unwrap();
-    h.local_signature = Some(handshake::sign(&f.paris_admin, &statement).unwrap());
+    again.handshake = Some(f.signed_in(&again, &nonce, at(NOW - DAY), at(NOW + 2 * DAY)));
     let v = judge(&f.facts(&again), NOW);
     assert_eq!(v.level, 2);
     assert_eq!(handshake_reason(&v), Some(reasons::NONCE_REUSED));
