@@ -64,4 +64,6 @@ cargo test --locked -p cellule-e2e -- --test-threads 4
 step "e2e: the operator killed and restarted (its own processes, the shared one stopped)"
 bash e2e/scripts/down.sh "$state" operator
 cargo test --locked -p cellule-e2e --test restart -- --ignored --test-threads 1
+step "e2e: leader election (two replicas; kill, SIGTERM, a stolen and an unrenewable Lease)"
+cargo test --locked -p cellule-e2e --test leader -- --ignored --test-threads 1 --nocapture
 step "all tests passed in $((SECONDS - started))s"

@@ -36,7 +36,11 @@ current-context: cellule-e2e
 KC
 
 port=$(free_port)
+# POD_NAME and POD_NAMESPACE as the Deployment's downward API sets them: the
+# leader Lease is in cellule-system, and a restart keeps the identity (a
+# container restarted in its pod), so it leads again at once.
 start operator env KUBECONFIG="$state/operator.kubeconfig" CELLULE_HEALTH_ADDR="127.0.0.1:$port" \
+  POD_NAME=cellule-operator-e2e POD_NAMESPACE=cellule-system \
   RUST_LOG="${RUST_LOG:-info,cellule_operator=debug}" "$binary"
 wait_for "the operator" 60 curl -fsS "http://127.0.0.1:$port/readyz"
 cat >>"$state/env" <<ENV

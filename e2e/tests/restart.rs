@@ -28,6 +28,9 @@ async fn start_operator(run: usize) -> anyhow::Result<Child> {
         ("KUBECONFIG", kubeconfig.as_str()),
         ("CELLULE_HEALTH_ADDR", addr.as_str()),
         ("RUST_LOG", "info,cellule_operator=debug"),
+        // The pod restarted: same name, so it leads again at once.
+        ("POD_NAME", "cellule-operator-e2e"),
+        ("POD_NAMESPACE", "cellule-system"),
     ];
     cellule_e2e::spawn_ready(
         &Env::var("CELLULE_E2E_OPERATOR_BIN"),

@@ -8,6 +8,7 @@ pub mod conditions;
 pub mod controller;
 pub mod health;
 pub mod images;
+pub mod leader;
 pub mod names;
 pub mod netpol;
 pub mod npu_server;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
-use cellule_operator::{controller, health, peer_trust::handshake, telemetry};
+use cellule_operator::{controller, health, leader, peer_trust::handshake, telemetry};
 use clap::{Parser, Subcommand};
 use futures::FutureExt as _;
 use tokio::sync::watch;
@@ -89,6 +89,75 @@ struct RunArgs {
     concurrency: u16,
     #[command(flatten)]
     registries: RegistryArgs,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+/// Leader election: of several replicas, only the holder of one Lease
+/// reconciles; the others wait to take over.
+#[derive(clap::Args, Debug)]
+struct LeaderArgs {
+    /// Take part in leader election (`false`: reconcile at once, for a
+    /// single replica only).
+    #[arg(long, env = "CELLULE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    leader_election: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the
+    /// namespace of the in-cluster or kubeconfig context).
+    #[arg(long, env = "CELLULE_LEADER_ELECTION_NAMESPACE", global = true)]
+    leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "CELLULE_LEADER_ELECTION_ID",
+        default_value = "cellule-operator",
+        global = true
+    )]
+    leader_election_id: String,
+    /// How long the Lease holds unrenewed: the longest takeover after a
+    /// leader dies without handing over.
+    #[arg(long, env = "CELLULE_LEASE_DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
+    lease_duration: std::time::Duration,
+    /// How long before expiry the leader renews (also the clock skew
+    /// tolerated between nodes).
+    #[arg(long, env = "CELLULE_LEASE_RENEW_BEFORE", default_value = "4s", value_parser = parse_duration, global = true)]
+    lease_renew_before: std::time::Duration,
+}
+
+impl LeaderArgs {
+    async fn election(
+        self,
+        client: &kube::Client,
+    ) -> anyhow::Result<Option<std::sync::Arc<leader::Election>>> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let namespace = self
+            .leader_election_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let settings = leader::Settings {
+            namespace,
+            name: self.leader_election_id,
+            identity: identity(),
+            duration: self.lease_duration,
+            renew_before: self.lease_renew_before,
+        };
+        tracing::info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "leader election");
+        Ok(Some(leader::Election::new(client.clone(), settings).await?))
+    }
+}
+
+/// This replica's name in the Lease: the pod's name, else the host's with a
+/// random suffix, so two processes on one machine never share one.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "cellule-operator".to_owned());
+        let mut suffix = [0u8; 4];
+        let _ = getrandom::fill(&mut suffix);
+        format!("{host}_{}", hex::encode(suffix))
+    })
 }
 
 /// How images are resolved and their signatures verified. Registries are
@@ -383,18 +452,61 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown requested, stopping");
         let _ = stop_tx.send(true);
     });
+    let election = args.leader.election(&client).await?;
+    // A standby is ready (connected, waiting to lead): a rollout must not
+    // wait for a new replica to lead. Without election, ready means the
+    // caches have synced.
+    readiness.set_ready(election.is_some());
+    if let Some(election) = &election {
+        tracing::info!("waiting to lead");
+        tokio::select! {
+            () = election.acquire() => tracing::info!("leading"),
+            () = stopped(stop_rx.clone()) => {
+                health.await.context("health server task")??;
+                tracing::info!("stopped");
+                return Ok(());
+            }
+        }
+    }
+    // Controllers stop on a shutdown request, or at once when the Lease is
+    // lost: a standby may be leading by then.
+    let (lost_tx, mut lost_rx) = watch::channel(None::<leader::Lost>);
+    let holding = election.clone().map(|election| {
+        tokio::spawn(async move {
+            let lost = election.hold().await;
+            tracing::error!(%lost, "no longer leading");
+            let _ = lost_tx.send(Some(lost));
+        })
+    });
     let shutdown = {
         let stop_rx = stop_rx.clone();
-        async move { stopped(stop_rx).await }.shared()
+        let mut lost_rx = lost_rx.clone();
+        async move {
+            tokio::select! {
+                () = stopped(stop_rx) => {}
+                _ = lost_rx.wait_for(Option::is_some) => {}
+            }
+        }
+        .shared()
     };
-    let ready = readiness.clone();
     let options = controller::Options {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,
         images,
     };
+    let ready = readiness.clone();
     controller::run(client, options, shutdown, move || ready.set_ready(true)).await;
     readiness.set_ready(false);
+    if let Some(lost) = lost_rx.borrow_and_update().clone() {
+        // Exit so that the pod restarts as a standby, with fresh state.
+        anyhow::bail!("stopped leading: {lost}");
+    }
+    if let (Some(election), Some(holding)) = (election, holding) {
+        holding.abort();
+        let _ = holding.await;
+        election.release().await;
+        tracing::info!("handed the leader Lease over");
+    }
     health.await.context("health server task")??;
     tracing::info!("stopped");
     Ok(())
