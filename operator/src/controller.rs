@@ -408,6 +408,7 @@ where
         + Send
         + 'static,
 {
+    let reconcile = measured::<K, _>(reconcile);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, crate::reconcile::error_policy, ctx)
@@ -418,6 +419,64 @@ where
             futures::future::ready(())
         })
         .boxed()
+}
+
+/// `reconcile`, counted and timed in `crate::metrics`.
+fn measured<K, Fut>(
+    mut reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+) -> impl FnMut(
+    Arc<K>,
+    Arc<Context>,
+) -> BoxFuture<'static, Result<controller::Action, crate::reconcile::Error>>
++ Send
++ 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+    Fut: futures::TryFuture<Ok = controller::Action, Error = crate::reconcile::Error>
+        + Send
+        + 'static,
+{
+    use futures::TryFutureExt;
+    let kind = K::kind(&()).into_owned();
+    move |object, ctx| {
+        let run = TryFutureExt::into_future(reconcile(object, ctx));
+        let kind = kind.clone();
+        async move {
+            let metrics = crate::metrics::global();
+            let labels = crate::metrics::Metrics::kind(&kind);
+            let running = metrics.reconciles_running.get_or_create(&labels).clone();
+            running.inc();
+            let started = std::time::Instant::now();
+            let result = run.await;
+            running.dec();
+            metrics
+                .reconcile_duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(error) => {
+                    metrics
+                        .reconcile_errors
+                        .get_or_create(&crate::metrics::ErrorLabels {
+                            kind: kind.clone(),
+                            reason: error.reason().to_owned(),
+                        })
+                        .inc();
+                    "error"
+                }
+            };
+            metrics
+                .reconciles
+                .get_or_create(&crate::metrics::ResultLabels {
+                    kind,
+                    result: outcome.to_owned(),
+                })
+                .inc();
+            result
+        }
+        .boxed()
+    }
 }
 
 /// Only the objects whose `metadata.generation` moved (or that are new):
@@ -562,6 +621,7 @@ pub async fn run(
             config,
             shutdown.clone(),
         ));
+        crate::metrics::global().watch(&caches.stores());
         synced.push(caches.synced());
         watches.push(caches.run());
     }

@@ -1,5 +1,6 @@
-//! `/healthz` (the process serves requests) and `/readyz` (connected to the
-//! API server and the controllers are running).
+//! `/healthz` (the process serves requests), `/readyz` (connected to the
+//! API server, and leading with its caches synced or standing by) and
+//! `/metrics` (`crate::metrics`).
 
 use std::{
     net::SocketAddr,
@@ -30,7 +31,36 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// Prometheus text format.
+async fn metrics(headers: axum::http::HeaderMap) -> impl axum::response::IntoResponse {
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let metrics = crate::metrics::global();
+    if openmetrics {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            metrics.encode(),
+        )
+    } else {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics.encode_text(),
+        )
+    }
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod health;
 pub mod images;
 pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod netpol;
 pub mod npu_server;

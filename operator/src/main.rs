@@ -468,6 +468,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+    cellule_operator::metrics::global().set_leading(true);
     // Controllers stop on a shutdown request, or at once when the Lease is
     // lost: a standby may be leading by then.
     let (lost_tx, mut lost_rx) = watch::channel(None::<leader::Lost>);
@@ -497,6 +498,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready = readiness.clone();
     controller::run(client, options, shutdown, move || ready.set_ready(true)).await;
     readiness.set_ready(false);
+    cellule_operator::metrics::global().set_leading(false);
     if let Some(lost) = lost_rx.borrow_and_update().clone() {
         // Exit so that the pod restarts as a standby, with fresh state.
         anyhow::bail!("stopped leading: {lost}");

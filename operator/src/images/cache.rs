@@ -204,10 +204,20 @@ impl<S: Source> Verify for Cached<S> {
                     .decisions
                     .try_get_with(key.clone(), async {
                         self.counts.checks.fetch_add(1, Ordering::Relaxed);
-                        let pem = self
+                        let checked = self
                             .source
                             .check(&request.image, &digest, &request.keys, &request.auth)
-                            .await?;
+                            .await;
+                        let outcome = checked
+                            .as_ref()
+                            .map_or_else(Refusal::reason, |_| "Verified");
+                        crate::metrics::global()
+                            .image_verifications
+                            .get_or_create(&crate::metrics::OutcomeLabels {
+                                outcome: outcome.to_owned(),
+                            })
+                            .inc();
+                        let pem = checked?;
                         Ok::<_, Refusal>(Decided {
                             digest: digest.clone(),
                             pem,

@@ -570,6 +570,12 @@ async fn follow_peers(ctx: &Context, pool: &Pool, refs: &Cached<'_>) -> Result<(
 /// The Events of the switches `routing` decided, once its status is written.
 async fn tell_switches(ctx: &Context, pool: &Pool, routing: &routing::Routing) {
     for (type_, reason, note) in routing.decisions.iter().filter_map(routing::event) {
+        crate::metrics::global()
+            .tier_transitions
+            .get_or_create(&crate::metrics::TransitionLabels {
+                transition: reason.to_owned(),
+            })
+            .inc();
         ctx.event_once(pool, type_, reason, "Route", note).await;
     }
 }

@@ -279,6 +279,9 @@ impl ListStore<'_> {
         let entries = storable(entries, Timestamp::now().as_second());
         let (lists, taken) = self.lists(&pool);
         for write in place(&self.pool, &lists, &taken, &entries, bucket_width(max_ttl)) {
+            let written = match &write {
+                Write::Append { entries, .. } | Write::Create { entries, .. } => entries.len(),
+            };
             match write {
                 Write::Append { name, entries } => self.patch(&name, &entries).await?,
                 Write::Create {
@@ -287,6 +290,9 @@ impl ListStore<'_> {
                     entries,
                 } => self.create(&pool, &name, expires_at, entries).await?,
             }
+            crate::metrics::global()
+                .token_revocations
+                .inc_by(written as u64);
         }
         Ok(())
     }
