@@ -24,6 +24,10 @@ step "generated CRDs match the API types"
 generated=$(mktemp -d)
 cargo run --quiet --locked -p cellule-operator --bin crdgen -- "$generated"
 diff -ru crds "$generated" || die "crds/ is stale: run 'cargo run -p cellule-operator --bin crdgen -- crds' and commit"
+# The Helm chart ships the same CRDs (Helm reads every file of crds/, so the
+# kustomization is left out there).
+diff -ru --exclude kustomization.yaml "$generated" charts/cellule-operator/crds \
+  || die "charts/cellule-operator/crds/ is stale: cp crds/*.yaml (not kustomization.yaml) into it"
 step "unit tests"
 cargo test --locked -p cellule-operator -p cellule-verifier
 step "handshake vectors, rebuilt by another implementation"
@@ -40,6 +44,8 @@ cargo test --locked -p cellule-e2e --no-run
 step "wait for the control-plane build"
 if ! wait "$tools_pid"; then cat "$tools_log" >&2; die "building the control plane failed"; fi
 cat "$tools_log" >&2
+step "Helm chart: lint, render, bad values refused"
+bash e2e/scripts/check-chart.sh "$(cellule_bin_dir)"
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/cellule-e2e.XXXXXX")
 on_exit() {
@@ -64,6 +70,8 @@ cargo test --locked -p cellule-e2e -- --test-threads 4
 step "e2e: the operator killed and restarted (its own processes, the shared one stopped)"
 bash e2e/scripts/down.sh "$state" operator
 cargo test --locked -p cellule-e2e --test restart -- --ignored --test-threads 1
+step "e2e: the operator as the Helm chart deploys it (its own process, the shared one stopped)"
+cargo test --locked -p cellule-e2e --test packaging -- --ignored --test-threads 1
 step "e2e: leader election (two replicas; kill, SIGTERM, a stolen and an unrenewable Lease)"
 cargo test --locked -p cellule-e2e --test leader -- --ignored --test-threads 1 --nocapture
 step "all tests passed in $((SECONDS - started))s"
