@@ -469,26 +469,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     cellule_operator::metrics::global().set_leading(true);
-    // Controllers stop on a shutdown request, or at once when the Lease is
-    // lost: a standby may be leading by then.
-    let (lost_tx, mut lost_rx) = watch::channel(None::<leader::Lost>);
+    // A leader that is no longer sure it leads exits at once, in-flight
+    // reconciles and all: the replica that took over may be writing
+    // already. Its pod restarts as a standby.
     let holding = election.clone().map(|election| {
         tokio::spawn(async move {
             let lost = election.hold().await;
-            tracing::error!(%lost, "no longer leading");
-            let _ = lost_tx.send(Some(lost));
+            tracing::error!(%lost, "stopped leading; exiting");
+            std::process::exit(1);
         })
     });
     let shutdown = {
         let stop_rx = stop_rx.clone();
-        let mut lost_rx = lost_rx.clone();
-        async move {
-            tokio::select! {
-                () = stopped(stop_rx) => {}
-                _ = lost_rx.wait_for(Option::is_some) => {}
-            }
-        }
-        .shared()
+        async move { stopped(stop_rx).await }.shared()
     };
     let options = controller::Options {
         namespaces: args.watch_namespaces,
@@ -499,10 +492,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller::run(client, options, shutdown, move || ready.set_ready(true)).await;
     readiness.set_ready(false);
     cellule_operator::metrics::global().set_leading(false);
-    if let Some(lost) = lost_rx.borrow_and_update().clone() {
-        // Exit so that the pod restarts as a standby, with fresh state.
-        anyhow::bail!("stopped leading: {lost}");
-    }
     if let (Some(election), Some(holding)) = (election, holding) {
         holding.abort();
         let _ = holding.await;
