@@ -114,6 +114,33 @@ build_netpol_analyzer() {
   (cd "$dir" && GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "$module/cmd/netpolicy")
 }
 
+# Argo CD's own health assessment (e2e/argocd-health/main.go: its settings
+# manager reads argocd-cm, its Lua VM runs the health checks). argo-cd's
+# go.mod replaces many modules (the Kubernetes ones with one release, and
+# gitops-engine with its own ./gitops-engine directory, which the module
+# zip leaves out): a wrapper module repeats every replace that names a
+# published module and points gitops-engine at a published pseudo-version
+# of the same release line (ARGOCD_GITOPS_ENGINE_VERSION).
+build_argocd_health() {
+  local dir="$work/argocd-health-$ARGOCD_VERSION" mod
+  rm -rf "$dir"; mkdir -p "$dir"
+  mod=$(curl_proxy "github.com/argoproj/argo-cd/v3/@v/$ARGOCD_VERSION.mod")
+  {
+    echo "module cellule.local/argocdhealth"
+    echo "go $(awk '$1=="go"{print $2; exit}' <<<"$mod")"
+    echo "require github.com/argoproj/argo-cd/v3 $ARGOCD_VERSION"
+    # replace lines, in a block or one by one, except those to local paths
+    awk '/^replace \($/ {inblock=1; next} inblock && /^\)/ {inblock=0; next}
+         inblock && $2=="=>" && $3 !~ /^\.\.?\// {print "replace " $1, $2, $3, $4; next}
+         $1=="replace" && $3=="=>" && $4 !~ /^\.\.?\// {print}' <<<"$mod"
+    echo "replace github.com/argoproj/argo-cd/gitops-engine => github.com/argoproj/argo-cd/gitops-engine $ARGOCD_GITOPS_ENGINE_VERSION"
+  } >"$dir/go.mod"
+  grep -q '^replace k8s.io/api ' "$dir/go.mod" || die "could not read the replace lines of argo-cd@$ARGOCD_VERSION"
+  : >"$dir/go.sum"
+  cp "$here/../argocd-health/main.go" "$dir/main.go"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$OUT/argocd-health" .)
+}
+
 # PyJWT with cryptography, an independent JOSE implementation for the
 # token interop test: installed into the tool's directory, run through a
 # wrapper that puts it on PYTHONPATH.
@@ -133,5 +160,22 @@ build_step "cosign@$COSIGN_VERSION" cosign -- go_install -trimpath -ldflags "-s 
 build_step "helm@$HELM_VERSION" helm -- go_install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 build_step "netpol-analyzer@$NETPOL_ANALYZER_VERSION" netpolicy -- build_netpol_analyzer
 build_step "pyjwt@$PYJWT_VERSION-cryptography@$CRYPTOGRAPHY_VERSION" interop-python -- build_python_jose
+# The health tool is keyed by its source too: editing main.go rebuilds it.
+argocd_health_src=$(sha256sum <"$here/../argocd-health/main.go" | cut -c1-12)
+build_step "argocd-health@$ARGOCD_VERSION-$argocd_health_src" argocd-health -- build_argocd_health
+# promtool (`check metrics`): the prometheus module has no replace or
+# exclude lines. Built without the service-discovery plugins (Prometheus'
+# own remove_all_sd tag: no cloud SDKs), which `check metrics` does not use:
+# 7 minutes cold instead of 10 here.
+build_step "promtool@$PROMETHEUS_VERSION-nosd" promtool -- go_install -trimpath -tags remove_all_sd \
+  -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+  "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+# cargo-cyclonedx (the operator image's SBOM): a Rust tool, from crates.io
+# at a pinned version with its own Cargo.lock.
+build_cargo_cyclonedx() {
+  cargo install --quiet --locked --root "$work/cargo-cyclonedx" --version "$CARGO_CYCLONEDX_VERSION" cargo-cyclonedx
+  mv "$work/cargo-cyclonedx/bin/cargo-cyclonedx" "$OUT/"
+}
+build_step "cargo-cyclonedx@$CARGO_CYCLONEDX_VERSION" cargo-cyclonedx -- build_cargo_cyclonedx
 log "tools ready in $((SECONDS - started_all))s: $bin"
 echo "$bin"
