@@ -39,6 +39,7 @@ fi
 step "build the operator and the e2e tests"
 cargo build --locked -p cellule-operator --bin cellule-operator
 cargo build --locked -p cellule-verifier --bin cellule-verifier
+cargo build --locked -p cellule-plugin --bin kubectl-cellule
 cargo test --locked -p cellule-e2e --no-run
 
 step "wait for the control-plane build"

@@ -282,59 +282,14 @@ struct StatementArgs {
 
 impl StatementArgs {
     fn statement(&self) -> anyhow::Result<handshake::Statement> {
-        use cellule_operator::{
-            api::{PeerTrust, Pool},
-            peer_trust::judge,
-        };
+        use cellule_operator::api::{PeerTrust, Pool};
         let read = |path: &PathBuf| {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
         };
         let pool: Pool = serde_yaml::from_str(&read(&self.pool)?).context("parsing the Pool")?;
         let peer: PeerTrust =
             serde_yaml::from_str(&read(&self.peer_trust)?).context("parsing the PeerTrust")?;
-        let federation = &pool.spec.federation;
-        let site = federation
-            .site
-            .as_deref()
-            .context("the Pool has no spec.federation.site")?;
-        let endpoint = federation
-            .endpoint
-            .as_ref()
-            .context("the Pool has no spec.federation.endpoint")?;
-        let key = pool
-            .status
-            .as_ref()
-            .and_then(|s| s.federation.as_ref())
-            .context("the Pool has no status.federation: get it from the cluster (-o yaml)")?;
-        let handshake = peer
-            .spec
-            .handshake
-            .as_ref()
-            .context("the PeerTrust has no spec.handshake (nonce, notBefore, notAfter)")?;
-        anyhow::ensure!(
-            peer.spec.peer_pool.is_some(),
-            "the PeerTrust has no spec.peerPool"
-        );
-        let namespace = pool
-            .metadata
-            .namespace
-            .clone()
-            .context("the Pool has no metadata.namespace")?;
-        let name = pool
-            .metadata
-            .name
-            .clone()
-            .context("the Pool has no metadata.name")?;
-        let local = judge::Local {
-            site,
-            namespace: &namespace,
-            name: &name,
-            endpoint,
-            key: handshake::public_key("the Pool's status.federation.publicKey", &key.public_key)?,
-        };
-        let peer_key =
-            handshake::public_key("the PeerTrust's spec.publicKey", &peer.spec.public_key)?;
-        Ok(judge::statement(&local, &peer.spec, peer_key, handshake))
+        Ok(handshake::statement_of(&pool, &peer)?)
     }
 }
 
@@ -355,7 +310,8 @@ fn run_handshake(command: HandshakeCommand) -> anyhow::Result<()> {
     match command {
         HandshakeCommand::Keygen { out } => {
             let (seed, public) = handshake::generate_key();
-            write_private(&out, &seed).with_context(|| format!("writing {}", out.display()))?;
+            handshake::write_seed(&out, &seed)
+                .with_context(|| format!("writing {}", out.display()))?;
             println!("{public}");
         }
         HandshakeCommand::Nonce => println!("{}", handshake::generate_nonce()),
@@ -411,16 +367,6 @@ fn verify_token(args: VerifyTokenArgs) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     }
-}
-
-fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(file, "{content}")
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

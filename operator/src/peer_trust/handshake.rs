@@ -244,6 +244,87 @@ pub fn verify_countersignature(
     )
 }
 
+/// Why the statement cannot be built from a Pool and a PeerTrust: what is
+/// missing, named by its field, so the admin knows what to fill in.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StatementError {
+    #[error("the Pool has no {0}")]
+    Pool(&'static str),
+    #[error("the PeerTrust has no {0}")]
+    PeerTrust(&'static str),
+    #[error(transparent)]
+    Key(#[from] HandshakeError),
+}
+
+/// The statement both sites' admins sign, built from this site's Pool (its
+/// federation site and endpoint, its key from status) and its PeerTrust
+/// (the peer, the handshake's nonce and window) exactly as the operator
+/// builds it: what `handshake statement` prints, from manifests or from
+/// the cluster.
+pub fn statement_of(
+    pool: &crate::api::Pool,
+    peer: &crate::api::PeerTrust,
+) -> Result<Statement, StatementError> {
+    use super::judge;
+    let federation = &pool.spec.federation;
+    let site = federation
+        .site
+        .as_deref()
+        .ok_or(StatementError::Pool("spec.federation.site"))?;
+    let endpoint = federation
+        .endpoint
+        .as_ref()
+        .ok_or(StatementError::Pool("spec.federation.endpoint"))?;
+    let key = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.federation.as_ref())
+        .ok_or(StatementError::Pool(
+            "status.federation: get it from the cluster (-o yaml)",
+        ))?;
+    let handshake = peer
+        .spec
+        .handshake
+        .as_ref()
+        .ok_or(StatementError::PeerTrust(
+            "spec.handshake (nonce, notBefore, notAfter)",
+        ))?;
+    if peer.spec.peer_pool.is_none() {
+        return Err(StatementError::PeerTrust("spec.peerPool"));
+    }
+    let namespace = pool
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(StatementError::Pool("metadata.namespace"))?;
+    let name = pool
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(StatementError::Pool("metadata.name"))?;
+    let local = judge::Local {
+        site,
+        namespace,
+        name,
+        endpoint,
+        key: public_key("the Pool's status.federation.publicKey", &key.public_key)?,
+    };
+    let peer_key = public_key("the PeerTrust's spec.publicKey", &peer.spec.public_key)?;
+    Ok(judge::statement(&local, &peer.spec, peer_key, handshake))
+}
+
+/// Writes an admin's private seed to a new file `path`, readable by its
+/// owner only; never overwrites a key.
+pub fn write_seed(path: &std::path::Path, seed: &str) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{seed}")
+}
+
 /// 32 bytes from the operating system's randomness.
 pub fn random_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];

@@ -219,3 +219,75 @@ fn fingerprints_are_sha256_of_the_key_bytes() {
     assert_eq!(fingerprint(&public), expected);
     assert_eq!(fingerprint(&public).len(), 7 + 64);
 }
+
+/// The Pool and PeerTrust of Paris that make `statement()`.
+fn manifests() -> (crate::api::Pool, crate::api::PeerTrust) {
+    let pool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cellule.ai/v1alpha1", "kind": "Pool",
+        "metadata": {"name": "paris", "namespace": "cellule"},
+        "spec": {
+            "image": {"reference": "r/pool:1", "verification": {"keys": []}},
+            "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}, "endpoint": {"cidr": "10.0.0.0/24", "port": 5432}},
+            "tls": {"name": "tls"},
+            "tiers": [{"name": "light", "model": "m", "backend": "Cpu"}],
+            "federation": {"site": "paris", "endpoint": {"host": "pool.paris.intra.example.com", "cidr": "10.20.0.0/24", "port": 8443}},
+        },
+        "status": {"federation": {"publicKey": encode(&key(3).verifying_key()), "fingerprint": ""}},
+    }))
+    .unwrap();
+    let peer = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cellule.ai/v1alpha1", "kind": "PeerTrust",
+        "metadata": {"name": "lyon", "namespace": "cellule"},
+        "spec": {
+            "poolRef": {"name": "paris"}, "site": "lyon", "peerPool": {"namespace": "cellule", "name": "lyon"},
+            "endpoint": {"host": "pool.lyon.intra.example.com", "cidr": "10.30.0.0/24", "port": 8443},
+            "publicKey": encode(&key(4).verifying_key()), "trustLevel": 2,
+            "handshake": {"nonce": "a6605d304af5cf8bac6e8ce132f8cd99",
+                          "notBefore": "2026-11-01T00:00:00Z", "notAfter": "2027-10-31T00:00:00Z"},
+        },
+    }))
+    .unwrap();
+    (pool, peer)
+}
+
+#[test]
+fn the_statement_of_a_pool_and_its_peer_trust() {
+    let (pool, peer) = manifests();
+    assert_eq!(
+        statement_of(&pool, &peer).unwrap().canonical(),
+        statement().canonical()
+    );
+}
+
+#[test]
+fn a_statement_names_what_is_missing() {
+    let (pool, peer) = manifests();
+    let mut no_site = pool.clone();
+    no_site.spec.federation.site = None;
+    assert_eq!(
+        statement_of(&no_site, &peer).unwrap_err().to_string(),
+        "the Pool has no spec.federation.site"
+    );
+    let mut no_status = pool.clone();
+    no_status.status = None;
+    assert!(
+        statement_of(&no_status, &peer)
+            .unwrap_err()
+            .to_string()
+            .contains("status.federation")
+    );
+    let mut no_handshake = peer.clone();
+    no_handshake.spec.handshake = None;
+    assert!(
+        statement_of(&pool, &no_handshake)
+            .unwrap_err()
+            .to_string()
+            .starts_with("the PeerTrust has no spec.handshake")
+    );
+    let mut weak = peer;
+    weak.spec.public_key = STANDARD.encode([0u8; 32]);
+    assert!(matches!(
+        statement_of(&pool, &weak),
+        Err(StatementError::Key(_))
+    ));
+}
