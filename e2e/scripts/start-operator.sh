@@ -37,8 +37,7 @@ KC
 
 port=$(free_port)
 # POD_NAME and POD_NAMESPACE as the Deployment's downward API sets them: the
-# leader Lease is in cellule-system, and a restart keeps the identity (a
-# container restarted in its pod), so it leads again at once.
+# leader Lease is in cellule-system.
 start operator env KUBECONFIG="$state/operator.kubeconfig" CELLULE_HEALTH_ADDR="127.0.0.1:$port" \
   POD_NAME=cellule-operator-e2e POD_NAMESPACE=cellule-system \
   RUST_LOG="${RUST_LOG:-info,cellule_operator=debug}" "$binary"

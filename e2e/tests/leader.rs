@@ -9,7 +9,10 @@
 //! Runs its own operator processes: `e2e/test.sh` runs it once the shared
 //! operator is stopped (`--ignored`).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, ensure};
 use cellule_e2e::{Env, apply_sample_site, cellule_api, eventually, in_namespace};
@@ -51,15 +54,20 @@ fn log_of(name: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The pod whose process holds the Lease (an identity is
+/// `<pod>_<random>`: one per process).
 async fn holder(client: &Client) -> Result<String, String> {
     let lease = Api::<Lease>::namespaced(client.clone(), NS)
         .get(LEASE)
         .await
         .map_err(|e| e.to_string())?;
-    lease
+    let identity = lease
         .spec
         .and_then(|s| s.holder_identity)
-        .ok_or_else(|| "no holder".to_owned())
+        .ok_or_else(|| "no holder".to_owned())?;
+    Ok(identity
+        .rsplit_once('_')
+        .map_or(identity.clone(), |(pod, _)| pod.to_owned()))
 }
 
 async fn wait_holder(client: &Client, among: &[&str], within: Duration) -> anyhow::Result<String> {
@@ -127,56 +135,86 @@ async fn exit_of(child: &mut Child, within: Duration) -> anyhow::Result<std::pro
         .context("the process did not exit")??)
 }
 
+/// How many replicas said they lead, and that none has exited.
+fn leaders_among(replicas: &mut BTreeMap<String, Child>) -> anyhow::Result<Vec<String>> {
+    let mut leading = Vec::new();
+    for (name, child) in replicas.iter_mut() {
+        ensure!(
+            child.try_wait()?.is_none(),
+            "{name} exited:\n{}",
+            log_of(name)
+        );
+        if log_of(name).contains("INFO cellule_operator: leading") {
+            leading.push(name.clone());
+        }
+    }
+    Ok(leading)
+}
+
 #[tokio::test]
 #[ignore = "runs its own operator processes: e2e/test.sh runs it once the shared operator is stopped"]
 async fn one_leader_reconciles_a_standby_takes_over_on_kill_and_at_once_on_sigterm() {
     in_namespace("leader", |client: Client, ns: String| async move {
-        let mut replicas = std::collections::BTreeMap::new();
-        for name in ["leader-a", "leader-b"] {
-            replicas.insert(name, replica(name).await?);
+        // Three replicas: two standbys contend at each takeover.
+        let mut replicas = BTreeMap::new();
+        for name in ["leader-a", "leader-b", "leader-c"] {
+            replicas.insert(name.to_owned(), replica(name).await?);
         }
         // The previous holder (the restart tests' replica) may hold it for
         // up to one Lease duration.
-        let first = wait_holder(&client, &["leader-a", "leader-b"], Duration::from_secs(30)).await?;
-        let standby = if first == "leader-a" { "leader-b" } else { "leader-a" };
+        let first = wait_holder(&client, &["leader-a", "leader-b", "leader-c"], Duration::from_secs(30)).await?;
         apply_sample_site(&client, &ns).await?;
         let generation = touch_pool(&client, &ns, 0).await?;
         reconciled(&client, &ns, generation, WAIT).await?;
         // Only the leader runs controllers.
-        ensure!(log_of(&first).contains("controllers running"), "the leader's log:\n{}", log_of(&first));
-        let log = log_of(standby);
-        ensure!(log.contains("waiting to lead") && !log.contains("controllers running") && !log.contains("reconciled"),
-            "the standby reconciled:\n{log}");
+        ensure!(leaders_among(&mut replicas)? == [first.clone()], "leaders: {:?}", leaders_among(&mut replicas)?);
+        for (name, _) in replicas.iter().filter(|(n, _)| **n != first) {
+            let log = log_of(name);
+            ensure!(log.contains("waiting to lead") && !log.contains("controllers running") && !log.contains("reconciled"),
+                "the standby {name} reconciled:\n{log}");
+        }
 
-        // SIGKILL: no hand-over; the standby waits out the Lease.
+        // SIGKILL: no hand-over; one of the two standbys waits out the Lease.
         let killed = Instant::now();
-        let mut leader = replicas.remove(first.as_str()).context("leader process")?;
+        let mut leader = replicas.remove(&first).context("leader process")?;
         leader.start_kill()?;
         leader.wait().await?;
         let generation = touch_pool(&client, &ns, 1).await?;
-        wait_holder(&client, &[standby], Duration::from_secs(30)).await?;
+        let standbys: Vec<String> = replicas.keys().cloned().collect();
+        let names: Vec<&str> = standbys.iter().map(String::as_str).collect();
+        let second = wait_holder(&client, &names, Duration::from_secs(30)).await?;
         let lease_taken = killed.elapsed();
         reconciled(&client, &ns, generation, Duration::from_secs(30)).await?;
         let takeover = killed.elapsed();
         println!("leader SIGKILLed: Lease taken after {lease_taken:?}, change made meanwhile reconciled after {takeover:?}");
         ensure!(takeover <= Duration::from_secs(15), "takeover took {takeover:?}");
+        ensure!(leaders_among(&mut replicas)? == [second.clone()], "leaders after the kill: {:?}", leaders_among(&mut replicas)?);
 
-        // SIGTERM: the leader hands the Lease over; a new replica takes it at once.
-        let mut leader = replicas.remove(standby).context("standby process")?;
-        let next = replica("leader-c").await?;
-        let terminated = Instant::now();
-        sigterm(&leader).await?;
-        let generation = touch_pool(&client, &ns, 2).await?;
-        wait_holder(&client, &["leader-c"], Duration::from_secs(30)).await?;
-        let lease_taken = terminated.elapsed();
-        reconciled(&client, &ns, generation, Duration::from_secs(30)).await?;
-        let handover = terminated.elapsed();
-        let status = exit_of(&mut leader, Duration::from_secs(10)).await?;
-        println!("leader SIGTERMed: Lease taken after {lease_taken:?}, change reconciled after {handover:?}");
-        ensure!(status.success(), "the SIGTERMed leader exited with {status}:\n{}", log_of(standby));
-        ensure!(log_of(standby).contains("handed the leader Lease over"), "{}", log_of(standby));
-        ensure!(handover <= Duration::from_secs(4), "hand-over took {handover:?}");
-        drop(next);
+        // SIGTERM, twice, with a new replica each time (a rolling update):
+        // the leader hands the Lease over and exactly one of the two
+        // standbys takes it at once.
+        for (round, newcomer) in ["leader-d", "leader-e"].into_iter().enumerate() {
+            replicas.insert(newcomer.to_owned(), replica(newcomer).await?);
+            let current = holder(&client).await.map_err(anyhow::Error::msg)?;
+            let mut leader = replicas.remove(&current).context("the leader's process")?;
+            let terminated = Instant::now();
+            sigterm(&leader).await?;
+            let generation = touch_pool(&client, &ns, 2 + round as u32).await?;
+            let standbys: Vec<String> = replicas.keys().cloned().collect();
+            let names: Vec<&str> = standbys.iter().map(String::as_str).collect();
+            let next = wait_holder(&client, &names, Duration::from_secs(30)).await?;
+            let lease_taken = terminated.elapsed();
+            reconciled(&client, &ns, generation, Duration::from_secs(30)).await?;
+            let handover = terminated.elapsed();
+            let status = exit_of(&mut leader, Duration::from_secs(10)).await?;
+            println!("leader SIGTERMed: Lease taken after {lease_taken:?}, change reconciled after {handover:?}");
+            ensure!(status.success(), "the SIGTERMed leader exited with {status}:\n{}", log_of(&current));
+            ensure!(log_of(&current).contains("handed the leader Lease over"), "{}", log_of(&current));
+            ensure!(handover <= Duration::from_secs(4), "hand-over took {handover:?}");
+            // Give a second taker time to show itself.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            ensure!(leaders_among(&mut replicas)? == [next.clone()], "leaders after SIGTERM: {:?}", leaders_among(&mut replicas)?);
+        }
         Ok(())
     })
     .await;
@@ -190,8 +228,8 @@ async fn a_leader_steps_down_when_its_lease_is_taken_or_cannot_be_renewed() {
 
     // Taken: someone else's name in the Lease. The leader stops at once and
     // exits non-zero (its pod restarts as a standby).
-    let mut leader = replica("leader-d").await.unwrap();
-    wait_holder(&client, &["leader-d"], Duration::from_secs(30))
+    let mut leader = replica("leader-x").await.unwrap();
+    wait_holder(&client, &["leader-x"], Duration::from_secs(30))
         .await
         .unwrap();
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
@@ -209,16 +247,16 @@ async fn a_leader_steps_down_when_its_lease_is_taken_or_cannot_be_renewed() {
     println!("Lease taken by another: the leader exited after {stepped_down:?}");
     assert!(!status.success(), "{status}");
     assert!(
-        log_of("leader-d").contains("stopped leading"),
+        log_of("leader-x").contains("stopped leading"),
         "{}",
-        log_of("leader-d")
+        log_of("leader-x")
     );
     assert!(stepped_down <= Duration::from_secs(2), "{stepped_down:?}");
 
     // Not renewed: the operator's Lease writes refused. The leader must stop
     // before its Lease expires, so that it never leads beside a standby.
-    let mut leader = replica("leader-e").await.unwrap();
-    wait_holder(&client, &["leader-e"], Duration::from_secs(30))
+    let mut leader = replica("leader-y").await.unwrap();
+    wait_holder(&client, &["leader-y"], Duration::from_secs(30))
         .await
         .unwrap();
     let lift = cellule_e2e::deny_writes(
@@ -241,9 +279,9 @@ async fn a_leader_steps_down_when_its_lease_is_taken_or_cannot_be_renewed() {
     println!("Lease renewals refused: the leader exited {margin:?} before its Lease expired");
     assert!(!status.success(), "{status}");
     assert!(
-        log_of("leader-e").contains("could not be renewed"),
+        log_of("leader-y").contains("could not be renewed"),
         "{}",
-        log_of("leader-e")
+        log_of("leader-y")
     );
     assert!(
         margin.is_positive(),

@@ -993,7 +993,11 @@ async fn the_operator_as_the_chart_deployed_it_reconciles_the_samples() {
             .map_err(|e| e.to_string())?
             .ok_or("no Lease yet")?;
         let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
-        (holder.as_deref() == Some(pod.as_str()))
+        // An identity is `<pod>_<random>`: one per process.
+        holder
+            .as_deref()
+            .and_then(|h| h.rsplit_once('_'))
+            .is_some_and(|(p, _)| p == pod)
             .then_some(())
             .ok_or(format!("holder {holder:?}"))
     })

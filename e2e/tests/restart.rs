@@ -28,9 +28,13 @@ async fn start_operator(run: usize) -> anyhow::Result<Child> {
         ("KUBECONFIG", kubeconfig.as_str()),
         ("CELLULE_HEALTH_ADDR", addr.as_str()),
         ("RUST_LOG", "info,cellule_operator=debug"),
-        // The pod restarted: same name, so it leads again at once.
+        // A restarted process is a new Lease identity: it waits for the
+        // killed one's Lease to expire. A 5 s Lease (10 s deployed) keeps
+        // that wait short.
         ("POD_NAME", "cellule-operator-e2e"),
         ("POD_NAMESPACE", "cellule-system"),
+        ("CELLULE_LEASE_DURATION", "5s"),
+        ("CELLULE_LEASE_RENEW_BEFORE", "2s"),
     ];
     cellule_e2e::spawn_ready(
         &Env::var("CELLULE_E2E_OPERATOR_BIN"),

@@ -27,7 +27,8 @@ use tokio::sync::Mutex;
 pub struct Settings {
     pub namespace: String,
     pub name: String,
-    /// Unique per replica: the pod's name.
+    /// Unique per process (the pod's name and a random part): a restarted
+    /// container must not take back a Lease its predecessor held.
     pub identity: String,
     /// How long a Lease holds without renewal: the longest takeover after
     /// a leader dies without releasing it.
@@ -66,7 +67,7 @@ impl std::fmt::Display for Lost {
 
 pub struct Election {
     manager: Mutex<LeaseManager>,
-    api: Api<Lease>,
+    client: Client,
     settings: Settings,
 }
 
@@ -83,18 +84,10 @@ impl Election {
                 secs(settings.duration)
             )));
         }
-        let manager = LeaseManagerBuilder::new(client.clone(), &settings.name)
-            .with_namespace(&settings.namespace)
-            .with_identity(&settings.identity)
-            .with_duration(secs(settings.duration))
-            .with_grace(secs(settings.renew_before))
-            .with_field_manager("cellule-operator-leader-election")
-            .build()
-            .await
-            .map_err(|e| Error::Lease(settings.name.clone(), e))?;
+        let manager = manager_of(&client, &settings).await?;
         Ok(Arc::new(Self {
             manager: Mutex::new(manager),
-            api: Api::namespaced(client, &settings.namespace),
+            client,
             settings,
         }))
     }
@@ -103,19 +96,22 @@ impl Election {
     fn lease(&self) -> impl Stream<Item = Lease> + Send + use<> {
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.settings.name));
-        watcher(self.api.clone(), config)
-            .default_backoff()
-            .applied_objects()
-            .filter_map(|lease| async move {
-                lease
-                    .inspect_err(|e| tracing::debug!(error = %e, "watching the Lease"))
-                    .ok()
-            })
+        watcher(
+            Api::namespaced(self.client.clone(), &self.settings.namespace),
+            config,
+        )
+        .default_backoff()
+        .applied_objects()
+        .filter_map(|lease| async move {
+            lease
+                .inspect_err(|e| tracing::debug!(error = %e, "watching the Lease"))
+                .ok()
+        })
     }
 
     /// Returns once this replica holds the Lease.
     pub async fn acquire(&self) {
-        let manager = self.manager.lock().await;
+        let mut manager = self.manager.lock().await;
         let released = self
             .lease()
             .filter(|lease| std::future::ready(holder(lease).is_none()));
@@ -132,14 +128,11 @@ impl Election {
                 },
                 // Released: try now rather than at the expiry last seen. The
                 // manager re-reads a Lease only once its cached copy has
-                // expired; `release` re-reads it (and, not holding it, writes
-                // nothing unless it has expired), so the next `changed` sees
-                // it free.
-                Some(_) = released.next() => {
-                    if let Err(error) = manager.release().await {
-                        tracing::debug!(%error, "re-reading the released Lease");
-                    }
-                }
+                // expired: a new one reads it now (and writes nothing).
+                Some(_) = released.next() => match manager_of(&self.client, &self.settings).await {
+                    Ok(fresh) => *manager = fresh,
+                    Err(error) => tracing::debug!(%error, "re-reading the released Lease"),
+                },
             }
         }
     }
@@ -163,17 +156,16 @@ impl Election {
         };
         let watch = async {
             let mut lease = std::pin::pin!(self.lease());
-            // Until the watch shows a renewal. A Lease still held under this
-            // replica's name (its pod restarted) is taken back as it was, and
-            // its first renewal follows at once.
-            let mut deadline = tokio::time::Instant::now() + self.settings.renew_before / 2;
+            // Until the watch shows the Lease: it was just written with this
+            // replica's name (an identity is one process's only), so it
+            // holds at least this long.
+            let mut deadline =
+                tokio::time::Instant::now() + self.settings.duration - self.settings.renew_before;
             loop {
                 tokio::select! {
                     Some(seen) = lease.next() => {
                         match step_down_at(&seen, &self.settings, jiff::Timestamp::now()) {
                             Ok(left) => deadline = tokio::time::Instant::now() + left,
-                            // Not renewed yet: the deadline stands.
-                            Err(Lost::NotRenewed) => {}
                             Err(lost) => return lost,
                         }
                     }
@@ -193,6 +185,22 @@ impl Election {
             tracing::warn!(%error, "releasing the leader Lease failed; a standby takes over when it expires");
         }
     }
+}
+
+/// A manager of the Lease, its state read now. Its field manager is the
+/// identity's: taking a free Lease is a server-side apply without force, and
+/// a conflict between two field managers is what keeps two standbys from
+/// both taking it.
+async fn manager_of(client: &Client, settings: &Settings) -> Result<LeaseManager, Error> {
+    LeaseManagerBuilder::new(client.clone(), &settings.name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.duration.as_secs())
+        .with_grace(settings.renew_before.as_secs())
+        .with_field_manager(format!("cellule-operator-lease/{}", settings.identity))
+        .build()
+        .await
+        .map_err(|e| Error::Lease(settings.name.clone(), e))
 }
 
 fn holder(lease: &Lease) -> Option<&str> {

@@ -117,8 +117,9 @@ struct LeaderArgs {
     /// leader dies without handing over.
     #[arg(long, env = "CELLULE_LEASE_DURATION", default_value = "10s", value_parser = parse_duration, global = true)]
     lease_duration: std::time::Duration,
-    /// How long before expiry the leader renews (also the clock skew
-    /// tolerated between nodes).
+    /// How long before expiry the leader renews. A leader that could not
+    /// renew steps down half of this before expiry: the other half is the
+    /// clock skew tolerated between nodes.
     #[arg(long, env = "CELLULE_LEASE_RENEW_BEFORE", default_value = "4s", value_parser = parse_duration, global = true)]
     lease_renew_before: std::time::Duration,
 }
@@ -147,17 +148,19 @@ impl LeaderArgs {
     }
 }
 
-/// This replica's name in the Lease: the pod's name, else the host's with a
-/// random suffix, so two processes on one machine never share one.
+/// This process's name in the Lease: the pod's name (else the host's) and
+/// a random part, as controller-runtime does. A restarted container is
+/// another process: it waits for the Lease like any standby rather than
+/// take back one its predecessor may have lost.
 fn identity() -> String {
-    std::env::var("POD_NAME").unwrap_or_else(|_| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let pod = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "cellule-operator".to_owned());
-        let mut suffix = [0u8; 4];
-        let _ = getrandom::fill(&mut suffix);
-        format!("{host}_{}", hex::encode(suffix))
-    })
+            .unwrap_or_else(|_| "cellule-operator".to_owned())
+    });
+    let mut suffix = [0u8; 4];
+    let _ = getrandom::fill(&mut suffix);
+    format!("{pod}_{}", hex::encode(suffix))
 }
 
 /// How images are resolved and their signatures verified. Registries are
