@@ -410,8 +410,44 @@ async fn approval_needs_a_second_person_for_grants_and_level_3() {
         ensure!(refused.contains("approvedBy must be a different person than requestedBy (four-eyes)") && refused.contains("you (alice) requested this grant"), "{refused}");
         let spec = cellule_api(&client, &ns, "WorkerGrant").get("laptop-new").await?.data["spec"].clone();
         ensure!(spec.get("approvedBy").is_none(), "{spec}");
-        let approved = plugin_as(&bob, &ns, &["approve", "laptop-new"], "").await?.ok()?;
+        // An approval is bound to what the approver reviewed: bob reads the
+        // grant, alice widens it before he approves, and his approval of
+        // the version he read is refused.
+        let wg = cellule_api(&client, &ns, "WorkerGrant");
+        let read = wg.get("laptop-new").await?.metadata.resource_version.context("resourceVersion")?;
+        cellule_api(&user_client("alice").await, &ns, "WorkerGrant")
+            .patch("laptop-new", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tiers": ["light", "heavy"], "ttl": "48h"}})))
+            .await?;
+        let run = plugin_as(&bob, &ns, &["approve", "laptop-new", "--resource-version", &read], "").await?;
+        let shown = run.out.clone();
+        let stale = run.failed()?;
+        ensure!(stale.contains(&format!("WorkerGrant laptop-new changed since it was read/reviewed at resourceVersion {read}: nothing was approved")) && stale.contains("Review it again"), "{stale}");
+        ensure!(shown.contains("Approving WorkerGrant laptop-new") && shown.contains(&format!("the approval is bound to {read}")), "{shown}");
+        let spec = wg.get("laptop-new").await?.data["spec"].clone();
+        ensure!(spec.get("approvedBy").is_none() && spec["ttl"] == "48h", "{spec}");
+        grant_status(&client, &ns, "laptop-new", "PendingApproval").await?;
+        // The current version, once the operator has seen it (so its status
+        // write does not move it on), is approved, and bob saw what it is.
+        let current = eventually("the widened grant's status written", WAIT, || async {
+            let g = wg.get("laptop-new").await.map_err(|e| e.to_string())?;
+            let seen = g.data["status"]["observedGeneration"].as_i64();
+            if seen.is_none() || seen != g.metadata.generation {
+                return Err(format!("observedGeneration {seen:?}, generation {:?}", g.metadata.generation));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let again = wg.get("laptop-new").await.map_err(|e| e.to_string())?;
+            match (g.metadata.resource_version, again.metadata.resource_version) {
+                (Some(a), Some(b)) if a == b => Ok(a),
+                other => Err(format!("resourceVersion moving: {other:?}")),
+            }
+        })
+        .await?;
+        ensure!(current != read);
+        let approved = plugin_as(&bob, &ns, &["approve", "laptop-new", "--resource-version", &current], "").await?.ok()?;
         ensure!(approved.contains("approved by bob") && approved.contains("is Active: token jti "), "{approved}");
+        for want in [format!("Approving WorkerGrant laptop-new (resourceVersion {current}, uid "), "workerId:    pc-0099".into(), "owner:       alice@example.com".into(), "pool:        paris".into(), "tiers:       light, heavy".into(), "expiry:      ttl 48h".into(), "requestedBy: alice".into()] {
+            ensure!(approved.contains(&want), "{want}: {approved}");
+        }
         let status = grant_status(&client, &ns, "laptop-new", "Active").await?;
         ensure!(status["audit"]["approvedBy"] == "bob" && approved.contains(status["token"]["jti"].as_str().unwrap_or("?")), "{status}");
 
@@ -433,6 +469,12 @@ async fn approval_needs_a_second_person_for_grants_and_level_3() {
         let refused = plugin_as(&alice, &ns, &["approve", "peertrust", "nantes", "--level", "3"], "").await?.failed()?;
         ensure!(refused.contains("raising a PeerTrust to trustLevel 3 needs a second person") && refused.contains("you (alice) last changed"), "{refused}");
         let raised = plugin_as(&bob, &ns, &["approve", "peertrust", "nantes", "--level", "3"], "").await?.ok()?;
+        // Before writing, bob sees what he raises: the key's fingerprint as
+        // the operator names it, the handshake, who asked.
+        let fingerprint = cellule_operator::peer_trust::handshake::fingerprint(&cellule_operator::peer_trust::handshake::public_key("", peer.data["spec"]["publicKey"].as_str().context("key")?)?);
+        for want in ["Approving PeerTrust nantes (resourceVersion ".to_owned(), "site:        nantes (pool cellule-nantes/nantes)".into(), "endpoint:    10.60.0.1:8443".into(), format!("publicKey:   {fingerprint}"), format!("handshake:   nonce {nonce}, valid {} to {}", at(-60), at(3600)), "requestedBy: alice".into(), "trustLevel:  3 (now 2)".into()] {
+            ensure!(raised.contains(&want), "{want}: {raised}");
+        }
         // Unsigned, the handshake grants no level 3: the effective level says so.
         ensure!(raised.contains("approved by bob") && raised.contains("requested level 3, effective level 2"), "{raised}");
         let spec = cellule_api(&client, &ns, "PeerTrust").get("nantes").await?.data["spec"].clone();

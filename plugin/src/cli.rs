@@ -128,7 +128,7 @@ pub struct SuspendArgs {
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  kubectl cellule approve laptop-contractor -n cellule-paris\n  kubectl cellule approve peertrust lyon --level 3 -n cellule-paris"
+    after_help = "Examples:\n  kubectl cellule approve laptop-contractor -n cellule-paris\n  kubectl cellule approve laptop-contractor --resource-version 48213 -n cellule-paris   # the version you reviewed\n  kubectl cellule approve peertrust lyon --level 3 -n cellule-paris"
 )]
 pub struct ApproveArgs {
     /// The WorkerGrant to approve.
@@ -137,7 +137,20 @@ pub struct ApproveArgs {
     #[command(subcommand)]
     pub kind: Option<ApproveKind>,
     #[command(flatten)]
+    pub version: ResourceVersionArg,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// What an approval is bound to.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ResourceVersionArg {
+    /// Approve only this version of the object: its `metadata.resourceVersion`
+    /// as you reviewed it (`kubectl get ... -o yaml`). If it changed since,
+    /// nothing is approved. Default: the version the plugin reads and
+    /// prints just before writing.
+    #[arg(long, value_name = "RV")]
+    pub resource_version: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,14 +159,24 @@ pub enum ApproveKind {
     /// `approvedBy` (four-eyes: not its `requestedBy`). Its handshake must
     /// be complete for the effective level to follow.
     #[command(
-        after_help = "Examples:\n  kubectl cellule approve peertrust lyon --level 3 -n cellule-paris"
+        after_help = "Examples:\n  kubectl cellule approve peertrust lyon --level 3 -n cellule-paris\n  kubectl cellule approve peertrust lyon --level 3 --resource-version 48213 -n cellule-paris"
     )]
     Peertrust(ApprovePeerArgs),
     /// Approve a WorkerGrant (same as `approve GRANT`).
     #[command(
-        after_help = "Examples:\n  kubectl cellule approve grant laptop-contractor -n cellule-paris"
+        after_help = "Examples:\n  kubectl cellule approve grant laptop-contractor -n cellule-paris\n  kubectl cellule approve grant laptop-contractor --resource-version 48213 -n cellule-paris"
     )]
-    Grant(GrantArgs),
+    Grant(ApproveGrantArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApproveGrantArgs {
+    /// The WorkerGrant.
+    pub grant: String,
+    #[command(flatten)]
+    pub version: ResourceVersionArg,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +186,8 @@ pub struct ApprovePeerArgs {
     /// The level approved: only 3 needs a second person.
     #[arg(long, value_parser = parse_level)]
     pub level: i32,
+    #[command(flatten)]
+    pub version: ResourceVersionArg,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -374,6 +399,43 @@ mod tests {
             "--level is required"
         );
         assert!(parse(&["approve"]).is_err(), "a grant or a peertrust");
+        assert_eq!(args.version.resource_version, None, "the version read");
+        let Command::Approve(args) = parse(&["approve", "laptop", "--resource-version", "42"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(args.version.resource_version.as_deref(), Some("42"));
+        let Command::Approve(args) =
+            parse(&["approve", "grant", "laptop", "--resource-version", "43"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        let Some(ApproveKind::Grant(grant)) = args.kind else {
+            panic!()
+        };
+        assert_eq!(grant.version.resource_version.as_deref(), Some("43"));
+        let Command::Approve(args) = parse(&[
+            "approve",
+            "peertrust",
+            "lyon",
+            "--level",
+            "3",
+            "--resource-version",
+            "44",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let Some(ApproveKind::Peertrust(peer)) = args.kind else {
+            panic!()
+        };
+        assert_eq!(peer.version.resource_version.as_deref(), Some("44"));
     }
 
     #[test]

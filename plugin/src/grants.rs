@@ -2,8 +2,12 @@
 //! PeerTrust's) spec, then a wait on the status the operator writes.
 
 use anyhow::Context as _;
-use cellule_operator::api::{PeerTrust, WorkerGrant, worker_grant::WorkerGrantPhase};
+use cellule_operator::{
+    api::{PeerTrust, WorkerGrant, worker_grant::WorkerGrantPhase},
+    peer_trust::handshake,
+};
 use cellule_verifier::revocations::{POOL_LABEL, RevocationList};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{
     ResourceExt as _,
     api::{ListParams, Patch, PatchParams},
@@ -36,16 +40,167 @@ pub fn rotate_patch(current: i64, resource_version: &str) -> Value {
     })
 }
 
-/// The merge patch that approves a grant as `user`.
-pub fn approve_patch(user: &str) -> Value {
-    json!({"spec": {"approvedBy": user}})
+/// What an approval is bound to: the `resourceVersion` and `uid` of the
+/// object the approver reviewed. The API server refuses the write (409) if
+/// the object changed since, or was deleted and created again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reviewed {
+    pub resource_version: String,
+    pub uid: String,
+}
+
+impl Reviewed {
+    /// The version read, or `given` (`--resource-version`) instead.
+    fn of(meta: &ObjectMeta, given: Option<&str>, kind: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            resource_version: match given {
+                Some(rv) => rv.to_owned(),
+                None => meta
+                    .resource_version
+                    .clone()
+                    .with_context(|| format!("the {kind} has no resourceVersion"))?,
+            },
+            uid: meta
+                .uid
+                .clone()
+                .with_context(|| format!("the {kind} has no uid"))?,
+        })
+    }
+
+    fn metadata(&self) -> Value {
+        json!({"resourceVersion": self.resource_version, "uid": self.uid})
+    }
+}
+
+/// The merge patch that approves a grant as `user`, at the version reviewed.
+pub fn approve_patch(user: &str, reviewed: &Reviewed) -> Value {
+    json!({"metadata": reviewed.metadata(), "spec": {"approvedBy": user}})
 }
 
 /// The merge patch that raises a PeerTrust to `level` approved by `user`,
-/// what the four-eyes policy expects: `trustLevel` and `approvedBy` only
-/// (changing anything else that is trusted at level 3 is refused).
-pub fn approve_peer_patch(user: &str, level: i32) -> Value {
-    json!({"spec": {"trustLevel": level, "approvedBy": user}})
+/// at the version reviewed, with what the four-eyes policy expects:
+/// `trustLevel` and `approvedBy` only (changing anything else that is
+/// trusted at level 3 is refused).
+pub fn approve_peer_patch(user: &str, level: i32, reviewed: &Reviewed) -> Value {
+    json!({"metadata": reviewed.metadata(), "spec": {"trustLevel": level, "approvedBy": user}})
+}
+
+fn time(t: &Time) -> String {
+    t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// What approving `grant` approves, printed before the write.
+pub fn describe_grant(grant: &WorkerGrant, reviewed: &Reviewed) -> String {
+    let spec = &grant.spec;
+    let expiry = match (&spec.ttl, &spec.expires_at) {
+        (Some(ttl), _) => format!("ttl {ttl}"),
+        (None, Some(at)) => format!("expiresAt {}", time(at)),
+        (None, None) => "none".to_owned(),
+    };
+    format!(
+        "Approving WorkerGrant {name} (resourceVersion {rv}, uid {uid}):\n  \
+         owner:       {owner}\n  \
+         workerId:    {worker}\n  \
+         pool:        {pool}\n  \
+         tiers:       {tiers}\n  \
+         expiry:      {expiry}\n  \
+         requestedBy: {by}",
+        name = grant.name_any(),
+        rv = reviewed.resource_version,
+        uid = reviewed.uid,
+        owner = spec.owner,
+        worker = spec.worker_id,
+        pool = spec.pool_ref.name,
+        tiers = spec.tiers.join(", "),
+        by = spec.requested_by,
+    )
+}
+
+/// The fingerprint of `peer`'s pinned key, as the operator writes it in
+/// `status.peerKeyFingerprint`: computed from the spec (what is approved),
+/// with the status' value when it differs (the operator has not seen this
+/// key yet).
+fn peer_fingerprint(peer: &PeerTrust) -> String {
+    let status = peer
+        .status
+        .as_ref()
+        .and_then(|s| s.peer_key_fingerprint.as_deref());
+    match (
+        handshake::public_key("publicKey", &peer.spec.public_key)
+            .map(|k| handshake::fingerprint(&k)),
+        status,
+    ) {
+        (Ok(spec), Some(status)) if status != spec => format!(
+            "{spec} (status.peerKeyFingerprint still shows {status}: the operator has not seen this key yet)"
+        ),
+        (Ok(spec), _) => spec,
+        (Err(e), Some(status)) => format!("{e} (status.peerKeyFingerprint: {status})"),
+        (Err(e), None) => e.to_string(),
+    }
+}
+
+/// What raising `peer` to `level` approves, printed before the write.
+pub fn describe_peer(peer: &PeerTrust, level: i32, reviewed: &Reviewed) -> String {
+    let spec = &peer.spec;
+    let endpoint = &spec.endpoint;
+    let address = match (&endpoint.host, &endpoint.cidr) {
+        (Some(host), Some(cidr)) => format!("{host}:{} (cidr {cidr})", endpoint.port),
+        (Some(host), None) => format!("{host}:{}", endpoint.port),
+        (None, Some(cidr)) => format!("{cidr} port {}", endpoint.port),
+        (None, None) => format!("? port {}", endpoint.port),
+    };
+    let handshake = spec.handshake.as_ref().map_or("none".to_owned(), |h| {
+        format!(
+            "nonce {}, valid {} to {}",
+            h.nonce,
+            time(&h.not_before),
+            time(&h.not_after)
+        )
+    });
+    format!(
+        "Approving PeerTrust {name} (resourceVersion {rv}, uid {uid}):\n  \
+         site:        {site}{pool}\n  \
+         endpoint:    {address}\n  \
+         publicKey:   {fingerprint}\n  \
+         handshake:   {handshake}\n  \
+         requestedBy: {by}\n  \
+         trustLevel:  {level} (now {current})",
+        name = peer.name_any(),
+        rv = reviewed.resource_version,
+        uid = reviewed.uid,
+        site = spec.site,
+        pool = spec
+            .peer_pool
+            .as_ref()
+            .map(|p| format!(" (pool {}/{})", p.namespace, p.name))
+            .unwrap_or_default(),
+        fingerprint = peer_fingerprint(peer),
+        by = spec.requested_by.as_deref().unwrap_or("(not set)"),
+        current = spec.trust_level,
+    )
+}
+
+/// The error of an approval the API server refused: a conflict (the object
+/// changed since it was read or reviewed) is never retried, the approver
+/// has to look again; anything else with `hint`.
+fn approval_error(
+    error: kube::Error,
+    kind: &str,
+    name: &str,
+    reviewed: &Reviewed,
+    doing: &str,
+    hint: String,
+) -> anyhow::Error {
+    match error {
+        kube::Error::Api(s) if s.code == 409 => anyhow::anyhow!(
+            "{kind} {name} changed since it was read/reviewed at resourceVersion {}: nothing was approved. \
+             Review it again (`kubectl get {} {name} -o yaml`) and approve the version you reviewed ({})",
+            reviewed.resource_version,
+            kind.to_lowercase(),
+            s.message
+        ),
+        e => anyhow::anyhow!("{}{hint}", api_error(e, doing)),
+    }
 }
 
 async fn patch(ctx: &Ctx, name: &str, patch: &Value) -> anyhow::Result<WorkerGrant> {
@@ -281,15 +436,48 @@ pub async fn rotate(ctx: &Ctx, args: GrantArgs) -> anyhow::Result<()> {
 pub async fn approve(ctx: &Ctx, args: ApproveArgs) -> anyhow::Result<()> {
     match (args.kind, args.grant) {
         (Some(ApproveKind::Peertrust(peer)), _) => approve_peer(ctx, peer).await,
-        (Some(ApproveKind::Grant(grant)), _) => approve_grant(ctx, &grant.grant, &grant.wait).await,
-        (None, Some(grant)) => approve_grant(ctx, &grant, &args.wait).await,
+        (Some(ApproveKind::Grant(grant)), _) => {
+            approve_grant(
+                ctx,
+                &grant.grant,
+                grant.version.resource_version.as_deref(),
+                &grant.wait,
+            )
+            .await
+        }
+        (None, Some(grant)) => {
+            approve_grant(
+                ctx,
+                &grant,
+                args.version.resource_version.as_deref(),
+                &args.wait,
+            )
+            .await
+        }
         (None, None) => {
             anyhow::bail!("name the WorkerGrant to approve (or `approve peertrust NAME --level 3`)")
         }
     }
 }
 
-async fn approve_grant(ctx: &Ctx, name: &str, wait: &WaitArgs) -> anyhow::Result<()> {
+/// Says so when the version given is not the one just read (the write
+/// will then be refused if it changed).
+fn note_given_version(kind: &str, meta: &ObjectMeta, given: Option<&str>) {
+    if let (Some(given), Some(read)) = (given, meta.resource_version.as_deref())
+        && given != read
+    {
+        println!(
+            "note: you gave resourceVersion {given}, the {kind} is now at {read}: the approval is bound to {given}"
+        );
+    }
+}
+
+async fn approve_grant(
+    ctx: &Ctx,
+    name: &str,
+    version: Option<&str>,
+    wait: &WaitArgs,
+) -> anyhow::Result<()> {
     let before = ctx.get::<WorkerGrant>(name).await?;
     let user = ctx.whoami().await?;
     if let Some(by) = &before.spec.approved_by {
@@ -301,9 +489,16 @@ async fn approve_grant(ctx: &Ctx, name: &str, wait: &WaitArgs) -> anyhow::Result
             "WorkerGrant {name} is already approved by {by}: an approval cannot be changed (remove spec.approvedBy to withdraw it)"
         );
     }
+    let reviewed = Reviewed::of(&before.metadata, version, "WorkerGrant")?;
+    println!("{}", describe_grant(&before, &reviewed));
+    note_given_version("WorkerGrant", &before.metadata, version);
     let after = ctx
         .api::<WorkerGrant>()
-        .patch(name, &PatchParams::default(), &Patch::Merge(approve_patch(&user)))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(approve_patch(&user, &reviewed)),
+        )
         .await
         .map_err(|e| {
             let hint = if before.spec.requested_by == user {
@@ -313,7 +508,14 @@ async fn approve_grant(ctx: &Ctx, name: &str, wait: &WaitArgs) -> anyhow::Result
             } else {
                 String::new()
             };
-            anyhow::anyhow!("{}{hint}", api_error(e, &format!("approving WorkerGrant {name} as {user}")))
+            approval_error(
+                e,
+                "WorkerGrant",
+                name,
+                &reviewed,
+                &format!("approving WorkerGrant {name} as {user}"),
+                hint,
+            )
         })?;
     println!("WorkerGrant {name}: approved by {user}");
     if !wait.wait {
@@ -348,12 +550,16 @@ async fn approve_peer(ctx: &Ctx, args: ApprovePeerArgs) -> anyhow::Result<()> {
             "PeerTrust {name} has no handshake: level 3 needs one signed by both sites' admins first (see `kubectl cellule handshake --help`)"
         );
     }
+    let version = args.version.resource_version.as_deref();
+    let reviewed = Reviewed::of(&before.metadata, version, "PeerTrust")?;
+    println!("{}", describe_peer(&before, args.level, &reviewed));
+    note_given_version("PeerTrust", &before.metadata, version);
     let after = ctx
         .api::<PeerTrust>()
         .patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(approve_peer_patch(&user, args.level)),
+            &Patch::Merge(approve_peer_patch(&user, args.level, &reviewed)),
         )
         .await
         .map_err(|e| {
@@ -363,7 +569,14 @@ async fn approve_peer(ctx: &Ctx, args: ApprovePeerArgs) -> anyhow::Result<()> {
                 ),
                 _ => String::new(),
             };
-            anyhow::anyhow!("{}{hint}", api_error(e, &format!("raising PeerTrust {name} to level {} as {user}", args.level)))
+            approval_error(
+                e,
+                "PeerTrust",
+                name,
+                &reviewed,
+                &format!("raising PeerTrust {name} to level {} as {user}", args.level),
+                hint,
+            )
         })?;
     println!(
         "PeerTrust {name}: trustLevel {} approved by {user}",
@@ -421,11 +634,140 @@ mod tests {
     fn patches_touch_only_what_they_mean_to() {
         assert_eq!(revoke_patch(), json!({"spec": {"revoked": true}}));
         assert_eq!(suspend_patch(false), json!({"spec": {"suspended": false}}));
-        assert_eq!(approve_patch("bob"), json!({"spec": {"approvedBy": "bob"}}));
+    }
+
+    fn reviewed() -> Reviewed {
+        Reviewed {
+            resource_version: "1234".into(),
+            uid: "6f1c".into(),
+        }
+    }
+
+    #[test]
+    fn an_approval_is_bound_to_the_version_reviewed() {
+        assert_eq!(
+            approve_patch("bob", &reviewed()),
+            json!({
+                "metadata": {"resourceVersion": "1234", "uid": "6f1c"},
+                "spec": {"approvedBy": "bob"},
+            })
+        );
         // Four-eyes refuses any other change of a PeerTrust raised to 3.
         assert_eq!(
-            approve_peer_patch("bob", 3),
-            json!({"spec": {"trustLevel": 3, "approvedBy": "bob"}})
+            approve_peer_patch("bob", 3, &reviewed()),
+            json!({
+                "metadata": {"resourceVersion": "1234", "uid": "6f1c"},
+                "spec": {"trustLevel": 3, "approvedBy": "bob"},
+            })
+        );
+    }
+
+    fn meta(rv: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            resource_version: rv.map(Into::into),
+            uid: Some("6f1c".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_version_given_wins_over_the_one_read() {
+        assert_eq!(
+            Reviewed::of(&meta(Some("1234")), None, "WorkerGrant").unwrap(),
+            reviewed()
+        );
+        assert_eq!(
+            Reviewed::of(&meta(Some("2000")), Some("1234"), "WorkerGrant").unwrap(),
+            reviewed()
+        );
+        assert!(Reviewed::of(&meta(None), None, "WorkerGrant").is_err());
+        let no_uid = ObjectMeta {
+            uid: None,
+            ..meta(Some("1"))
+        };
+        assert!(Reviewed::of(&no_uid, Some("1"), "WorkerGrant").is_err());
+    }
+
+    #[test]
+    fn a_conflict_says_to_review_again() {
+        let conflict = kube::Error::Api(
+            kube::core::Status::failure("the object has been modified", "Conflict")
+                .with_code(409)
+                .boxed(),
+        );
+        let err = approval_error(
+            conflict,
+            "WorkerGrant",
+            "laptop",
+            &reviewed(),
+            "approving",
+            "hint".into(),
+        )
+        .to_string();
+        assert!(
+            err.contains("WorkerGrant laptop changed since it was read/reviewed at resourceVersion 1234: nothing was approved")
+                && err.contains("kubectl get workergrant laptop -o yaml")
+                && !err.contains("hint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_is_approved_is_shown() {
+        let grant: WorkerGrant = serde_json::from_value(json!({
+            "apiVersion": "cellule.ai/v1alpha1", "kind": "WorkerGrant",
+            "metadata": {"name": "laptop", "namespace": "ns"},
+            "spec": {"poolRef": {"name": "paris"}, "workerId": "pc-1", "owner": "a@example.com",
+                     "tiers": ["light", "heavy"], "ttl": "24h", "requestedBy": "alice"},
+        }))
+        .unwrap();
+        let text = describe_grant(&grant, &reviewed());
+        for want in [
+            "WorkerGrant laptop (resourceVersion 1234, uid 6f1c)",
+            "owner:       a@example.com",
+            "workerId:    pc-1",
+            "pool:        paris",
+            "tiers:       light, heavy",
+            "expiry:      ttl 24h",
+            "requestedBy: alice",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+
+        let (_, public) = handshake::generate_key();
+        let fingerprint = handshake::fingerprint(&handshake::public_key("", &public).unwrap());
+        let mut peer: PeerTrust = serde_json::from_value(json!({
+            "apiVersion": "cellule.ai/v1alpha1", "kind": "PeerTrust",
+            "metadata": {"name": "lyon"},
+            "spec": {"poolRef": {"name": "paris"}, "site": "lyon",
+                     "peerPool": {"namespace": "cellule-lyon", "name": "lyon"},
+                     "endpoint": {"host": "10.0.0.1", "port": 8443}, "publicKey": public,
+                     "trustLevel": 2, "requestedBy": "alice",
+                     "handshake": {"nonce": "0123456789abcdef", "notBefore": "2026-01-01T00:00:00Z",
+                                   "notAfter": "2026-02-01T00:00:00Z"}},
+        }))
+        .unwrap();
+        let text = describe_peer(&peer, 3, &reviewed());
+        for want in [
+            "PeerTrust lyon (resourceVersion 1234, uid 6f1c)",
+            "site:        lyon (pool cellule-lyon/lyon)",
+            "endpoint:    10.0.0.1:8443",
+            &format!("publicKey:   {fingerprint}\n"),
+            "handshake:   nonce 0123456789abcdef, valid 2026-01-01T00:00:00Z to 2026-02-01T00:00:00Z",
+            "requestedBy: alice",
+            "trustLevel:  3 (now 2)",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        // A status from before a key change: both, and which is approved.
+        peer.status =
+            Some(serde_json::from_value(json!({"peerKeyFingerprint": "sha256:old"})).unwrap());
+        let text = describe_peer(&peer, 3, &reviewed());
+        assert!(
+            text.contains(&format!(
+                "publicKey:   {fingerprint} (status.peerKeyFingerprint still shows sha256:old"
+            )),
+            "{text}"
         );
     }
 
