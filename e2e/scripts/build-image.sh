@@ -45,8 +45,10 @@ for lib in $libs; do
   mkdir -p "$rootfs$(dirname "$lib")"
   cp -L "$lib" "$rootfs$lib"
 done
+# Registries are reached over TLS with these roots (or CELLULE_REGISTRY_CA_FILE).
 ca=/etc/ssl/certs/ca-certificates.crt
-[ -f "$ca" ] && cp -L "$ca" "$rootfs$ca"
+[ -f "$ca" ] || die "no CA bundle at $ca on this machine (install ca-certificates)"
+cp -L "$ca" "$rootfs$ca"
 chmod 1777 "$rootfs/tmp"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
 

@@ -346,7 +346,8 @@ async fn approval_then_expiry_at_the_exact_instant() {
             "no token before approval"
         );
         // Approve, and bring the end date to a few seconds from now.
-        let end = jiff::Timestamp::from_second(now() + 6)?;
+        // Far enough for the approval to show as Active first on a loaded machine.
+        let end = jiff::Timestamp::from_second(now() + 12)?;
         cellule_api(&client, &ns, "WorkerGrant")
             .patch(
                 "laptop-contractor",

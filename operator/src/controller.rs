@@ -421,6 +421,23 @@ where
         .boxed()
 }
 
+/// Counts one running reconcile while it lives: a reconcile dropped
+/// unfinished (shutdown) is counted out too.
+struct Running(prometheus_client::metrics::gauge::Gauge);
+
+impl Running {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// `reconcile`, counted and timed in `crate::metrics`.
 fn measured<K, Fut>(
     mut reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
@@ -444,11 +461,10 @@ where
         async move {
             let metrics = crate::metrics::global();
             let labels = crate::metrics::Metrics::kind(&kind);
-            let running = metrics.reconciles_running.get_or_create(&labels).clone();
-            running.inc();
+            let running = Running::new(metrics.reconciles_running.get_or_create(&labels).clone());
             let started = std::time::Instant::now();
             let result = run.await;
-            running.dec();
+            drop(running);
             metrics
                 .reconcile_duration
                 .get_or_create(&labels)
