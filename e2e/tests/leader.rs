@@ -215,6 +215,14 @@ async fn one_leader_reconciles_a_standby_takes_over_on_kill_and_at_once_on_sigte
             tokio::time::sleep(Duration::from_secs(2)).await;
             ensure!(leaders_among(&mut replicas)? == [next.clone()], "leaders after SIGTERM: {:?}", leaders_among(&mut replicas)?);
         }
+        // Each process writes under its own field manager: the ones whose
+        // fields were all taken over are dropped, so the Lease does not grow
+        // with every restart (five processes have held it or tried).
+        let lease = Api::<Lease>::namespaced(client.clone(), NS).get(LEASE).await?;
+        let managers = lease.metadata.managed_fields.unwrap_or_default();
+        let names: Vec<_> = managers.iter().filter_map(|m| m.manager.clone()).collect();
+        println!("Lease field managers after five processes: {names:?}");
+        ensure!(managers.len() <= 4, "the Lease keeps {} field managers: {names:?}", managers.len());
         Ok(())
     })
     .await;
