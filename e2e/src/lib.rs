@@ -91,6 +91,23 @@ pub async fn user_client(user: &str) -> Client {
     Client::try_from(config).expect("building the user client")
 }
 
+/// A test namespace (`metadata` names it) that enforces Pod Security
+/// `restricted`, labelled as the e2e tests'.
+pub fn restricted_namespace(mut metadata: ObjectMeta) -> Namespace {
+    metadata.labels.get_or_insert_default().extend(
+        [
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/enforce-version", "latest"),
+            ("cellule.ai/e2e", "true"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    Namespace {
+        metadata,
+        ..Default::default()
+    }
+}
+
 /// Runs `body` in a fresh namespace that enforces Pod Security `restricted`,
 /// and deletes the namespace afterwards, whether `body` passed or not.
 pub async fn in_namespace<F, Fut>(prefix: &str, body: F)
@@ -103,23 +120,10 @@ where
     let ns = namespaces
         .create(
             &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    generate_name: Some(format!("e2e-{prefix}-")),
-                    labels: Some(
-                        [
-                            ("pod-security.kubernetes.io/enforce", "restricted"),
-                            ("pod-security.kubernetes.io/enforce-version", "latest"),
-                            ("cellule.ai/e2e", "true"),
-                        ]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect(),
-                    ),
-                    ..Default::default()
-                },
+            &restricted_namespace(ObjectMeta {
+                generate_name: Some(format!("e2e-{prefix}-")),
                 ..Default::default()
-            },
+            }),
         )
         .await
         .expect("creating the test namespace");

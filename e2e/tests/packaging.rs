@@ -600,23 +600,10 @@ impl Release {
         namespaces
             .create(
                 &PostParams::default(),
-                &Namespace {
-                    metadata: ObjectMeta {
-                        name: Some(RELEASE_NS.into()),
-                        labels: Some(
-                            [
-                                ("pod-security.kubernetes.io/enforce", "restricted"),
-                                ("pod-security.kubernetes.io/enforce-version", "latest"),
-                                ("cellule.ai/e2e", "true"),
-                            ]
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect(),
-                        ),
-                        ..Default::default()
-                    },
+                &cellule_e2e::restricted_namespace(ObjectMeta {
+                    name: Some(RELEASE_NS.into()),
                     ..Default::default()
-                },
+                }),
             )
             .await
             .context("creating the release namespace")?;
