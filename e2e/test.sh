@@ -73,6 +73,6 @@ bash e2e/scripts/down.sh "$state" operator
 cargo test --locked -p cellule-e2e --test restart -- --ignored --test-threads 1
 step "e2e: the operator as the Helm chart deploys it (its own process, the shared one stopped)"
 cargo test --locked -p cellule-e2e --test packaging -- --ignored --test-threads 1
-step "e2e: leader election (two replicas; kill, SIGTERM, a stolen and an unrenewable Lease)"
+step "e2e: leader election (three replicas; kill, SIGTERM, a stolen and an unrenewable Lease)"
 cargo test --locked -p cellule-e2e --test leader -- --ignored --test-threads 1 --nocapture
 step "all tests passed in $((SECONDS - started))s"
