@@ -651,6 +651,28 @@ pub async fn spawn_ready(
     Ok(child)
 }
 
+/// The operator as deployed: its ServiceAccount's token (so its RBAC),
+/// pod `pod` of `cellule-system` (its Lease there), logging to
+/// `<logs>/<log>.log`, with `extra` environment; ready when this returns
+/// (killed when dropped).
+pub async fn spawn_operator(
+    pod: &str,
+    log: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<tokio::process::Child> {
+    let addr = free_local_addr().await?;
+    let kubeconfig = Env::var("CELLULE_E2E_OPERATOR_KUBECONFIG");
+    let mut env = vec![
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("CELLULE_HEALTH_ADDR", addr.as_str()),
+        ("RUST_LOG", "info,cellule_operator=debug"),
+        ("POD_NAME", pod),
+        ("POD_NAMESPACE", "cellule-system"),
+    ];
+    env.extend_from_slice(extra);
+    spawn_ready(&Env::var("CELLULE_E2E_OPERATOR_BIN"), &[], &env, log, &addr).await
+}
+
 /// A free port on 127.0.0.1, as `127.0.0.1:<port>`.
 pub async fn free_local_addr() -> anyhow::Result<String> {
     let port = tokio::net::TcpListener::bind("127.0.0.1:0")

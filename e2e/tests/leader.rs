@@ -25,26 +25,10 @@ const NS: &str = "cellule-system";
 const LEASE: &str = "cellule-operator";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A replica as the Deployment runs it: its pod name and namespace, its
-/// ServiceAccount's token.
+/// A replica as the Deployment runs it (pod `name`), logging to
+/// `<logs>/<name>.log`.
 async fn replica(name: &str) -> anyhow::Result<Child> {
-    let addr = cellule_e2e::free_local_addr().await?;
-    let kubeconfig = Env::var("CELLULE_E2E_OPERATOR_KUBECONFIG");
-    let env = [
-        ("KUBECONFIG", kubeconfig.as_str()),
-        ("CELLULE_HEALTH_ADDR", addr.as_str()),
-        ("RUST_LOG", "info,cellule_operator=debug"),
-        ("POD_NAME", name),
-        ("POD_NAMESPACE", NS),
-    ];
-    cellule_e2e::spawn_ready(
-        &Env::var("CELLULE_E2E_OPERATOR_BIN"),
-        &[],
-        &env,
-        name,
-        &addr,
-    )
-    .await
+    cellule_e2e::spawn_operator(name, name, &[]).await
 }
 
 fn log_of(name: &str) -> String {

@@ -19,29 +19,18 @@ use tokio::process::Child;
 const WAIT: Duration = Duration::from_secs(60);
 const PRE: i64 = 15;
 
-/// The operator as deployed (its ServiceAccount's token, so its RBAC),
-/// logging to the e2e logs; ready when this returns.
+/// The operator as deployed, logging to the e2e logs; ready when this
+/// returns. A restarted process is a new Lease identity: it waits for the
+/// killed one's Lease to expire; a 5 s Lease (10 s deployed) keeps that
+/// wait short.
 async fn start_operator(run: usize) -> anyhow::Result<Child> {
-    let addr = cellule_e2e::free_local_addr().await?;
-    let kubeconfig = Env::var("CELLULE_E2E_OPERATOR_KUBECONFIG");
-    let env = [
-        ("KUBECONFIG", kubeconfig.as_str()),
-        ("CELLULE_HEALTH_ADDR", addr.as_str()),
-        ("RUST_LOG", "info,cellule_operator=debug"),
-        // A restarted process is a new Lease identity: it waits for the
-        // killed one's Lease to expire. A 5 s Lease (10 s deployed) keeps
-        // that wait short.
-        ("POD_NAME", "cellule-operator-e2e"),
-        ("POD_NAMESPACE", "cellule-system"),
-        ("CELLULE_LEASE_DURATION", "5s"),
-        ("CELLULE_LEASE_RENEW_BEFORE", "2s"),
-    ];
-    cellule_e2e::spawn_ready(
-        &Env::var("CELLULE_E2E_OPERATOR_BIN"),
-        &[],
-        &env,
+    cellule_e2e::spawn_operator(
+        "cellule-operator-e2e",
         &format!("operator-restart-{run}"),
-        &addr,
+        &[
+            ("CELLULE_LEASE_DURATION", "5s"),
+            ("CELLULE_LEASE_RENEW_BEFORE", "2s"),
+        ],
     )
     .await
 }
